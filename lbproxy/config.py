@@ -1,0 +1,461 @@
+"""
+INI text to frozen configuration values.
+
+Every validation rule and every error message of the configuration lives
+here.  A problem is reported as one L{ConfigError} whose text names the file,
+the section, the key and what is wrong, e.g.::
+
+    lbproxy.ini: [pool:web] servers: line 2: weight must be a whole number from 1 to 1000, got 'x'
+
+This module knows nothing of the reactor or of twisted.web: it turns text into
+L{ProxyConfig}, L{PoolConfig} and L{ServerConfig} values, which the service
+module wires into running objects.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import re
+from typing import Callable, Dict, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
+
+import attr
+from twisted.internet.endpoints import serverFromString
+
+from lbproxy.balancing import ALGORITHMS
+
+
+MAX_WEIGHT = 1000
+
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9_.:\[\]-]+$")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+class ConfigError(Exception):
+    """
+    A configuration that cannot be used.
+
+    C{str()} of it is the one line shown to the user.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        path: str = "",
+        section: Optional[str] = None,
+        key: Optional[str] = None,
+    ) -> None:
+        self.message = message
+        self.path = path
+        self.section = section
+        self.key = key
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        where = []
+        if self.path:
+            where.append(f"{self.path}:")
+        if self.section is not None:
+            where.append(f"[{self.section}]")
+        if self.key is not None:
+            where.append(f"{self.key}:")
+        return " ".join(where + [self.message])
+
+    def located(self, path: str) -> ConfigError:
+        """
+        The same error, naming C{path} as the file it came from.
+        """
+        return ConfigError(self.message, path, self.section, self.key)
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class ServerConfig:
+    """
+    One backend server of a pool.
+
+    @ivar url: The server's URL as written, e.g. C{http://10.0.0.5:8080}.
+    @ivar name: How logs (and later the admin API) call it; C{host:port}
+        unless a C{name=} option says otherwise.
+    """
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    weight: int = 1
+    name: str = ""
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class PoolConfig:
+    """
+    A named group of servers and the algorithm that balances over them.
+    """
+
+    name: str
+    algorithm: str
+    servers: Tuple[ServerConfig, ...]
+    tls_ca_file: Optional[str] = None
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class ProxyConfig:
+    """
+    The whole configuration of one lbproxy process.
+
+    @ivar listen: Twisted server endpoint descriptions, one per listener.
+    @ivar pool: The name of the pool that takes the requests.
+    @ivar via: The pseudonym sent in C{Via} headers, or L{None} to send none.
+    @ivar backend_keepalive: How many idle connections are kept open to each
+        backend server.
+    @ivar backend_keepalive_timeout: Seconds an idle backend connection is
+        kept before it is closed.
+    """
+
+    path: str
+    listen: Tuple[str, ...]
+    pool: str
+    pools: Mapping[str, PoolConfig]
+    via: Optional[str] = "lbproxy"
+    backend_keepalive: int = 100
+    backend_keepalive_timeout: float = 1.0
+
+    def active_pool(self) -> PoolConfig:
+        return self.pools[self.pool]
+
+    def summary(self) -> str:
+        """
+        One line describing what this configuration sets up.
+        """
+        servers = sum(len(p.servers) for p in self.pools.values())
+
+        def count(n: int, word: str) -> str:
+            return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+        return (
+            f"{self.path}: ok: {count(len(self.listen), 'listener')}, "
+            f"{count(len(self.pools), 'pool')}, {count(servers, 'server')}; "
+            f"requests go to pool {self.pool!r}"
+        )
+
+
+# ---------------------------------------------------------------------------
+# Value parsers: each takes the text and returns the value or raises
+# ValueError with a message that completes "[section] key: ...".
+
+
+def parse_duration(text: str) -> float:
+    """
+    Parse a duration such as C{500ms}, C{2s}, C{1.5m} or C{1h} into seconds.
+
+    A unit is required: a bare number is ambiguous (nginx reads seconds,
+    HAProxy milliseconds), so it is refused.
+    """
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise ValueError(
+            f"expected a duration with a unit (ms, s, m, h), such as 500ms or 2s, "
+            f"got {text!r}"
+        )
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        text = text.strip()
+        if not text.isdigit() or not (low <= int(text) <= high):
+            raise ValueError(f"must be a whole number from {low} to {high}, got {text!r}")
+        return int(text)
+
+    return parse
+
+
+def parse_via(text: str) -> Optional[str]:
+    text = text.strip()
+    if text == "off":
+        return None
+    if not _TOKEN.match(text):
+        raise ValueError(f"must be a name made of letters, digits and -._, or off, got {text!r}")
+    return text
+
+
+def parse_algorithm(text: str) -> str:
+    text = text.strip()
+    if text not in ALGORITHMS:
+        raise ValueError(f"must be one of {', '.join(ALGORITHMS)}, got {text!r}")
+    return text
+
+
+def parse_listen(text: str) -> Tuple[str, ...]:
+    descriptions = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not descriptions:
+        raise ValueError("needs at least one endpoint, such as tcp:8080:interface=127.0.0.1")
+    for description in descriptions:
+        try:
+            # Parsing only: the endpoint is not listened on, so no reactor.
+            serverFromString(None, description)
+        except Exception as e:  # Twisted raises several types for bad text.
+            raise ValueError(f"{description!r} is not a valid endpoint: {e}") from None
+    return descriptions
+
+
+def parse_file_path(text: str) -> str:
+    path = text.strip()
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot read {path!r}: {e.strerror}") from None
+    return path
+
+
+def parse_server(line: str) -> ServerConfig:
+    """
+    Parse one line of a C{servers} list: a URL, then C{key=value} options.
+    """
+    url, *options = line.split()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{url!r}: the URL must start with http:// or https://")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{url!r}: the URL must not carry a user or password")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(
+            f"{url!r}: the URL names a server only: no path, query or fragment"
+        )
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"{url!r}: the URL has no host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{url!r}: the port must be a number from 1 to 65535") from None
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{url!r}: the port must be a number from 1 to 65535")
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{url!r}: {host!r} is not a valid IPv6 address") from None
+    shown_host = f"[{host}]" if ":" in host else host
+    values: Dict[str, str] = {"weight": "1", "name": f"{shown_host}:{port}"}
+    seen = set()
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep:
+            raise ValueError(f"{url!r}: option {option!r} must be written key=value")
+        if key not in values:
+            raise ValueError(f"{url!r}: unknown option {key!r} (known: name, weight)")
+        if key in seen:
+            raise ValueError(f"{url!r}: option {key!r} given twice")
+        seen.add(key)
+        values[key] = value
+    try:
+        weight = parse_int(1, MAX_WEIGHT)(values["weight"])
+    except ValueError as e:
+        raise ValueError(f"{url!r}: weight {e}") from None
+    if not _SERVER_NAME.match(values["name"]):
+        raise ValueError(
+            f"{url!r}: name must be made of letters, digits and -._:[], got {values['name']!r}"
+        )
+    return ServerConfig(
+        url=url,
+        scheme=parts.scheme,
+        host=host,
+        port=port,
+        weight=weight,
+        name=values["name"],
+    )
+
+
+def parse_servers(text: str) -> Tuple[ServerConfig, ...]:
+    servers = []
+    names: Dict[str, int] = {}
+    addresses: Dict[Tuple[str, str, int], int] = {}
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ValueError("needs at least one server, such as http://127.0.0.1:9001")
+    for number, line in enumerate(lines, 1):
+        try:
+            server = parse_server(line)
+        except ValueError as e:
+            raise ValueError(f"line {number}: {e}") from None
+        address = (server.scheme, server.host, server.port)
+        if address in addresses:
+            raise ValueError(
+                f"line {number}: {server.url!r} is already listed on line {addresses[address]}"
+            )
+        if server.name in names:
+            raise ValueError(
+                f"line {number}: name {server.name!r} is already used on line {names[server.name]}"
+            )
+        addresses[address] = number
+        names[server.name] = number
+        servers.append(server)
+    return tuple(servers)
+
+
+# ---------------------------------------------------------------------------
+# The schema: for each section kind, its keys, their parsers and defaults.
+
+_REQUIRED = object()
+
+_PROXY_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
+    "listen": (parse_listen, _REQUIRED),
+    "pool": (str.strip, None),
+    "via": (parse_via, "lbproxy"),
+    "backend_keepalive": (parse_int(0, 100000), 100),
+    "backend_keepalive_timeout": (parse_duration, 1.0),
+}
+
+_POOL_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
+    "algorithm": (parse_algorithm, "weighted_round_robin"),
+    "servers": (parse_servers, _REQUIRED),
+    "tls_ca_file": (parse_file_path, None),
+}
+
+
+def _section_values(
+    parser: configparser.ConfigParser,
+    section: str,
+    schema: Mapping[str, Tuple[Callable[[str], object], object]],
+) -> Dict[str, object]:
+    values: Dict[str, object] = {}
+    present = parser[section] if parser.has_section(section) else {}
+    for key in present:
+        if key not in schema:
+            raise ConfigError(
+                f"unknown key (known: {', '.join(schema)})", section=section, key=key
+            )
+    for key, (parse, default) in schema.items():
+        if key in present:
+            try:
+                values[key] = parse(present[key])
+            except ValueError as e:
+                raise ConfigError(str(e), section=section, key=key) from None
+        elif default is _REQUIRED:
+            raise ConfigError("is required", section=section, key=key)
+        else:
+            values[key] = default
+    return values
+
+
+def _read(text: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(
+        interpolation=None,
+        inline_comment_prefixes=(";", "#"),
+        empty_lines_in_values=False,
+        # [DEFAULT] would silently apply to every section: make it an
+        # ordinary (and so unknown) section instead.
+        default_section="\x00no default section",
+    )
+    try:
+        parser.read_string(text)
+    except configparser.DuplicateSectionError as e:
+        raise ConfigError(
+            f"line {e.lineno}: section is defined twice", section=e.section
+        ) from None
+    except configparser.DuplicateOptionError as e:
+        raise ConfigError(
+            f"line {e.lineno}: key is set twice", section=e.section, key=e.option
+        ) from None
+    except configparser.MissingSectionHeaderError as e:
+        raise ConfigError(
+            f"line {e.lineno}: text before the first [section]: {e.line.strip()!r}"
+        ) from None
+    except configparser.ParsingError as e:
+        lineno, line = e.errors[0]
+        raise ConfigError(
+            f"line {lineno}: not a 'key = value' line: {line.strip()!r}"
+        ) from None
+    return parser
+
+
+def parse(text: str, path: str = "<config>") -> ProxyConfig:
+    """
+    Parse and validate configuration text.
+
+    @param text: The INI text.
+    @param path: The file name to show in error messages.
+    @raises ConfigError: When anything is wrong; its text is one line.
+    """
+    try:
+        return _parse(text, path)
+    except ConfigError as e:
+        raise e.located(path) from None
+
+
+def _parse(text: str, path: str) -> ProxyConfig:
+    parser = _read(text)
+    for section in parser.sections():
+        if section == "proxy":
+            continue
+        kind, sep, name = section.partition(":")
+        if kind == "pool" and sep:
+            if not _NAME.match(name):
+                raise ConfigError(
+                    "a pool name is made of letters, digits and -._", section=section
+                )
+            continue
+        raise ConfigError("unknown section (known: [proxy], [pool:NAME])", section=section)
+    if not parser.has_section("proxy"):
+        raise ConfigError("the [proxy] section is missing")
+    proxy = _section_values(parser, "proxy", _PROXY_KEYS)
+    pools: Dict[str, PoolConfig] = {}
+    for section in parser.sections():
+        if section.startswith("pool:"):
+            values = _section_values(parser, section, _POOL_KEYS)
+            name = section[len("pool:") :]
+            pool = PoolConfig(name=name, **values)  # type: ignore[arg-type]
+            if pool.algorithm == "round_robin":
+                for number, server in enumerate(pool.servers, 1):
+                    if server.weight != 1:
+                        raise ConfigError(
+                            f"line {number}: weight={server.weight} has no effect with "
+                            f"algorithm = round_robin (use weighted_round_robin)",
+                            section=section,
+                            key="servers",
+                        )
+            pools[name] = pool
+    if not pools:
+        raise ConfigError("no [pool:NAME] section: there is nowhere to send requests")
+    chosen = proxy["pool"]
+    if chosen is None:
+        if len(pools) > 1:
+            raise ConfigError(
+                f"is required when there is more than one pool "
+                f"(defined: {', '.join(sorted(pools))})",
+                section="proxy",
+                key="pool",
+            )
+        chosen = next(iter(pools))
+    elif chosen not in pools:
+        raise ConfigError(
+            f"no [pool:{chosen}] section (defined: {', '.join(sorted(pools))})",
+            section="proxy",
+            key="pool",
+        )
+    proxy["pool"] = chosen
+    return ProxyConfig(path=path, pools=pools, **proxy)  # type: ignore[arg-type]
+
+
+def load(path: str) -> ProxyConfig:
+    """
+    Read, parse and validate the configuration file at C{path}.
+
+    @raises ConfigError: When the file cannot be read or is not valid.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read the file: {e.strerror}", path) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"the file is not UTF-8 text: {e.reason}", path) from None
+    return parse(text, path)

@@ -1,0 +1,61 @@
+"""
+Wiring: configuration values to a running service.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from twisted.application import service, strports
+from twisted.internet.defer import Deferred
+
+from lbproxy.backend import BackendAgent, BackendConnectionPool, make_route, tls_policy
+from lbproxy.config import ProxyConfig
+from lbproxy.forwarder import Forwarder
+from lbproxy.pool import Pool, ServerState
+from lbproxy.resource import ProxyResource
+from lbproxy.site import ProxySite
+
+
+class ProxyService(service.MultiService):
+    """
+    The whole proxy: its listeners, pools and backend connection pool.
+
+    @ivar site: The HTTP server every listener serves.
+    @ivar pools: The running pools, by name.
+    """
+
+    def __init__(self, config: ProxyConfig, reactor: Any = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.config = config
+        self.connections = BackendConnectionPool(reactor, persistent=True)
+        self.connections.maxPersistentPerHost = config.backend_keepalive
+        self.connections.cachedConnectionTimeout = config.backend_keepalive_timeout
+        self.agent = BackendAgent(reactor, pool=self.connections)
+        self.pools: Dict[str, Pool] = {}
+        for pool_config in config.pools.values():
+            policy = tls_policy(pool_config)
+            servers = [
+                ServerState(server, make_route(reactor, server, policy))
+                for server in pool_config.servers
+            ]
+            self.pools[pool_config.name] = Pool(pool_config, servers)
+        via = config.via.encode("ascii") if config.via is not None else None
+        self.forwarder = Forwarder(self.pools[config.pool], self.agent, via)
+        self.site = ProxySite(ProxyResource(self.forwarder))
+        self.listeners: List[service.Service] = []
+        for description in config.listen:
+            listener = strports.service(description, self.site, reactor=reactor)
+            listener.setServiceParent(self)
+            self.listeners.append(listener)
+
+    def stopService(self) -> Optional[Deferred[None]]:
+        stopped = super().stopService()
+        closed = self.connections.closeCachedConnections()
+        if stopped is None:
+            return closed
+        return stopped.addCallback(lambda _: closed)

@@ -1,0 +1,103 @@
+"""
+The HTTP server side: a twisted.web C{Site} whose requests go straight to
+the proxy resource.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from twisted.logger import Logger
+from twisted.web import server
+from twisted.web.http import datetimeToString
+from twisted.web.resource import IResource
+
+log = Logger()
+
+#: Seconds an idle client connection is kept open (nginx's default).
+KEEPALIVE_TIMEOUT = 75
+
+
+class ProxyRequest(server.Request):
+    """
+    A request of the proxy's front.
+
+    Unlike C{twisted.web.server.Request} it adds no default headers (no
+    C{Server}, no C{text/html} content type: the backend's response speaks for
+    itself), and it hands itself to the site's root resource without
+    splitting or unquoting its path, which the proxy forwards as sent.
+    """
+
+    defaultContentType = None
+
+    def process(self) -> None:
+        self.site = self.channel.site
+        try:
+            self.site.resource.render(self)
+        except Exception:
+            log.failure("internal error while handling {method} request", method=self.method)
+            if not self.startedWriting and not self.finished and not self._disconnected:
+                self.respond_error(500, b"Internal Server Error", b"internal error")
+
+    def body_length(self) -> Optional[int]:
+        """
+        The length of the request body, or L{None} when the request declared
+        none (neither C{Content-Length} nor C{Transfer-Encoding}).
+        """
+        headers = self.requestHeaders
+        if not (headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding")):
+            return None
+        content = self.content
+        content.seek(0, 2)
+        length: int = content.tell()
+        content.seek(0)
+        return length
+
+    def abort(self) -> None:
+        """
+        Close the client connection at once, so that the client cannot take a
+        cut-short response for a whole one.
+        """
+        if self.channel is not None:
+            self.channel.transport.abortConnection()
+
+    def respond_error(self, code: int, phrase: bytes, detail: bytes, close: bool = False) -> None:
+        """
+        Answer with a short plain-text error page of the proxy's own.
+
+        @param detail: A fixed text: nothing taken from the request, so that
+            nothing a client sent is reflected.
+        @param close: Close the connection after the response.
+        """
+        if self._disconnected or self.finished:
+            return
+        body = b"%d %s: %s\n" % (code, phrase, detail)
+        self.setResponseCode(code, phrase)
+        headers = self.responseHeaders
+        for name in list(name for name, _ in headers.getAllRawHeaders()):
+            if name.lower() != b"connection":
+                headers.removeHeader(name)
+        if close and self.channel is not None:
+            self.channel.persistent = False
+            headers.setRawHeaders(b"Connection", [b"close"])
+        headers.setRawHeaders(b"Content-Type", [b"text/plain; charset=utf-8"])
+        headers.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+        headers.setRawHeaders(b"Date", [datetimeToString()])
+        self.write(body)
+        self.finish()
+
+
+class ProxySite(server.Site):
+    """
+    The proxy's HTTP server.  Access logging is off until the access log
+    settings exist.
+    """
+
+    noisy = False
+    displayTracebacks = False
+
+    def __init__(self, resource: IResource, timeout: float = KEEPALIVE_TIMEOUT) -> None:
+        super().__init__(resource, requestFactory=ProxyRequest, timeout=timeout)
+
+    def log(self, request: server.Request) -> None:
+        pass
