@@ -14,6 +14,7 @@ module wires into running objects.
 
 from __future__ import annotations
 
+import ast
 import configparser
 import ipaddress
 import re
@@ -231,6 +232,12 @@ def parse_server(line: str) -> ServerConfig:
     if not host:
         raise ValueError(f"{url!r}: the URL has no host")
     try:
+        host.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{url!r}: the host must be ASCII (write an international name in its xn-- form)"
+        ) from None
+    try:
         port = parts.port
     except ValueError:
         raise ValueError(f"{url!r}: the port must be a number from 1 to 65535") from None
@@ -371,6 +378,12 @@ def _read(text: str) -> configparser.ConfigParser:
         ) from None
     except configparser.ParsingError as e:
         lineno, line = e.errors[0]
+        if isinstance(line, str) and line[:1] in ("'", '"'):
+            # Some Python versions store the line as its repr().
+            try:
+                line = ast.literal_eval(line)
+            except (ValueError, SyntaxError):
+                pass
         raise ConfigError(
             f"line {lineno}: not a 'key = value' line: {line.strip()!r}"
         ) from None

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._newclient import RequestNotSent, ResponseDone, _WrapperException
@@ -210,11 +210,11 @@ class _Exchange:
             request.finish()
             return
         log.warn(
-            "server {server}: response body cut short, aborting the client connection: {cause}",
+            "server {server}: response body cut short, closing the client connection: {cause}",
             server=server.name if server is not None else "?",
             cause=describe(reason),
         )
-        request.abort()
+        request.cut_short()
 
     # -- the client side ---------------------------------------------------
 
@@ -247,5 +247,5 @@ class _BodyRelay(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.exchange.body_received(data)
 
-    def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.exchange.body_finished(reason)

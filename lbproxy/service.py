@@ -4,10 +4,13 @@ Wiring: configuration values to a running service.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
-from twisted.application import service, strports
-from twisted.internet.defer import Deferred
+from twisted.application import service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.python.failure import Failure
 
 from lbproxy.backend import BackendAgent, BackendConnectionPool, make_route, tls_policy
 from lbproxy.config import ProxyConfig
@@ -47,15 +50,29 @@ class ProxyService(service.MultiService):
         via = config.via.encode("ascii") if config.via is not None else None
         self.forwarder = Forwarder(self.pools[config.pool], self.agent, via)
         self.site = ProxySite(ProxyResource(self.forwarder))
-        self.listeners: List[service.Service] = []
-        for description in config.listen:
-            listener = strports.service(description, self.site, reactor=reactor)
-            listener.setServiceParent(self)
-            self.listeners.append(listener)
+        self.ports: List[IListeningPort] = []
+        self._reactor = reactor
 
-    def stopService(self) -> Optional[Deferred[None]]:
-        stopped = super().stopService()
-        closed = self.connections.closeCachedConnections()
-        if stopped is None:
-            return closed
-        return stopped.addCallback(lambda _: closed)
+    def privilegedStartService(self) -> None:
+        """
+        Listen on every configured endpoint, before twistd drops privileges
+        (so that ports below 1024 work).  A listener that cannot listen stops
+        the start with its error.
+        """
+        super().privilegedStartService()
+        for description in self.config.listen:
+            outcome: List[Any] = []
+            endpoint = serverFromString(self._reactor, description)
+            endpoint.listen(self.site).addBoth(outcome.append)
+            if not outcome:
+                raise RuntimeError(f"listen = {description}: the endpoint did not listen at once")
+            if isinstance(outcome[0], Failure):
+                outcome[0].raiseException()
+            self.ports.append(outcome[0])
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        ports, self.ports = self.ports, []
+        stopping = [maybeDeferred(port.stopListening) for port in ports]
+        stopping.append(self.connections.closeCachedConnections())
+        return DeferredList(stopping)

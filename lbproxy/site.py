@@ -53,13 +53,22 @@ class ProxyRequest(server.Request):
         content.seek(0)
         return length
 
-    def abort(self) -> None:
+    def cut_short(self) -> None:
         """
-        Close the client connection at once, so that the client cannot take a
-        cut-short response for a whole one.
+        End a response whose body could not be completed, so that the client
+        cannot take it for a whole one: after what was sent, the connection
+        is closed without the end of the body.  A body framed by
+        C{Content-Length} or chunking then visibly falls short; a body that
+        ends at the close (HTTP/1.0 without a length) would look complete, so
+        that connection is reset instead.
         """
-        if self.channel is not None:
-            self.channel.transport.abortConnection()
+        channel = self.channel
+        if channel is None:
+            return
+        if self.chunked or self.responseHeaders.hasHeader(b"content-length"):
+            channel.loseConnection()
+        else:
+            channel.transport.abortConnection()
 
     def respond_error(self, code: int, phrase: bytes, detail: bytes, close: bool = False) -> None:
         """

@@ -1,0 +1,221 @@
+"""
+Configuration parsing: values, defaults, and every error message.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial import unittest
+
+from lbproxy.config import ConfigError, load, parse, parse_duration
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+GOOD = """
+[proxy]
+listen = tcp:8080:interface=127.0.0.1
+pool = web
+
+[pool:web]
+algorithm = weighted_round_robin
+servers =
+    http://127.0.0.1:9001 weight=5
+    http://127.0.0.1:9002
+    https://app3.internal:8443 weight=2
+"""
+
+
+def error(text: str) -> str:
+    try:
+        parse(text, "t.ini")
+    except ConfigError as e:
+        return str(e)
+    raise AssertionError("no ConfigError raised")
+
+
+def pool(servers: str, algorithm: str = "weighted_round_robin", extra: str = "") -> str:
+    return (
+        "[proxy]\nlisten = tcp:8080\n[pool:web]\n"
+        f"algorithm = {algorithm}\n{extra}servers =\n    " + servers.replace("\n", "\n    ") + "\n"
+    )
+
+
+class GoodConfigTests(unittest.TestCase):
+    def test_issue_example(self) -> None:
+        c = parse(GOOD, "t.ini")
+        self.assertEqual(c.listen, ("tcp:8080:interface=127.0.0.1",))
+        self.assertEqual(c.pool, "web")
+        web = c.active_pool()
+        self.assertEqual(web.algorithm, "weighted_round_robin")
+        self.assertEqual(
+            [(s.scheme, s.host, s.port, s.weight, s.name) for s in web.servers],
+            [
+                ("http", "127.0.0.1", 9001, 5, "127.0.0.1:9001"),
+                ("http", "127.0.0.1", 9002, 1, "127.0.0.1:9002"),
+                ("https", "app3.internal", 8443, 2, "app3.internal:8443"),
+            ],
+        )
+
+    def test_defaults(self) -> None:
+        c = parse("[proxy]\nlisten = tcp:8080\n[pool:only]\nservers = http://h\n")
+        self.assertEqual(c.pool, "only")
+        self.assertEqual(c.via, "lbproxy")
+        self.assertEqual(c.backend_keepalive, 100)
+        self.assertEqual(c.backend_keepalive_timeout, 1.0)
+        only = c.active_pool()
+        self.assertEqual(only.algorithm, "weighted_round_robin")
+        self.assertEqual((only.servers[0].port, only.servers[0].weight), (80, 1))
+
+    def test_https_default_port_ipv6_and_names(self) -> None:
+        c = parse(pool("https://secure.example\nhttp://[::1]:81/ name=local-v6"))
+        a, b = c.active_pool().servers
+        self.assertEqual((a.port, a.name), (443, "secure.example:443"))
+        self.assertEqual((b.host, b.port, b.name), ("::1", 81, "local-v6"))
+
+    def test_several_listeners_and_comments(self) -> None:
+        c = parse(
+            "# comment\n[proxy]\nlisten =\n  tcp:8080 ; inline comment\n  tcp6:8081\n"
+            "via = edge-1\nbackend_keepalive = 8\nbackend_keepalive_timeout = 500ms\n"
+            "[pool:a]\nservers = http://h:1\n"
+        )
+        self.assertEqual(c.listen, ("tcp:8080", "tcp6:8081"))
+        self.assertEqual((c.via, c.backend_keepalive, c.backend_keepalive_timeout), ("edge-1", 8, 0.5))
+
+    def test_via_off(self) -> None:
+        c = parse("[proxy]\nlisten = tcp:1\nvia = off\n[pool:a]\nservers = http://h\n")
+        self.assertIsNone(c.via)
+
+    def test_summary(self) -> None:
+        self.assertEqual(
+            parse(GOOD, "t.ini").summary(),
+            "t.ini: ok: 1 listener, 1 pool, 3 servers; requests go to pool 'web'",
+        )
+
+    def test_example_file_is_valid(self) -> None:
+        for name in ("lbproxy.ini", "demo.ini"):
+            config = load(os.path.join(REPO, "etc", name))
+            self.assertTrue(config.active_pool().servers)
+
+
+class DurationTests(unittest.TestCase):
+    def test_units(self) -> None:
+        for text, seconds in [("500ms", 0.5), ("2s", 2.0), ("1m", 60.0), ("1.5h", 5400.0),
+                              (" 10s ", 10.0), ("0ms", 0.0)]:
+            self.assertEqual(parse_duration(text), seconds)
+
+    def test_unit_required(self) -> None:
+        for text in ["10", "", "s", "2 s", "-1s", "1d", "1e3s"]:
+            self.assertRaises(ValueError, parse_duration, text)
+
+
+class ErrorTests(unittest.TestCase):
+    """
+    Each bad configuration gives one line naming file, section and key.
+    """
+
+    def test_messages(self) -> None:
+        cases = [
+            ("", "t.ini: the [proxy] section is missing"),
+            ("listen = x\n", "t.ini: line 1: text before the first [section]: 'listen = x'"),
+            ("[proxy]\nlisten\n",
+             "t.ini: line 2: not a 'key = value' line: 'listen'"),
+            ("[proxy]\n[proxy]\n", "t.ini: [proxy] line 2: section is defined twice"),
+            ("[proxy]\nlisten = tcp:1\nlisten = tcp:2\n",
+             "t.ini: [proxy] listen: line 3: key is set twice"),
+            ("[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\n[upstream]\n",
+             "t.ini: [upstream] unknown section (known: [proxy], [pool:NAME])"),
+            ("[DEFAULT]\nx = 1\n[proxy]\n",
+             "t.ini: [DEFAULT] unknown section (known: [proxy], [pool:NAME])"),
+            ("[proxy]\nlisten = tcp:1\n[pool:a b]\nservers = http://h\n",
+             "t.ini: [pool:a b] a pool name is made of letters, digits and -._"),
+            ("[proxy]\nlisten = tcp:1\nlistn = 2\n",
+             "t.ini: [proxy] listn: unknown key (known: listen, pool, via, backend_keepalive, "
+             "backend_keepalive_timeout)"),
+            ("[proxy]\n[pool:a]\nservers = http://h\n", "t.ini: [proxy] listen: is required"),
+            ("[proxy]\nlisten = tcp:1\n",
+             "t.ini: no [pool:NAME] section: there is nowhere to send requests"),
+            ("[proxy]\nlisten = bogus:1\n[pool:a]\nservers = http://h\n",
+             "t.ini: [proxy] listen: 'bogus:1' is not a valid endpoint: "),
+            ("[proxy]\nlisten = tcp:notaport\n[pool:a]\nservers = http://h\n",
+             "t.ini: [proxy] listen: 'tcp:notaport' is not a valid endpoint: "),
+            ("[proxy]\nlisten = tcp:1\npool = b\n[pool:a]\nservers = http://h\n",
+             "t.ini: [proxy] pool: no [pool:b] section (defined: a)"),
+            ("[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\n[pool:b]\nservers = http://i\n",
+             "t.ini: [proxy] pool: is required when there is more than one pool (defined: a, b)"),
+            ("[proxy]\nlisten = tcp:1\nvia = a b\n[pool:a]\nservers = http://h\n",
+             "t.ini: [proxy] via: must be a name made of letters, digits and -._, or off, got 'a b'"),
+            ("[proxy]\nlisten = tcp:1\nbackend_keepalive = many\n[pool:a]\nservers = http://h\n",
+             "t.ini: [proxy] backend_keepalive: must be a whole number from 0 to 100000, got 'many'"),
+            ("[proxy]\nlisten = tcp:1\nbackend_keepalive_timeout = 5\n[pool:a]\nservers = http://h\n",
+             "t.ini: [proxy] backend_keepalive_timeout: expected a duration with a unit "
+             "(ms, s, m, h), such as 500ms or 2s, got '5'"),
+            ("[proxy]\nlisten = tcp:1\n[pool:a]\nalgorithm = random\nservers = http://h\n",
+             "t.ini: [pool:a] algorithm: must be one of round_robin, weighted_round_robin, "
+             "least_connections, got 'random'"),
+            ("[proxy]\nlisten = tcp:1\n[pool:a]\n", "t.ini: [pool:a] servers: is required"),
+            ("[proxy]\nlisten = tcp:1\n[pool:a]\nservers =\n",
+             "t.ini: [pool:a] servers: needs at least one server, such as http://127.0.0.1:9001"),
+            ("[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\ntls_ca_file = /nonexistent\n",
+             "t.ini: [pool:a] tls_ca_file: cannot read '/nonexistent': No such file or directory"),
+        ]
+        for text, expected in cases:
+            message = error(text)
+            self.assertTrue(message.startswith(expected), f"{message!r} != {expected!r}")
+            self.assertNotIn("\n", message)
+
+    def test_server_lines(self) -> None:
+        cases = [
+            ("ftp://h", "line 1: 'ftp://h': the URL must start with http:// or https://"),
+            ("h:80", "line 1: 'h:80': the URL must start with http:// or https://"),
+            ("http://u:p@h", "line 1: 'http://u:p@h': the URL must not carry a user or password"),
+            ("http://h/app", "line 1: 'http://h/app': the URL names a server only: "
+             "no path, query or fragment"),
+            ("http://h?x", "line 1: 'http://h?x': the URL names a server only: "
+             "no path, query or fragment"),
+            ("http://", "line 1: 'http://': the URL has no host"),
+            ("http://h:99999", "line 1: 'http://h:99999': the port must be a number from 1 to 65535"),
+            ("http://h:0", "line 1: 'http://h:0': the port must be a number from 1 to 65535"),
+            ("http://h:x", "line 1: 'http://h:x': the port must be a number from 1 to 65535"),
+            ("http://hé", "line 1: 'http://hé': the host must be ASCII (write an international "
+             "name in its xn-- form)"),
+            ("http://h weight", "line 1: 'http://h': option 'weight' must be written key=value"),
+            ("http://h weight=0",
+             "line 1: 'http://h': weight must be a whole number from 1 to 1000, got '0'"),
+            ("http://h weight=x",
+             "line 1: 'http://h': weight must be a whole number from 1 to 1000, got 'x'"),
+            ("http://h weight=1 weight=2", "line 1: 'http://h': option 'weight' given twice"),
+            ("http://h max=3", "line 1: 'http://h': unknown option 'max' (known: name, weight)"),
+            ("http://h name=a/b",
+             "line 1: 'http://h': name must be made of letters, digits and -._:[], got 'a/b'"),
+            ("http://h\nhttp://h:80", "line 2: 'http://h:80' is already listed on line 1"),
+            ("http://h name=x\nhttp://i name=x", "line 2: name 'x' is already used on line 1"),
+        ]
+        for servers, expected in cases:
+            message = error(pool(servers))
+            self.assertEqual(message, "t.ini: [pool:web] servers: " + expected)
+
+    def test_round_robin_refuses_weights(self) -> None:
+        self.assertEqual(
+            error(pool("http://a\nhttp://b weight=3", algorithm="round_robin")),
+            "t.ini: [pool:web] servers: line 2: weight=3 has no effect with "
+            "algorithm = round_robin (use weighted_round_robin)",
+        )
+
+    def test_unreadable_file(self) -> None:
+        path = self.mktemp()
+        with self.assertRaises(ConfigError) as caught:
+            load(path)
+        self.assertEqual(str(caught.exception), f"{path}: cannot read the file: No such file or directory")
+
+    def test_file_errors_name_the_file(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h weight=-1\n")
+        with self.assertRaises(ConfigError) as caught:
+            load(path)
+        self.assertEqual(
+            str(caught.exception),
+            f"{path}: [pool:a] servers: line 1: 'http://h': weight must be a whole number "
+            "from 1 to 1000, got '-1'",
+        )

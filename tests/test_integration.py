@@ -1,0 +1,478 @@
+"""
+The proxy over real loopback sockets: real HTTP backends behind it, real
+clients (http.client, raw sockets) in front.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import socket
+from typing import List
+
+from twisted.internet import defer, reactor, threads
+from twisted.web import server
+
+from tests.support import (
+    CLIENT_TIMEOUT,
+    HOST,
+    Backend,
+    ProxyTestCase,
+    held_handler,
+    parse_headers_block,
+    proxy_config,
+    refused_url,
+    streaming_handler,
+)
+
+
+def names(responses: List[bytes]) -> str:
+    return " ".join(r.decode().strip() for r in responses)
+
+
+class BalancingTests(ProxyTestCase):
+    @defer.inlineCallbacks
+    def test_round_robin_rotation(self):  # type: ignore[no-untyped-def]
+        backends = [self.backend(n) for n in "abc"]
+        self.start_proxy(proxy_config([b.url for b in backends], "round_robin"))
+        bodies = []
+        for _ in range(7):
+            r = yield self.fetch()
+            self.assertEqual(r.status, 200)
+            bodies.append(r.body)
+        self.assertEqual(names(bodies), "a b c a b c a")
+
+    @defer.inlineCallbacks
+    def test_weighted_round_robin(self):  # type: ignore[no-untyped-def]
+        a, b, c = (self.backend(n) for n in "abc")
+        self.start_proxy(
+            proxy_config([f"{a.url} weight=5", b.url, c.url], "weighted_round_robin")
+        )
+        bodies = []
+        for _ in range(7):
+            r = yield self.fetch()
+            bodies.append(r.body)
+        self.assertEqual(names(bodies), "a a b a c a a")
+
+    @defer.inlineCallbacks
+    def test_least_connections_avoids_the_busy_server(self):  # type: ignore[no-untyped-def]
+        slow = self.backend("slow", held_handler)
+        fast = self.backend("fast")
+        proxy = self.start_proxy(proxy_config([slow.url, fast.url], "least_connections"))
+        held = self.fetch("GET", "/held")
+        while not slow.held:  # the first request is at the slow server...
+            yield deferLater(0.01)
+        for _ in range(5):  # ...so every later one goes to the idle server
+            r = yield self.fetch()
+            self.assertEqual(r.body, b"fast\n")
+        self.assertEqual(proxy.pools["test"].servers[0].active, 1)
+        slow.held[0].callback(b"slow\n")
+        r = yield held
+        self.assertEqual(r.body, b"slow\n")
+        self.assertEqual((len(slow.seen), len(fast.seen)), (1, 5))
+        self.assertEqual([s.active for s in proxy.pools["test"].servers], [0, 0])
+
+    @defer.inlineCallbacks
+    def test_backend_connections_are_reused(self):  # type: ignore[no-untyped-def]
+        b = self.backend("a")
+        self.start_proxy(proxy_config([b.url]))
+        for _ in range(10):
+            r = yield self.fetch()
+            self.assertEqual(r.status, 200)
+        self.assertEqual((len(b.seen), b.connections), (10, 1))
+
+
+def deferLater(seconds: float) -> defer.Deferred[None]:
+    from twisted.internet import task
+
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+class RequestForwardingTests(ProxyTestCase):
+    def raw_echo(self):  # type: ignore[no-untyped-def]
+        def respond(transport, request):  # type: ignore[no-untyped-def]
+            transport.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+        return self.raw_backend(respond)
+
+    @defer.inlineCallbacks
+    def test_target_is_forwarded_byte_for_byte(self):  # type: ignore[no-untyped-def]
+        raw = self.raw_echo()
+        self.start_proxy(proxy_config([raw.url]))
+        targets = [
+            "/a%2Fb/../c;p=1?x=1&x=2&x=1",
+            "/a?",
+            "/a;",
+            "//double//slash/./",
+            "/%7Euser/%E2%82%AC?q=%20+",
+            "/path?a=1;b=2&&c",
+        ]
+        for target in targets:
+            r = yield self.fetch("GET", target)
+            self.assertEqual(r.status, 200)
+        lines = [request.split(b"\r\n", 1)[0] for request in raw.requests]
+        self.assertEqual(lines, [f"GET {t} HTTP/1.1".encode() for t in targets])
+
+    @defer.inlineCallbacks
+    def test_method_is_forwarded(self):  # type: ignore[no-untyped-def]
+        b = self.backend("a")
+        self.start_proxy(proxy_config([b.url]))
+        for method in ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "PROPFIND"]:
+            r = yield self.fetch(method, "/m", body=b"" if method in ("POST", "PUT") else None)
+            self.assertEqual(r.status, 200)
+        self.assertEqual(
+            [s.method for s in b.seen],
+            [b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"PROPFIND"],
+        )
+
+    @defer.inlineCallbacks
+    def test_headers_as_the_backend_sees_them(self):  # type: ignore[no-untyped-def]
+        raw = self.raw_echo()
+        self.start_proxy(proxy_config([raw.url], via="edge-7"))
+        r = yield self.fetch(
+            "GET",
+            "/h",
+            host="shop.example:8443",
+            headers=[
+                ("X-Forwarded-For", "203.0.113.9"),
+                ("X-Forwarded-Proto", "ftp"),
+                ("Accept", "text/plain"),
+                ("X-Multi", "one"),
+                ("X-Multi", "two"),
+                ("Connection", "keep-alive, X-Hop"),
+                ("X-Hop", "must go"),
+                ("Keep-Alive", "timeout=5"),
+                ("TE", "trailers"),
+                ("Upgrade", "h2c"),
+                ("Proxy-Authorization", "Basic eA=="),
+                ("Proxy-Connection", "keep-alive"),
+                ("Via", "1.0 first"),
+            ],
+        )
+        self.assertEqual(r.status, 200)
+        line, headers = parse_headers_block(raw.requests[0])
+        self.assertEqual(line, b"GET /h HTTP/1.1")
+        self.assertEqual(headers[b"host"], [b"shop.example:8443"])
+        self.assertEqual(headers[b"x-forwarded-for"], [b"203.0.113.9, 127.0.0.1"])
+        self.assertEqual(headers[b"x-forwarded-proto"], [b"http"])
+        self.assertEqual(headers[b"x-forwarded-host"], [b"shop.example:8443"])
+        self.assertEqual(headers[b"via"], [b"1.0 first, 1.1 edge-7"])
+        self.assertEqual(headers[b"accept"], [b"text/plain"])
+        self.assertEqual(headers[b"x-multi"], [b"one", b"two"])
+        for gone in [b"x-hop", b"keep-alive", b"te", b"upgrade", b"proxy-authorization",
+                     b"proxy-connection", b"transfer-encoding", b"content-length"]:
+            self.assertNotIn(gone, headers)
+        # The only Connection header is none at all: the pool keeps the
+        # backend connection alive.
+        self.assertNotIn(b"connection", headers)
+
+    @defer.inlineCallbacks
+    def test_large_post_body_intact(self):  # type: ignore[no-untyped-def]
+        b = self.backend("a")
+        self.start_proxy(proxy_config([b.url]))
+        body = hashlib.sha256(b"seed").digest() * (5 * 1024 * 1024 // 32)
+        r = yield self.fetch("POST", "/upload", body=body)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(len(b.seen[0].body), 5 * 1024 * 1024)
+        self.assertEqual(b.seen[0].body, body)
+        self.assertEqual(b.seen[0].header(b"content-length"), [b"%d" % len(body)])
+
+    @defer.inlineCallbacks
+    def test_chunked_request_body_intact(self):  # type: ignore[no-untyped-def]
+        b = self.backend("a")
+        self.start_proxy(proxy_config([b.url]))
+        pieces = [bytes([i]) * (1000 + i * 7919) for i in range(40)]
+        r = yield self.fetch("POST", "/chunked", body=iter(pieces), chunked=True)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(b.seen[0].body, b"".join(pieces))
+
+    @defer.inlineCallbacks
+    def test_empty_post_keeps_its_zero_length(self):  # type: ignore[no-untyped-def]
+        raw = self.raw_echo()
+        self.start_proxy(proxy_config([raw.url]))
+        r = yield self.fetch("POST", "/empty", body=b"")
+        self.assertEqual(r.status, 200)
+        _, headers = parse_headers_block(raw.requests[0])
+        self.assertEqual(headers[b"content-length"], [b"0"])
+
+    @defer.inlineCallbacks
+    def test_http10_client(self):  # type: ignore[no-untyped-def]
+        raw = self.raw_echo()
+        self.start_proxy(proxy_config([raw.url]))
+        answer = yield self.raw(b"GET /old HTTP/1.0\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.0 200 OK\r\n"), answer)
+        self.assertTrue(answer.endswith(b"\r\n\r\nok"))
+        _, headers = parse_headers_block(raw.requests[0])
+        self.assertEqual(headers[b"via"], [b"1.0 lbproxy"])
+        self.assertNotIn(b"x-forwarded-host", headers)
+
+
+class ResponseTests(ProxyTestCase):
+    def canned(self, response: bytes):  # type: ignore[no-untyped-def]
+        def respond(transport, request):  # type: ignore[no-untyped-def]
+            transport.transport.write(response)
+
+        return self.raw_backend(respond)
+
+    @defer.inlineCallbacks
+    def test_status_reason_and_headers_pass_unchanged(self):  # type: ignore[no-untyped-def]
+        backend = self.canned(
+            b"HTTP/1.1 299 Custom Reason\r\n"
+            b"Server: backend-server/1.0\r\n"
+            b"Date: Mon, 02 Jan 2006 15:04:05 GMT\r\n"
+            b"Connection: X-Internal\r\n"
+            b"X-Internal: secret\r\n"
+            b"Keep-Alive: timeout=5\r\n"
+            b"Set-Cookie: a=1\r\n"
+            b"Set-Cookie: b=2\r\n"
+            b"Content-Length: 5\r\n"
+            b"\r\nhello"
+        )
+        self.start_proxy(proxy_config([backend.url]))
+        answer = yield self.raw(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        line, headers = parse_headers_block(answer)
+        self.assertEqual(line, b"HTTP/1.1 299 Custom Reason")
+        self.assertEqual(headers[b"server"], [b"backend-server/1.0"])
+        self.assertEqual(headers[b"date"], [b"Mon, 02 Jan 2006 15:04:05 GMT"])
+        self.assertEqual(headers[b"set-cookie"], [b"a=1", b"b=2"])
+        self.assertEqual(headers[b"content-length"], [b"5"])
+        self.assertNotIn(b"content-type", headers)
+        self.assertNotIn(b"transfer-encoding", headers)
+        self.assertNotIn(b"x-internal", headers)
+        self.assertNotIn(b"keep-alive", headers)
+        self.assertTrue(answer.endswith(b"\r\n\r\nhello"))
+
+    @defer.inlineCallbacks
+    def test_date_added_when_the_backend_sent_none(self):  # type: ignore[no-untyped-def]
+        backend = self.canned(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.start_proxy(proxy_config([backend.url]))
+        r = yield self.fetch()
+        self.assertEqual(len(r.header("Date")), 1)
+        self.assertEqual(r.header("Server"), [])
+
+    @defer.inlineCallbacks
+    def test_redirects_are_not_followed(self):  # type: ignore[no-untyped-def]
+        backend = self.canned(
+            b"HTTP/1.1 302 Found\r\nLocation: http://elsewhere.test/\r\nContent-Length: 0\r\n\r\n"
+        )
+        self.start_proxy(proxy_config([backend.url]))
+        r = yield self.fetch()
+        self.assertEqual((r.status, r.header("Location")), (302, ["http://elsewhere.test/"]))
+        self.assertEqual(len(backend.requests), 1)
+
+    @defer.inlineCallbacks
+    def test_content_is_not_decoded(self):  # type: ignore[no-untyped-def]
+        import gzip
+
+        packed = gzip.compress(b"hello world")
+        backend = self.canned(
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(packed), packed)
+        )
+        self.start_proxy(proxy_config([backend.url]))
+        r = yield self.fetch()
+        self.assertEqual((r.header("Content-Encoding"), r.body), (["gzip"], packed))
+
+    @defer.inlineCallbacks
+    def test_head_204_304_carry_no_body(self):  # type: ignore[no-untyped-def]
+        def respond(transport, request):  # type: ignore[no-untyped-def]
+            path = request.split(b" ")[1]
+            if request.startswith(b"HEAD"):
+                transport.transport.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nContent-Type: text/html\r\n\r\n"
+                )
+            elif path == b"/204":
+                transport.transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+            else:
+                transport.transport.write(b"HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\n\r\n")
+
+        backend = self.raw_backend(respond)
+        self.start_proxy(proxy_config([backend.url]))
+        # Three requests on one connection, then a GET whose answer must follow
+        # the third directly: any body bytes would corrupt the framing.
+        answer = yield self.raw(
+            b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /204 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /304 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        parts = answer.split(b"\r\n\r\n")
+        self.assertEqual(parts[-1], b"")
+        self.assertEqual(len(parts), 4, answer)
+        head, no_content, not_modified = (parse_headers_block(p + b"\r\n\r\n") for p in parts[:3])
+        self.assertEqual(head[0], b"HTTP/1.1 200 OK")
+        self.assertEqual(head[1][b"content-length"], [b"1234"])
+        self.assertEqual(no_content[0], b"HTTP/1.1 204 No Content")
+        self.assertNotIn(b"transfer-encoding", no_content[1])
+        self.assertEqual(not_modified[0], b"HTTP/1.1 304 Not Modified")
+        self.assertEqual(not_modified[1][b"etag"], [b'"e"'])
+        self.assertNotIn(b"transfer-encoding", not_modified[1])
+
+    @defer.inlineCallbacks
+    def test_unsized_body_is_chunked_to_http11_clients(self):  # type: ignore[no-untyped-def]
+        def respond(transport, request):  # type: ignore[no-untyped-def]
+            transport.transport.write(b"HTTP/1.0 200 OK\r\n\r\nuntil close")
+            transport.transport.loseConnection()
+
+        backend = self.raw_backend(respond)
+        self.start_proxy(proxy_config([backend.url]))
+        answer = yield self.raw(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        _, headers = parse_headers_block(answer)
+        self.assertEqual(headers[b"transfer-encoding"], [b"chunked"])
+        self.assertTrue(answer.endswith(b"\r\n\r\nb\r\nuntil close\r\n0\r\n\r\n"), answer)
+
+
+class FailureTests(ProxyTestCase):
+    @defer.inlineCallbacks
+    def test_refused_server_is_skipped_for_every_method(self):  # type: ignore[no-untyped-def]
+        good = self.backend("good")
+        proxy = self.start_proxy(proxy_config([refused_url(), good.url]))
+        for method in ["GET", "POST", "GET", "POST"]:
+            r = yield self.fetch(method, body=b"data" if method == "POST" else None)
+            self.assertEqual((r.status, r.body), (200, b"good\n"))
+        self.assertEqual([s.method for s in good.seen], [b"GET", b"POST", b"GET", b"POST"])
+        self.assertEqual([s.active for s in proxy.pools["test"].servers], [0, 0])
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
+    def test_all_servers_down_is_502_in_plain_text(self):  # type: ignore[no-untyped-def]
+        proxy = self.start_proxy(proxy_config([refused_url(), refused_url()]))
+        r = yield self.fetch("GET", "/<script>")
+        self.assertEqual(r.status, 502)
+        self.assertEqual(r.header("Content-Type"), ["text/plain; charset=utf-8"])
+        self.assertEqual(r.body, b"502 Bad Gateway: no server could take the request\n")
+        self.assertNotIn(b"Traceback", r.body)
+        self.assertEqual([s.active for s in proxy.pools["test"].servers], [0, 0])
+
+    @defer.inlineCallbacks
+    def test_garbage_from_backend_is_502(self):  # type: ignore[no-untyped-def]
+        def respond(transport, request):  # type: ignore[no-untyped-def]
+            transport.transport.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+            transport.transport.loseConnection()
+
+        backend = self.raw_backend(respond)
+        proxy = self.start_proxy(proxy_config([backend.url]))
+        r = yield self.fetch()
+        self.assertEqual(r.status, 502)
+        self.assertEqual(r.body, b"502 Bad Gateway: the server failed to answer\n")
+        self.assertEqual(proxy.pools["test"].servers[0].active, 0)
+
+    @defer.inlineCallbacks
+    def test_truncated_body_reaches_the_client_as_truncated(self):  # type: ignore[no-untyped-def]
+        def respond(transport, request):  # type: ignore[no-untyped-def]
+            transport.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+            transport.transport.loseConnection()
+
+        backend = self.raw_backend(respond)
+        proxy = self.start_proxy(proxy_config([backend.url]))
+        failure = yield self.assertFailure(self.fetch(), http.client.IncompleteRead)
+        self.assertEqual(failure.partial, b"0123456789")
+        answer = yield self.raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(answer.endswith(b"\r\n\r\n0123456789"), answer)
+        self.assertEqual(proxy.pools["test"].servers[0].active, 0)
+
+    @defer.inlineCallbacks
+    def test_truncated_chunked_body_is_never_completed(self):  # type: ignore[no-untyped-def]
+        def respond(transport, request):  # type: ignore[no-untyped-def]
+            transport.transport.write(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+            )
+            transport.transport.loseConnection()
+
+        backend = self.raw_backend(respond)
+        self.start_proxy(proxy_config([backend.url]))
+        answer = yield self.raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"hello", answer)
+        self.assertNotIn(b"0\r\n\r\n", answer.split(b"\r\n\r\n", 1)[1])
+
+    @defer.inlineCallbacks
+    def test_client_disconnect_cancels_the_backend_request(self):  # type: ignore[no-untyped-def]
+        b = self.backend("held", held_handler)
+        proxy = self.start_proxy(proxy_config([b.url]))
+        sock = socket.create_connection((HOST, self.port), timeout=CLIENT_TIMEOUT)
+        sock.sendall(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+        while not b.held:
+            yield deferLater(0.01)
+        self.assertEqual(proxy.pools["test"].servers[0].active, 1)
+        sock.close()
+        while not b.lost:
+            yield deferLater(0.01)
+        self.assertEqual(proxy.pools["test"].servers[0].active, 0)
+
+    @defer.inlineCallbacks
+    def test_client_disconnect_mid_body_stops_the_backend(self):  # type: ignore[no-untyped-def]
+        b = self.backend("big", streaming_handler(1 << 30))
+        proxy = self.start_proxy(proxy_config([b.url]))
+        sock = socket.create_connection((HOST, self.port), timeout=CLIENT_TIMEOUT)
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        yield threads.deferToThread(sock.recv, 65536)
+        sock.close()
+        while not b.lost:
+            yield deferLater(0.01)
+        self.assertLess(b.streams[0].sent, 1 << 30)
+        self.assertEqual(proxy.pools["test"].servers[0].active, 0)
+
+
+class BackpressureTests(ProxyTestCase):
+    @defer.inlineCallbacks
+    def test_slow_client_pauses_backend(self):  # type: ignore[no-untyped-def]
+        total = 1 << 30
+        b = self.backend("big", streaming_handler(total))
+        self.start_proxy(proxy_config([b.url]))
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.settimeout(CLIENT_TIMEOUT)
+        sock.connect((HOST, self.port))
+        self.addCleanup(sock.close)
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        while not b.streams:
+            yield deferLater(0.01)
+        stream = b.streams[0]
+        # The client reads nothing: the proxy's socket buffer fills, it pauses
+        # the backend connection, whose buffers fill, which pauses the
+        # backend's producer.
+        yield stream.paused
+        sent_at_pause = stream.sent
+        for _ in range(20):
+            yield deferLater(0.01)
+        self.assertLess(stream.sent, 64 * 1024 * 1024)
+        self.assertLessEqual(stream.sent - sent_at_pause, 4 * 1024 * 1024)
+        # Reading resumes the flow.
+        received = yield threads.deferToThread(_read_at_least, sock, 32 * 1024 * 1024)
+        self.assertGreaterEqual(received, 32 * 1024 * 1024)
+        self.assertGreater(stream.sent, sent_at_pause)
+
+
+def _read_at_least(sock: socket.socket, n: int) -> int:
+    got = 0
+    while got < n:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        got += len(chunk)
+    return got
+
+
+
+
+class CloseDelimitedTruncationTests(ProxyTestCase):
+    @defer.inlineCallbacks
+    def test_http10_client_gets_a_reset_not_a_clean_close(self):  # type: ignore[no-untyped-def]
+        def respond(transport, request):  # type: ignore[no-untyped-def]
+            transport.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+            transport.transport.loseConnection()
+
+        backend = self.raw_backend(respond)
+        self.start_proxy(proxy_config([backend.url]))
+        # An HTTP/1.0 client of a body whose length the proxy passes on can
+        # see the shortfall: a clean close is enough.
+        answer = yield self.raw(b"GET / HTTP/1.0\r\n\r\n")
+        self.assertTrue(answer.endswith(b"\r\n\r\n0123456789"), answer)
+
+        def unsized(transport, request):  # type: ignore[no-untyped-def]
+            transport.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            transport.transport.loseConnection()
+
+        backend.respond = unsized
+        # Without a length, the end of an HTTP/1.0 body is the close: the
+        # proxy must reset the connection instead.
+        yield self.assertFailure(self.raw(b"GET / HTTP/1.0\r\n\r\n"), ConnectionResetError)
