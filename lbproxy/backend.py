@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Optional
 
 import attr
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -33,13 +33,12 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
-from twisted.python.failure import Failure
 from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.client import (
+    URI,
     Agent,
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
-    URI,
     _HTTP11ClientFactory,
 )
 from twisted.web.http_headers import Headers
@@ -125,7 +124,7 @@ class BackendAgent(Agent):
                 route.key, route.endpoint, method, route.uri, headers, body, target
             )
         except Exception:
-            return Deferred.fromFailure(Failure())
+            return fail()
 
 
 def tls_policy(pool: PoolConfig) -> IPolicyForHTTPS:

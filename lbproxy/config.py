@@ -26,7 +26,6 @@ from twisted.internet.endpoints import serverFromString
 
 from lbproxy.balancing import ALGORITHMS
 
-
 MAX_WEIGHT = 1000
 
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
@@ -159,8 +158,7 @@ def parse_duration(text: str) -> float:
     match = _DURATION.match(text.strip())
     if match is None:
         raise ValueError(
-            f"expected a duration with a unit (ms, s, m, h), such as 500ms or 2s, "
-            f"got {text!r}"
+            f"expected a duration with a unit (ms, s, m, h), such as 500ms or 2s, got {text!r}"
         )
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
@@ -225,9 +223,7 @@ def parse_server(line: str) -> ServerConfig:
     if parts.username is not None or parts.password is not None:
         raise ValueError(f"{url!r}: the URL must not carry a user or password")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(
-            f"{url!r}: the URL names a server only: no path, query or fragment"
-        )
+        raise ValueError(f"{url!r}: the URL names a server only: no path, query or fragment")
     host = parts.hostname
     if not host:
         raise ValueError(f"{url!r}: the URL has no host")
@@ -337,9 +333,7 @@ def _section_values(
     present = parser[section] if parser.has_section(section) else {}
     for key in present:
         if key not in schema:
-            raise ConfigError(
-                f"unknown key (known: {', '.join(schema)})", section=section, key=key
-            )
+            raise ConfigError(f"unknown key (known: {', '.join(schema)})", section=section, key=key)
     for key, (parse, default) in schema.items():
         if key in present:
             try:
@@ -365,9 +359,7 @@ def _read(text: str) -> configparser.ConfigParser:
     try:
         parser.read_string(text)
     except configparser.DuplicateSectionError as e:
-        raise ConfigError(
-            f"line {e.lineno}: section is defined twice", section=e.section
-        ) from None
+        raise ConfigError(f"line {e.lineno}: section is defined twice", section=e.section) from None
     except configparser.DuplicateOptionError as e:
         raise ConfigError(
             f"line {e.lineno}: key is set twice", section=e.section, key=e.option
@@ -384,9 +376,7 @@ def _read(text: str) -> configparser.ConfigParser:
                 line = ast.literal_eval(line)
             except (ValueError, SyntaxError):
                 pass
-        raise ConfigError(
-            f"line {lineno}: not a 'key = value' line: {line.strip()!r}"
-        ) from None
+        raise ConfigError(f"line {lineno}: not a 'key = value' line: {line.strip()!r}") from None
     return parser
 
 
@@ -412,9 +402,7 @@ def _parse(text: str, path: str) -> ProxyConfig:
         kind, sep, name = section.partition(":")
         if kind == "pool" and sep:
             if not _NAME.match(name):
-                raise ConfigError(
-                    "a pool name is made of letters, digits and -._", section=section
-                )
+                raise ConfigError("a pool name is made of letters, digits and -._", section=section)
             continue
         raise ConfigError("unknown section (known: [proxy], [pool:NAME])", section=section)
     if not parser.has_section("proxy"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, List
 
 from twisted.application import service, strports
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 
 from lbproxy.config import ProxyConfig
 
@@ -34,7 +34,7 @@ class DemoBackend(resource.Resource):
 class _QuietSite(server.Site):
     noisy = False
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: http.Request) -> None:
         pass
 
 
@@ -59,7 +59,7 @@ def demo_services(config: ProxyConfig, reactor: Any = None) -> List[service.Serv
     One listener per server of the configuration's pools (see L{check_demo}).
     """
     check_demo(config)
-    services = []
+    services: List[service.Service] = []
     for pool in config.pools.values():
         for backend in pool.servers:
             interface = backend.host.replace(":", r"\:")

@@ -12,10 +12,13 @@ once, on every outcome.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional, cast
 
+from OpenSSL.SSL import Error as SSLError
+from service_identity.exceptions import VerificationError as CertificateVerificationError
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -34,10 +37,8 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-try:
-    from OpenSSL.SSL import Error as _TLSError
-except ImportError:  # pragma: no cover - pyOpenSSL is a dependency
-    _TLSError = ()  # type: ignore[assignment,misc]
+#: Failures of the TLS handshake with a backend: nothing was sent yet.
+_TLS_FAILURES = (SSLError, CertificateVerificationError)
 
 
 def was_not_sent(failure: Failure) -> bool:
@@ -49,7 +50,7 @@ def was_not_sent(failure: Failure) -> bool:
     if failure.check(error.ConnectError, RequestNotSent):
         return True
     if isinstance(failure.value, _WrapperException):
-        return any(reason.check(_TLSError) for reason in failure.value.reasons)
+        return any(reason.check(*_TLS_FAILURES) for reason in failure.value.reasons)
     return False
 
 
@@ -128,6 +129,7 @@ class _Exchange:
         if self.body_length is None:
             return None
         content = self.request.content
+        assert content is not None
         content.seek(0)
         return FileBodyProducer(content)
 
@@ -223,7 +225,7 @@ class _Exchange:
         if self.pending is not None:
             self.pending.cancel()
         elif self.relay is not None and self.relay.transport is not None:
-            self.relay.transport.stopProducing()
+            cast(IPushProducer, self.relay.transport).stopProducing()
 
     def _respond_error(self, code: int, phrase: bytes, detail: bytes) -> None:
         self.request.respond_error(code, phrase, detail)

@@ -10,6 +10,7 @@ from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lbproxy.backend import BackendAgent, BackendConnectionPool, make_route, tls_policy
@@ -18,6 +19,15 @@ from lbproxy.forwarder import Forwarder
 from lbproxy.pool import Pool, ServerState
 from lbproxy.resource import ProxyResource
 from lbproxy.site import ProxySite
+
+log = Logger()
+
+
+def _describe(address: Any) -> str:
+    host = getattr(address, "host", None)
+    if host is not None:
+        return f"{host}:{address.port}"
+    return str(getattr(address, "name", address))
 
 
 class ProxyService(service.MultiService):
@@ -37,7 +47,7 @@ class ProxyService(service.MultiService):
         self.config = config
         self.connections = BackendConnectionPool(reactor, persistent=True)
         self.connections.maxPersistentPerHost = config.backend_keepalive
-        self.connections.cachedConnectionTimeout = config.backend_keepalive_timeout
+        self.connections.cachedConnectionTimeout = config.backend_keepalive_timeout  # type: ignore[assignment]
         self.agent = BackendAgent(reactor, pool=self.connections)
         self.pools: Dict[str, Pool] = {}
         for pool_config in config.pools.values():
@@ -49,7 +59,7 @@ class ProxyService(service.MultiService):
             self.pools[pool_config.name] = Pool(pool_config, servers)
         via = config.via.encode("ascii") if config.via is not None else None
         self.forwarder = Forwarder(self.pools[config.pool], self.agent, via)
-        self.site = ProxySite(ProxyResource(self.forwarder))
+        self.site = ProxySite(ProxyResource(self.forwarder), reactor=reactor)
         self.ports: List[IListeningPort] = []
         self._reactor = reactor
 
@@ -64,11 +74,18 @@ class ProxyService(service.MultiService):
             outcome: List[Any] = []
             endpoint = serverFromString(self._reactor, description)
             endpoint.listen(self.site).addBoth(outcome.append)
-            if not outcome:
-                raise RuntimeError(f"listen = {description}: the endpoint did not listen at once")
-            if isinstance(outcome[0], Failure):
-                outcome[0].raiseException()
-            self.ports.append(outcome[0])
+            if not outcome or isinstance(outcome[0], Failure):
+                reason = outcome[0].getErrorMessage() if outcome else "no answer"
+                for port in self.ports:
+                    port.stopListening()
+                self.ports = []
+                # One line and exit status 1 from twistd, not a traceback.
+                raise SystemExit(
+                    f"{self.config.path}: [proxy] listen: cannot listen on {description}: {reason}"
+                )
+            port = outcome[0]
+            self.ports.append(port)
+            log.info("lbproxy listening on {address}", address=_describe(port.getHost()))
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()

@@ -5,10 +5,10 @@ the proxy resource.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from twisted.logger import Logger
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.http import datetimeToString
 from twisted.web.resource import IResource
 
@@ -31,7 +31,7 @@ class ProxyRequest(server.Request):
     defaultContentType = None
 
     def process(self) -> None:
-        self.site = self.channel.site
+        self.site = self.channel.site  # type: ignore[attr-defined]
         try:
             self.site.resource.render(self)
         except Exception:
@@ -48,6 +48,7 @@ class ProxyRequest(server.Request):
         if not (headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding")):
             return None
         content = self.content
+        assert content is not None
         content.seek(0, 2)
         length: int = content.tell()
         content.seek(0)
@@ -68,7 +69,7 @@ class ProxyRequest(server.Request):
         if self.chunked or self.responseHeaders.hasHeader(b"content-length"):
             channel.loseConnection()
         else:
-            channel.transport.abortConnection()
+            channel.transport.abortConnection()  # type: ignore[union-attr]
 
     def respond_error(self, code: int, phrase: bytes, detail: bytes, close: bool = False) -> None:
         """
@@ -105,8 +106,10 @@ class ProxySite(server.Site):
     noisy = False
     displayTracebacks = False
 
-    def __init__(self, resource: IResource, timeout: float = KEEPALIVE_TIMEOUT) -> None:
-        super().__init__(resource, requestFactory=ProxyRequest, timeout=timeout)
+    def __init__(
+        self, resource: IResource, timeout: float = KEEPALIVE_TIMEOUT, reactor: Any = None
+    ) -> None:
+        super().__init__(resource, requestFactory=ProxyRequest, timeout=timeout, reactor=reactor)
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: http.Request) -> None:
         pass

@@ -4,11 +4,19 @@ The twistd plugin's options and service maker: parse, validate, hand over.
 
 from __future__ import annotations
 
+import sys
+
 from twisted.application import service
 from twisted.python import usage
 
 from lbproxy.config import ConfigError, ProxyConfig, load
 from lbproxy.demo import check_demo, demo_services
+
+
+class ConfigRefused(usage.UsageError):
+    """
+    The configuration cannot be used; the text is the one line to show.
+    """
 
 
 class Options(usage.Options):
@@ -28,16 +36,28 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if self["config"] is None:
-            raise usage.UsageError("--config FILE is required")
+            raise ConfigRefused("--config FILE is required")
         try:
             self["proxy_config"] = load(self["config"])
-        except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
-        if self["demo"]:
-            try:
+            if self["demo"]:
                 check_demo(self["proxy_config"])
-            except ValueError as e:
-                raise usage.UsageError(str(e)) from None
+        except (ConfigError, ValueError) as e:
+            raise ConfigRefused(str(e)) from None
+
+    def parseOptions(self, options=None):  # type: ignore[no-untyped-def]
+        """
+        Parse the command line; a refused configuration ends the process.
+
+        twistd answers a C{UsageError} with its whole usage text, and some
+        Twisted releases then exit with status 0.  A configuration error is
+        instead the one line that names the file, section and key, on
+        stderr, and exit status 1, like C{lbproxy check}.
+        """
+        try:
+            super().parseOptions(options)
+        except ConfigRefused as e:
+            print(e, file=sys.stderr)
+            raise SystemExit(1) from None
 
 
 def makeService(options: Options) -> service.IService:

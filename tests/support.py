@@ -261,7 +261,8 @@ def raw_exchange(port: int, data: bytes) -> bytes:
 def curl(*args: str) -> defer.Deferred[Tuple[bytes, bytes, int]]:
     """Run curl (with a time limit) and return its stdout, stderr and exit code."""
     return utils.getProcessOutputAndValue(
-        "curl", ("--silent", "--show-error", "--max-time", str(int(CLIENT_TIMEOUT))) + args,
+        "curl",
+        ("--silent", "--show-error", "--max-time", str(int(CLIENT_TIMEOUT))) + args,
         env=dict(os.environ),
     )
 

@@ -80,7 +80,9 @@ class GoodConfigTests(unittest.TestCase):
             "[pool:a]\nservers = http://h:1\n"
         )
         self.assertEqual(c.listen, ("tcp:8080", "tcp6:8081"))
-        self.assertEqual((c.via, c.backend_keepalive, c.backend_keepalive_timeout), ("edge-1", 8, 0.5))
+        self.assertEqual(
+            (c.via, c.backend_keepalive, c.backend_keepalive_timeout), ("edge-1", 8, 0.5)
+        )
 
     def test_via_off(self) -> None:
         c = parse("[proxy]\nlisten = tcp:1\nvia = off\n[pool:a]\nservers = http://h\n")
@@ -100,8 +102,14 @@ class GoodConfigTests(unittest.TestCase):
 
 class DurationTests(unittest.TestCase):
     def test_units(self) -> None:
-        for text, seconds in [("500ms", 0.5), ("2s", 2.0), ("1m", 60.0), ("1.5h", 5400.0),
-                              (" 10s ", 10.0), ("0ms", 0.0)]:
+        for text, seconds in [
+            ("500ms", 0.5),
+            ("2s", 2.0),
+            ("1m", 60.0),
+            ("1.5h", 5400.0),
+            (" 10s ", 10.0),
+            ("0ms", 0.0),
+        ]:
             self.assertEqual(parse_duration(text), seconds)
 
     def test_unit_required(self) -> None:
@@ -118,46 +126,77 @@ class ErrorTests(unittest.TestCase):
         cases = [
             ("", "t.ini: the [proxy] section is missing"),
             ("listen = x\n", "t.ini: line 1: text before the first [section]: 'listen = x'"),
-            ("[proxy]\nlisten\n",
-             "t.ini: line 2: not a 'key = value' line: 'listen'"),
+            ("[proxy]\nlisten\n", "t.ini: line 2: not a 'key = value' line: 'listen'"),
             ("[proxy]\n[proxy]\n", "t.ini: [proxy] line 2: section is defined twice"),
-            ("[proxy]\nlisten = tcp:1\nlisten = tcp:2\n",
-             "t.ini: [proxy] listen: line 3: key is set twice"),
-            ("[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\n[upstream]\n",
-             "t.ini: [upstream] unknown section (known: [proxy], [pool:NAME])"),
-            ("[DEFAULT]\nx = 1\n[proxy]\n",
-             "t.ini: [DEFAULT] unknown section (known: [proxy], [pool:NAME])"),
-            ("[proxy]\nlisten = tcp:1\n[pool:a b]\nservers = http://h\n",
-             "t.ini: [pool:a b] a pool name is made of letters, digits and -._"),
-            ("[proxy]\nlisten = tcp:1\nlistn = 2\n",
-             "t.ini: [proxy] listn: unknown key (known: listen, pool, via, backend_keepalive, "
-             "backend_keepalive_timeout)"),
+            (
+                "[proxy]\nlisten = tcp:1\nlisten = tcp:2\n",
+                "t.ini: [proxy] listen: line 3: key is set twice",
+            ),
+            (
+                "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\n[upstream]\n",
+                "t.ini: [upstream] unknown section (known: [proxy], [pool:NAME])",
+            ),
+            (
+                "[DEFAULT]\nx = 1\n[proxy]\n",
+                "t.ini: [DEFAULT] unknown section (known: [proxy], [pool:NAME])",
+            ),
+            (
+                "[proxy]\nlisten = tcp:1\n[pool:a b]\nservers = http://h\n",
+                "t.ini: [pool:a b] a pool name is made of letters, digits and -._",
+            ),
+            (
+                "[proxy]\nlisten = tcp:1\nlistn = 2\n",
+                "t.ini: [proxy] listn: unknown key (known: listen, pool, via, backend_keepalive, "
+                "backend_keepalive_timeout)",
+            ),
             ("[proxy]\n[pool:a]\nservers = http://h\n", "t.ini: [proxy] listen: is required"),
-            ("[proxy]\nlisten = tcp:1\n",
-             "t.ini: no [pool:NAME] section: there is nowhere to send requests"),
-            ("[proxy]\nlisten = bogus:1\n[pool:a]\nservers = http://h\n",
-             "t.ini: [proxy] listen: 'bogus:1' is not a valid endpoint: "),
-            ("[proxy]\nlisten = tcp:notaport\n[pool:a]\nservers = http://h\n",
-             "t.ini: [proxy] listen: 'tcp:notaport' is not a valid endpoint: "),
-            ("[proxy]\nlisten = tcp:1\npool = b\n[pool:a]\nservers = http://h\n",
-             "t.ini: [proxy] pool: no [pool:b] section (defined: a)"),
-            ("[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\n[pool:b]\nservers = http://i\n",
-             "t.ini: [proxy] pool: is required when there is more than one pool (defined: a, b)"),
-            ("[proxy]\nlisten = tcp:1\nvia = a b\n[pool:a]\nservers = http://h\n",
-             "t.ini: [proxy] via: must be a name made of letters, digits and -._, or off, got 'a b'"),
-            ("[proxy]\nlisten = tcp:1\nbackend_keepalive = many\n[pool:a]\nservers = http://h\n",
-             "t.ini: [proxy] backend_keepalive: must be a whole number from 0 to 100000, got 'many'"),
-            ("[proxy]\nlisten = tcp:1\nbackend_keepalive_timeout = 5\n[pool:a]\nservers = http://h\n",
-             "t.ini: [proxy] backend_keepalive_timeout: expected a duration with a unit "
-             "(ms, s, m, h), such as 500ms or 2s, got '5'"),
-            ("[proxy]\nlisten = tcp:1\n[pool:a]\nalgorithm = random\nservers = http://h\n",
-             "t.ini: [pool:a] algorithm: must be one of round_robin, weighted_round_robin, "
-             "least_connections, got 'random'"),
+            (
+                "[proxy]\nlisten = tcp:1\n",
+                "t.ini: no [pool:NAME] section: there is nowhere to send requests",
+            ),
+            (
+                "[proxy]\nlisten = bogus:1\n[pool:a]\nservers = http://h\n",
+                "t.ini: [proxy] listen: 'bogus:1' is not a valid endpoint: ",
+            ),
+            (
+                "[proxy]\nlisten = tcp:notaport\n[pool:a]\nservers = http://h\n",
+                "t.ini: [proxy] listen: 'tcp:notaport' is not a valid endpoint: ",
+            ),
+            (
+                "[proxy]\nlisten = tcp:1\npool = b\n[pool:a]\nservers = http://h\n",
+                "t.ini: [proxy] pool: no [pool:b] section (defined: a)",
+            ),
+            (
+                "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\n[pool:b]\nservers = http://i\n",
+                "t.ini: [proxy] pool: is required when there is more than one pool (defined: a, b)",
+            ),
+            (
+                "[proxy]\nlisten = tcp:1\nvia = a b\n[pool:a]\nservers = http://h\n",
+                "t.ini: [proxy] via: must be a name made of letters, digits and -._, or off, got 'a b'",
+            ),
+            (
+                "[proxy]\nlisten = tcp:1\nbackend_keepalive = many\n[pool:a]\nservers = http://h\n",
+                "t.ini: [proxy] backend_keepalive: must be a whole number from 0 to 100000, got 'many'",
+            ),
+            (
+                "[proxy]\nlisten = tcp:1\nbackend_keepalive_timeout = 5\n[pool:a]\nservers = http://h\n",
+                "t.ini: [proxy] backend_keepalive_timeout: expected a duration with a unit "
+                "(ms, s, m, h), such as 500ms or 2s, got '5'",
+            ),
+            (
+                "[proxy]\nlisten = tcp:1\n[pool:a]\nalgorithm = random\nservers = http://h\n",
+                "t.ini: [pool:a] algorithm: must be one of round_robin, weighted_round_robin, "
+                "least_connections, got 'random'",
+            ),
             ("[proxy]\nlisten = tcp:1\n[pool:a]\n", "t.ini: [pool:a] servers: is required"),
-            ("[proxy]\nlisten = tcp:1\n[pool:a]\nservers =\n",
-             "t.ini: [pool:a] servers: needs at least one server, such as http://127.0.0.1:9001"),
-            ("[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\ntls_ca_file = /nonexistent\n",
-             "t.ini: [pool:a] tls_ca_file: cannot read '/nonexistent': No such file or directory"),
+            (
+                "[proxy]\nlisten = tcp:1\n[pool:a]\nservers =\n",
+                "t.ini: [pool:a] servers: needs at least one server, such as http://127.0.0.1:9001",
+            ),
+            (
+                "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\ntls_ca_file = /nonexistent\n",
+                "t.ini: [pool:a] tls_ca_file: cannot read '/nonexistent': No such file or directory",
+            ),
         ]
         for text, expected in cases:
             message = error(text)
@@ -169,25 +208,41 @@ class ErrorTests(unittest.TestCase):
             ("ftp://h", "line 1: 'ftp://h': the URL must start with http:// or https://"),
             ("h:80", "line 1: 'h:80': the URL must start with http:// or https://"),
             ("http://u:p@h", "line 1: 'http://u:p@h': the URL must not carry a user or password"),
-            ("http://h/app", "line 1: 'http://h/app': the URL names a server only: "
-             "no path, query or fragment"),
-            ("http://h?x", "line 1: 'http://h?x': the URL names a server only: "
-             "no path, query or fragment"),
+            (
+                "http://h/app",
+                "line 1: 'http://h/app': the URL names a server only: no path, query or fragment",
+            ),
+            (
+                "http://h?x",
+                "line 1: 'http://h?x': the URL names a server only: no path, query or fragment",
+            ),
             ("http://", "line 1: 'http://': the URL has no host"),
-            ("http://h:99999", "line 1: 'http://h:99999': the port must be a number from 1 to 65535"),
+            (
+                "http://h:99999",
+                "line 1: 'http://h:99999': the port must be a number from 1 to 65535",
+            ),
             ("http://h:0", "line 1: 'http://h:0': the port must be a number from 1 to 65535"),
             ("http://h:x", "line 1: 'http://h:x': the port must be a number from 1 to 65535"),
-            ("http://hé", "line 1: 'http://hé': the host must be ASCII (write an international "
-             "name in its xn-- form)"),
+            (
+                "http://hé",
+                "line 1: 'http://hé': the host must be ASCII (write an international "
+                "name in its xn-- form)",
+            ),
             ("http://h weight", "line 1: 'http://h': option 'weight' must be written key=value"),
-            ("http://h weight=0",
-             "line 1: 'http://h': weight must be a whole number from 1 to 1000, got '0'"),
-            ("http://h weight=x",
-             "line 1: 'http://h': weight must be a whole number from 1 to 1000, got 'x'"),
+            (
+                "http://h weight=0",
+                "line 1: 'http://h': weight must be a whole number from 1 to 1000, got '0'",
+            ),
+            (
+                "http://h weight=x",
+                "line 1: 'http://h': weight must be a whole number from 1 to 1000, got 'x'",
+            ),
             ("http://h weight=1 weight=2", "line 1: 'http://h': option 'weight' given twice"),
             ("http://h max=3", "line 1: 'http://h': unknown option 'max' (known: name, weight)"),
-            ("http://h name=a/b",
-             "line 1: 'http://h': name must be made of letters, digits and -._:[], got 'a/b'"),
+            (
+                "http://h name=a/b",
+                "line 1: 'http://h': name must be made of letters, digits and -._:[], got 'a/b'",
+            ),
             ("http://h\nhttp://h:80", "line 2: 'http://h:80' is already listed on line 1"),
             ("http://h name=x\nhttp://i name=x", "line 2: name 'x' is already used on line 1"),
         ]
@@ -206,7 +261,9 @@ class ErrorTests(unittest.TestCase):
         path = self.mktemp()
         with self.assertRaises(ConfigError) as caught:
             load(path)
-        self.assertEqual(str(caught.exception), f"{path}: cannot read the file: No such file or directory")
+        self.assertEqual(
+            str(caught.exception), f"{path}: cannot read the file: No such file or directory"
+        )
 
     def test_file_errors_name_the_file(self) -> None:
         path = self.mktemp()

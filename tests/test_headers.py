@@ -60,9 +60,7 @@ class RequestHeaderTests(unittest.TestCase):
         self.assertEqual(out[b"X-Kept"], [b"k"])
 
     def test_connection_cannot_remove_host_or_forwarded_for(self) -> None:
-        out = dict(
-            req([(b"Host", [b"h"]), (b"Connection", [b"Host, X-Forwarded-For, Via"])])
-        )
+        out = dict(req([(b"Host", [b"h"]), (b"Connection", [b"Host, X-Forwarded-For, Via"])]))
         self.assertEqual(out[b"Host"], [b"h"])
         self.assertEqual(out[b"X-Forwarded-For"], [b"192.0.2.7"])
         self.assertEqual(out[b"Via"], [b"1.1 lbproxy"])
@@ -85,8 +83,10 @@ class RequestHeaderTests(unittest.TestCase):
         cases = [
             ([], b"192.0.2.7"),
             ([(b"X-Forwarded-For", [b"10.0.0.1"])], b"10.0.0.1, 192.0.2.7"),
-            ([(b"X-Forwarded-For", [b"10.0.0.1, 10.0.0.2", b"10.0.0.3"])],
-             b"10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.7"),
+            (
+                [(b"X-Forwarded-For", [b"10.0.0.1, 10.0.0.2", b"10.0.0.3"])],
+                b"10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.7",
+            ),
         ]
         for pairs, expected in cases:
             out = dict(req([(b"Host", [b"h"])] + pairs))
@@ -121,8 +121,16 @@ class RequestHeaderTests(unittest.TestCase):
         self.assertNotIn(b"Via", out)
 
     def test_names_compared_case_insensitively(self) -> None:
-        out = dict(req([(b"host", [b"h"]), (b"connection", [b"x-a"]), (b"x-a", [b"1"]),
-                        (b"x-forwarded-for", [b"1.2.3.4"])]))
+        out = dict(
+            req(
+                [
+                    (b"host", [b"h"]),
+                    (b"connection", [b"x-a"]),
+                    (b"x-a", [b"1"]),
+                    (b"x-forwarded-for", [b"1.2.3.4"]),
+                ]
+            )
+        )
         self.assertNotIn(b"x-a", out)
         self.assertNotIn(b"x-forwarded-for", out)
         self.assertEqual(out[b"X-Forwarded-For"], [b"1.2.3.4, 192.0.2.7"])
@@ -133,13 +141,24 @@ class ResponseHeaderTests(unittest.TestCase):
         cases = [
             ([(b"Content-Type", [b"text/plain"])], [(b"Content-Type", [b"text/plain"])]),
             ([(b"Connection", [b"close"]), (b"Server", [b"s"])], [(b"Server", [b"s"])]),
-            ([(b"Connection", [b"X-Internal"]), (b"X-Internal", [b"1"]), (b"Date", [b"d"])],
-             [(b"Date", [b"d"])]),
-            ([(b"Keep-Alive", [b"timeout=5"]), (b"Trailer", [b"x"]), (b"Upgrade", [b"h2c"]),
-              (b"Proxy-Authenticate", [b"Basic"]), (b"Set-Cookie", [b"a=1", b"b=2"])],
-             [(b"Set-Cookie", [b"a=1", b"b=2"])]),
-            ([(b"Connection", [b"content-length"]), (b"Content-Length", [b"3"])],
-             [(b"Content-Length", [b"3"])]),
+            (
+                [(b"Connection", [b"X-Internal"]), (b"X-Internal", [b"1"]), (b"Date", [b"d"])],
+                [(b"Date", [b"d"])],
+            ),
+            (
+                [
+                    (b"Keep-Alive", [b"timeout=5"]),
+                    (b"Trailer", [b"x"]),
+                    (b"Upgrade", [b"h2c"]),
+                    (b"Proxy-Authenticate", [b"Basic"]),
+                    (b"Set-Cookie", [b"a=1", b"b=2"]),
+                ],
+                [(b"Set-Cookie", [b"a=1", b"b=2"])],
+            ),
+            (
+                [(b"Connection", [b"content-length"]), (b"Content-Length", [b"3"])],
+                [(b"Content-Length", [b"3"])],
+            ),
         ]
         for pairs, expected in cases:
             self.assertEqual(response_headers(pairs), expected, pairs)

@@ -11,12 +11,10 @@ import socket
 from typing import List
 
 from twisted.internet import defer, reactor, threads
-from twisted.web import server
 
 from tests.support import (
     CLIENT_TIMEOUT,
     HOST,
-    Backend,
     ProxyTestCase,
     held_handler,
     parse_headers_block,
@@ -45,9 +43,7 @@ class BalancingTests(ProxyTestCase):
     @defer.inlineCallbacks
     def test_weighted_round_robin(self):  # type: ignore[no-untyped-def]
         a, b, c = (self.backend(n) for n in "abc")
-        self.start_proxy(
-            proxy_config([f"{a.url} weight=5", b.url, c.url], "weighted_round_robin")
-        )
+        self.start_proxy(proxy_config([f"{a.url} weight=5", b.url, c.url], "weighted_round_robin"))
         bodies = []
         for _ in range(7):
             r = yield self.fetch()
@@ -159,8 +155,16 @@ class RequestForwardingTests(ProxyTestCase):
         self.assertEqual(headers[b"via"], [b"1.0 first, 1.1 edge-7"])
         self.assertEqual(headers[b"accept"], [b"text/plain"])
         self.assertEqual(headers[b"x-multi"], [b"one", b"two"])
-        for gone in [b"x-hop", b"keep-alive", b"te", b"upgrade", b"proxy-authorization",
-                     b"proxy-connection", b"transfer-encoding", b"content-length"]:
+        for gone in [
+            b"x-hop",
+            b"keep-alive",
+            b"te",
+            b"upgrade",
+            b"proxy-authorization",
+            b"proxy-connection",
+            b"transfer-encoding",
+            b"content-length",
+        ]:
             self.assertNotIn(gone, headers)
         # The only Connection header is none at all: the pool keeps the
         # backend connection alive.
@@ -284,7 +288,7 @@ class ResponseTests(ProxyTestCase):
             elif path == b"/204":
                 transport.transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
             else:
-                transport.transport.write(b"HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\n\r\n")
+                transport.transport.write(b'HTTP/1.1 304 Not Modified\r\nETag: "e"\r\n\r\n')
 
         backend = self.raw_backend(respond)
         self.start_proxy(proxy_config([backend.url]))
@@ -452,8 +456,6 @@ def _read_at_least(sock: socket.socket, n: int) -> int:
     return got
 
 
-
-
 class CloseDelimitedTruncationTests(ProxyTestCase):
     @defer.inlineCallbacks
     def test_http10_client_gets_a_reset_not_a_clean_close(self):  # type: ignore[no-untyped-def]
@@ -469,7 +471,9 @@ class CloseDelimitedTruncationTests(ProxyTestCase):
         self.assertTrue(answer.endswith(b"\r\n\r\n0123456789"), answer)
 
         def unsized(transport, request):  # type: ignore[no-untyped-def]
-            transport.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            transport.transport.write(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+            )
             transport.transport.loseConnection()
 
         backend.respond = unsized

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Install lbproxy (a plain, non-editable install) into fresh virtual
+# environments and run the whole test suite: lint, types, and the trial
+# suite on CPython, then the trial suite on PyPy 3.9.
+#
+#   bash scripts/test.sh            CPython and PyPy
+#   bash scripts/test.sh --cpython  CPython only (quicker, for development)
+#
+# Missing system tools (curl, pypy3) are installed with apt-get when run as
+# root; otherwise the script says what to install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_pypy=yes
+[ "${1:-}" = "--cpython" ] && want_pypy=no
+
+need_packages=()
+command -v curl >/dev/null || need_packages+=(curl)
+if [ "$want_pypy" = yes ] && ! command -v pypy3 >/dev/null; then
+    need_packages+=(pypy3 pypy3-venv)
+fi
+if [ ${#need_packages[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "== installing ${need_packages[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq "${need_packages[@]}" >/dev/null
+    else
+        echo "missing: ${need_packages[*]} (install them, e.g. apt-get install ${need_packages[*]})" >&2
+        exit 1
+    fi
+fi
+
+quiet_pip() { "$@" 2>&1 | grep -vE '^(WARNING: Location|  WARNING)' || true; }
+
+echo "== CPython: install"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+quiet_pip .venv/bin/pip install -q --upgrade '.[dev]'
+# Always the code of this checkout, even when the version number is unchanged.
+quiet_pip .venv/bin/pip install -q --force-reinstall --no-deps .
+
+echo "== CPython: ruff"
+.venv/bin/ruff check lbproxy tests twisted bench
+.venv/bin/ruff format --check lbproxy tests twisted bench
+
+echo "== CPython: mypy"
+.venv/bin/mypy
+
+echo "== CPython: trial"
+.venv/bin/python -m twisted.trial tests
+
+if [ "$want_pypy" = yes ]; then
+    echo "== PyPy: install"
+    [ -x .venv-pypy/bin/python ] || pypy3 -m venv .venv-pypy
+    quiet_pip .venv-pypy/bin/pip install -q --upgrade '.[test]'
+    quiet_pip .venv-pypy/bin/pip install -q --force-reinstall --no-deps .
+    echo "== PyPy: trial"
+    .venv-pypy/bin/python -m twisted.trial tests
+fi

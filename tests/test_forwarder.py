@@ -1,0 +1,180 @@
+"""
+The forwarder against a scripted agent: every outcome releases the server's
+in-flight count exactly once, and a client that leaves cancels the backend.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+from twisted.internet import error
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+from twisted.web._newclient import ResponseDone, ResponseFailed, ResponseNeverReceived
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
+
+from lbproxy.config import parse
+from lbproxy.forwarder import Forwarder
+from lbproxy.pool import Pool, ServerState
+from lbproxy.resource import ProxyResource
+from lbproxy.site import ProxySite
+from tests.support import proxy_config
+
+
+class ScriptedAgent:
+    """Records each send; the test fires or fails the returned Deferred."""
+
+    def __init__(self) -> None:
+        self.sent: List[tuple] = []
+        self.cancelled = 0
+
+    def send(self, route, method, target, headers, body):  # type: ignore[no-untyped-def]
+        def cancel(d: Deferred) -> None:
+            self.cancelled += 1
+            d.errback(Failure(CancelledError()))
+
+        d: Deferred = Deferred(cancel)
+        self.sent.append((route, method, target, headers, body, d))
+        return d
+
+
+class BodyTransport:
+    """The backend side of a response body, as the relay sees it."""
+
+    def __init__(self) -> None:
+        self.stopped = 0
+        self.paused = 0
+        self.protocol = None
+
+    def pauseProducing(self) -> None:
+        self.paused += 1
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        self.stopped += 1
+        self.protocol.connectionLost(Failure(ResponseFailed([Failure(error.ConnectionLost())])))
+
+
+class ScriptedResponse:
+    def __init__(self, code: int = 200, length: object = UNKNOWN_LENGTH) -> None:
+        self.code = code
+        self.phrase = b"OK"
+        self.headers = Headers({b"X-From": [b"backend"]})
+        self.length = length
+        self.transport = BodyTransport()
+
+    def deliverBody(self, protocol) -> None:  # type: ignore[no-untyped-def]
+        self.transport.protocol = protocol
+        protocol.makeConnection(self.transport)
+
+
+class CountingPool(Pool):
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.log: List[str] = []
+
+    def dispatch(self, server: ServerState) -> None:
+        self.log.append(f"+{server.name}")
+        super().dispatch(server)
+
+    def release(self, server: ServerState) -> None:
+        self.log.append(f"-{server.name}")
+        super().release(server)
+
+
+class ForwarderTests(unittest.TestCase):
+    def setUp(self) -> None:
+        config = parse(proxy_config(["http://127.0.0.1:1 name=a", "http://127.0.0.1:2 name=b"]))
+        pool_config = config.active_pool()
+        self.pool = CountingPool(pool_config, [ServerState(s, s.name) for s in pool_config.servers])
+        self.agent = ScriptedAgent()
+        forwarder = Forwarder(self.pool, self.agent, b"lbproxy")  # type: ignore[arg-type]
+        site = ProxySite(ProxyResource(forwarder), reactor=Clock())
+        self.channel = site.buildProtocol(None)._channel
+        self.client = StringTransport()
+        self.channel.makeConnection(self.client)
+
+    def request(self, data: bytes = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n") -> Deferred:
+        self.channel.dataReceived(data)
+        return self.agent.sent[-1][-1]
+
+    def active(self) -> List[int]:
+        return [s.active for s in self.pool.servers]
+
+    def test_success_releases_once(self) -> None:
+        d = self.request()
+        self.assertEqual(self.active(), [1, 0])
+        response = ScriptedResponse(length=5)
+        d.callback(response)
+        response.transport.protocol.dataReceived(b"hello")
+        self.assertEqual(self.active(), [1, 0])
+        response.transport.protocol.connectionLost(Failure(ResponseDone()))
+        self.assertEqual(self.pool.log, ["+a", "-a"])
+        self.assertTrue(self.client.value().endswith(b"\r\n\r\nhello"))
+        self.assertIn(b"Content-Length: 5\r\n", self.client.value())
+
+    def test_not_sent_fails_over_and_releases_each(self) -> None:
+        first = self.request()
+        first.errback(Failure(error.ConnectionRefusedError()))
+        self.assertEqual(len(self.agent.sent), 2)
+        self.assertEqual(self.active(), [0, 1])
+        second = self.agent.sent[-1][-1]
+        second.errback(Failure(error.ConnectError()))
+        self.assertEqual(self.pool.log, ["+a", "-a", "+b", "-b"])
+        self.assertTrue(self.client.value().startswith(b"HTTP/1.1 502 Bad Gateway\r\n"))
+
+    def test_failure_after_sending_is_not_retried(self) -> None:
+        d = self.request(b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nz")
+        d.errback(Failure(ResponseNeverReceived([Failure(error.ConnectionLost())])))
+        self.assertEqual(len(self.agent.sent), 1)
+        self.assertEqual(self.pool.log, ["+a", "-a"])
+        self.assertTrue(self.client.value().startswith(b"HTTP/1.1 502 Bad Gateway\r\n"))
+
+    def test_client_gone_while_waiting_cancels_and_releases(self) -> None:
+        self.request()
+        self.channel.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual(self.agent.cancelled, 1)
+        self.assertEqual(self.pool.log, ["+a", "-a"])
+        self.assertEqual(len(self.agent.sent), 1)
+
+    def test_client_gone_mid_body_stops_backend_and_releases(self) -> None:
+        d = self.request()
+        response = ScriptedResponse()
+        d.callback(response)
+        response.transport.protocol.dataReceived(b"part")
+        self.channel.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual(response.transport.stopped, 1)
+        self.assertEqual(self.pool.log, ["+a", "-a"])
+        self.assertEqual(self.active(), [0, 0])
+
+    def test_body_cut_short_closes_client_and_releases(self) -> None:
+        d = self.request()
+        response = ScriptedResponse(length=10)
+        d.callback(response)
+        response.transport.protocol.dataReceived(b"part")
+        response.transport.protocol.connectionLost(
+            Failure(ResponseFailed([Failure(error.ConnectionLost())]))
+        )
+        self.assertEqual(self.pool.log, ["+a", "-a"])
+        self.assertTrue(self.client.disconnecting)
+        self.assertFalse(self.client.value().endswith(b"0\r\n\r\n"))
+
+    def test_backend_registered_as_producer(self) -> None:
+        d = self.request()
+        response = ScriptedResponse()
+        d.callback(response)
+        self.assertIs(self.channel.requests[0].producer, response.transport)
+        self.channel.pauseProducing()
+        self.assertEqual(response.transport.paused, 1)
+
+    def test_forwarded_request(self) -> None:
+        self.request(b"GET /a;b?c HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n")
+        route, method, target, headers, body, _ = self.agent.sent[0]
+        self.assertEqual((route, method, target, body), ("a", b"GET", b"/a;b?c", None))
+        self.assertEqual(headers.getRawHeaders(b"x-forwarded-for"), [b"1.2.3.4, 192.168.1.1"])

@@ -1,0 +1,258 @@
+"""
+The installed program: the twistd plugin, `twistd -n lbproxy` as a real
+subprocess driven by real clients, and `lbproxy check`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import List
+
+from twisted.application.service import IServiceMaker
+from twisted.internet import defer, error, protocol, reactor
+from twisted.plugin import getPlugins
+from twisted.trial import unittest
+
+from tests.support import (
+    CLIENT_TIMEOUT,
+    Backend,
+    curl,
+    proxy_config,
+    rss_peak_kib,
+    streaming_handler,
+)
+
+BIN = os.path.dirname(sys.executable)
+
+
+def tool(name: str) -> str:
+    path = os.path.join(BIN, name)
+    if not os.path.exists(path):
+        raise AssertionError(f"{path} is missing: install the project into this interpreter")
+    return path
+
+
+class _Process(protocol.ProcessProtocol):
+    """A subprocess whose output is collected; waits for a line pattern or the exit."""
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.exited: defer.Deferred[int] = defer.Deferred()
+        self.waiting: List[tuple] = []
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        for entry in list(self.waiting):
+            pattern, d = entry
+            match = re.search(pattern, self.output)
+            if match:
+                self.waiting.remove(entry)
+                d.callback(match)
+
+    errReceived = outReceived
+
+    def wait_for(self, pattern: bytes) -> defer.Deferred[re.Match]:
+        d: defer.Deferred[re.Match] = defer.Deferred()
+        self.waiting.append((pattern, d))
+        self.outReceived(b"")
+        d.addTimeout(CLIENT_TIMEOUT, reactor)
+        return d
+
+    def processEnded(self, reason) -> None:  # type: ignore[no-untyped-def]
+        code = reason.value.exitCode if isinstance(reason.value, error.ProcessTerminated) else 0
+        for _, d in self.waiting:
+            d.errback(AssertionError(f"process ended; output:\n{self.output.decode()}"))
+        self.waiting = []
+        self.exited.callback(code if code is not None else -1)
+
+
+def installed_env() -> dict:
+    """
+    The environment for a subprocess that must use the installed package, not
+    the source tree the tests were started from.
+    """
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def run(test: unittest.TestCase, *argv: str) -> _Process:
+    proc = _Process()
+    transport = reactor.spawnProcess(proc, argv[0], list(argv), env=installed_env())
+    proc.pid = transport.pid  # type: ignore[attr-defined]
+
+    def stop() -> defer.Deferred[int]:
+        if not proc.exited.called:
+            transport.signalProcess("TERM")
+        return proc.exited
+
+    test.addCleanup(stop)
+    return proc
+
+
+class PluginTests(unittest.TestCase):
+    def test_plugin_is_found(self) -> None:
+        makers = {m.tapname: m for m in getPlugins(IServiceMaker)}
+        self.assertIn("lbproxy", makers)
+        self.assertEqual(makers["lbproxy"].module, "lbproxy.tap")
+
+
+class TwistdTests(unittest.TestCase):
+    def write(self, text: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def twistd(self, path: str, *extra: str) -> _Process:
+        return run(self, tool("twistd"), "-n", "--pidfile=", "lbproxy", "--config", path, *extra)
+
+    @defer.inlineCallbacks
+    def test_twistd_serves_and_balances(self):  # type: ignore[no-untyped-def]
+        a, b = Backend("a"), Backend("b")
+        self.addCleanup(a.stop)
+        self.addCleanup(b.stop)
+        proc = self.twistd(self.write(proxy_config([a.url, b.url])))
+        match = yield proc.wait_for(rb"listening on .*:(\d+)")
+        port = int(match.group(1))
+        bodies = []
+        for _ in range(4):
+            out, err, code = yield curl(f"http://127.0.0.1:{port}/x")
+            self.assertEqual(code, 0, err)
+            bodies.append(out)
+        self.assertEqual(bodies, [b"a\n", b"b\n", b"a\n", b"b\n"])
+        self.assertNotIn(b"Traceback", proc.output)
+
+    @defer.inlineCallbacks
+    def test_short_option_and_demo_backends(self):  # type: ignore[no-untyped-def]
+        # --demo serves the configured addresses itself: find free ports first.
+        ports = [_free_port() for _ in range(2)]
+        text = proxy_config([f"http://127.0.0.1:{p} name=d{i}" for i, p in enumerate(ports)])
+        proc = run(
+            self, tool("twistd"), "-n", "--pidfile=", "lbproxy", "-c", self.write(text), "--demo"
+        )
+        match = yield proc.wait_for(rb"listening on .*:(\d+)")
+        seen = set()
+        for _ in range(2):
+            out, err, code = yield curl(f"http://127.0.0.1:{match.group(1).decode()}/")
+            seen.add(out)
+        self.assertEqual(seen, {b"Hello from demo backend d0\n", b"Hello from demo backend d1\n"})
+
+    @defer.inlineCallbacks
+    def test_bad_config_is_one_line_and_nothing_listens(self):  # type: ignore[no-untyped-def]
+        path = self.write(
+            "[proxy]\nlisten = tcp:0:interface=127.0.0.1\n[pool:web]\n"
+            "servers = http://127.0.0.1:1 weight=lots\n"
+        )
+        proc = self.twistd(path)
+        code = yield proc.exited
+        self.assertNotEqual(code, 0)
+        self.assertNotIn(b"Traceback", proc.output)
+        self.assertNotIn(b"listening on", proc.output)
+        last = proc.output.decode().strip().splitlines()[-1]
+        self.assertTrue(
+            last.endswith(
+                f"{path}: [pool:web] servers: line 1: 'http://127.0.0.1:1': "
+                "weight must be a whole number from 1 to 1000, got 'lots'"
+            ),
+            last,
+        )
+
+    @defer.inlineCallbacks
+    def test_missing_file_is_one_line(self):  # type: ignore[no-untyped-def]
+        proc = self.twistd("/nonexistent/lbproxy.ini")
+        code = yield proc.exited
+        self.assertNotEqual(code, 0)
+        self.assertNotIn(b"Traceback", proc.output)
+        self.assertIn(
+            b"/nonexistent/lbproxy.ini: cannot read the file: No such file or directory",
+            proc.output,
+        )
+
+    @defer.inlineCallbacks
+    def test_busy_port_is_one_line(self):  # type: ignore[no-untyped-def]
+        taken = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        text = (
+            f"[proxy]\nlisten = tcp:{taken.getHost().port}:interface=127.0.0.1\n"
+            "[pool:a]\nservers = http://127.0.0.1:1\n"
+        )
+        proc = self.twistd(self.write(text))
+        code = yield proc.exited
+        self.assertNotEqual(code, 0)
+        self.assertNotIn(b"Traceback", proc.output)
+        self.assertIn(b"cannot listen", proc.output)
+
+    @defer.inlineCallbacks
+    def test_300_mib_download_keeps_memory_flat(self):  # type: ignore[no-untyped-def]
+        def sized(backend, request, body):  # type: ignore[no-untyped-def]
+            return streaming_handler(int(request.path[1:]))(backend, request, body)
+
+        big = Backend("big", sized)
+        self.addCleanup(big.stop)
+        proc = self.twistd(self.write(proxy_config([big.url])))
+        match = yield proc.wait_for(rb"listening on .*:(\d+)")
+        url = f"http://127.0.0.1:{match.group(1).decode()}"
+
+        @defer.inlineCallbacks
+        def download(size: int):  # type: ignore[no-untyped-def]
+            out, err, code = yield curl(
+                "--output", "/dev/null", "--write-out", "%{size_download}", f"{url}/{size}"
+            )
+            self.assertEqual((code, int(out or 0)), (0, size), err)
+
+        # A first transfer brings the process to its working size (buffers,
+        # and on PyPy the JIT and the garbage collector's steady heap).
+        yield download(64 * 1024 * 1024)
+        before = rss_peak_kib(proc.pid)
+        yield download(300 * 1024 * 1024)
+        growth_mib = (rss_peak_kib(proc.pid) - before) / 1024
+        self.assertLess(growth_mib, 16, f"peak RSS grew by {growth_mib:.1f} MiB")
+
+
+class CheckCommandTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_check_good_and_bad(self):  # type: ignore[no-untyped-def]
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        good = self.mktemp()
+        with open(good, "w") as f:
+            f.write(proxy_config(["http://127.0.0.1:9001", "http://127.0.0.1:9002"]))
+        out, err, code = yield getProcessOutputAndValue(
+            tool("lbproxy"), ["check", good], env=installed_env()
+        )
+        self.assertEqual(code, 0)
+        self.assertEqual(
+            out.decode(),
+            f"{good}: ok: 1 listener, 1 pool, 2 servers; requests go to pool 'test'\n",
+        )
+        bad = self.mktemp()
+        with open(bad, "w") as f:
+            f.write("[proxy]\nlisten = tcp:1\n[pool:a]\nalgorithm = fastest\nservers = http://h\n")
+        out, err, code = yield getProcessOutputAndValue(
+            tool("lbproxy"), ["check", bad], env=installed_env()
+        )
+        self.assertEqual(code, 1)
+        self.assertEqual(out, b"")
+        self.assertEqual(
+            err.decode(),
+            f"{bad}: [pool:a] algorithm: must be one of round_robin, weighted_round_robin, "
+            "least_connections, got 'fastest'\n",
+        )
+        out, err, code = yield getProcessOutputAndValue(
+            tool("lbproxy"), ["frobnicate"], env=installed_env()
+        )
+        self.assertEqual(code, 2)
+        self.assertIn(b"usage: lbproxy check FILE", err)
+
+
+def _free_port() -> int:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port: int = s.getsockname()[1]
+    s.close()
+    return port
