@@ -326,6 +326,32 @@ class ResponseTests(ProxyTestCase):
 
 
 class FailureTests(ProxyTestCase):
+    def capture_log(self) -> List[str]:
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        lines: List[str] = []
+
+        def observe(event):  # type: ignore[no-untyped-def]
+            if event.get("log_namespace", "").startswith("lbproxy.forwarder"):
+                lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return lines
+
+    @defer.inlineCallbacks
+    def test_each_failure_is_one_log_line_naming_the_server(self):  # type: ignore[no-untyped-def]
+        lines = self.capture_log()
+        down = refused_url()
+        good = self.backend("good")
+        self.start_proxy(proxy_config([f"{down} name=down-1", good.url]))
+        r = yield self.fetch()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertTrue(lines[0].startswith("server down-1: cannot connect"), lines[0])
+        self.assertIn("ConnectionRefusedError", lines[0])
+        self.assertNotIn("\n", lines[0])
+
     @defer.inlineCallbacks
     def test_refused_server_is_skipped_for_every_method(self):  # type: ignore[no-untyped-def]
         good = self.backend("good")

@@ -99,6 +99,18 @@ class PluginTests(unittest.TestCase):
         self.assertEqual(makers["lbproxy"].module, "lbproxy.tap")
 
 
+class TwistdHelpTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_twistd_help_lists_lbproxy(self):  # type: ignore[no-untyped-def]
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        out, err, code = yield getProcessOutputAndValue(
+            tool("twistd"), ["--help"], env=installed_env()
+        )
+        self.assertEqual(code, 0, err)
+        self.assertRegex(out.decode(), r"\n\s+lbproxy\s+HTTP load-balancing reverse proxy\n")
+
+
 class TwistdTests(unittest.TestCase):
     def write(self, text: str) -> str:
         path = self.mktemp()
