@@ -30,6 +30,21 @@ class ProxyRequest(server.Request):
 
     defaultContentType = None
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """
+        The whole request has arrived: hand it on.
+
+        Unlike twisted.web's own, this parses neither the query string nor
+        the body into C{args}: a proxy forwards them as they are, and parsing
+        a form body would read all of it into memory.
+        """
+        self.method = command
+        self.uri = path
+        self.clientproto = version
+        self.path = path.split(b"?", 1)[0]
+        self.args = {}
+        self.process()
+
     def process(self) -> None:
         self.site = self.channel.site  # type: ignore[attr-defined]
         try:

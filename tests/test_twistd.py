@@ -223,6 +223,85 @@ class TwistdTests(unittest.TestCase):
         growth_mib = (rss_peak_kib(proc.pid) - before) / 1024
         self.assertLess(growth_mib, 16, f"peak RSS grew by {growth_mib:.1f} MiB")
 
+    @defer.inlineCallbacks
+    def test_300_mib_form_upload_keeps_memory_flat(self):  # type: ignore[no-untyped-def]
+        # twisted.web parses a form-typed POST body into request.args, reading
+        # all of it into memory; the proxy must not.
+        size = 300 * 1024 * 1024
+        sink = _CountingSink()
+        port = reactor.listenTCP(0, sink, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        backend_url = f"http://127.0.0.1:{port.getHost().port}"
+        proc = self.twistd(self.write(proxy_config([backend_url])))
+        match = yield proc.wait_for(rb"listening on .*:(\d+)")
+        body = os.path.abspath(self.mktemp())
+        with open(body, "wb") as f:
+            f.truncate(size)
+        url = f"http://127.0.0.1:{match.group(1).decode()}/upload"
+
+        @defer.inlineCallbacks
+        def upload():  # type: ignore[no-untyped-def]
+            out, err, code = yield curl(
+                "--output",
+                "/dev/null",
+                "--write-out",
+                "%{http_code}",
+                "-H",
+                "Expect:",
+                "-H",
+                "Content-Type: application/x-www-form-urlencoded",
+                "--data-binary",
+                f"@{body}",
+                url,
+            )
+            self.assertEqual((code, out), (0, b"200"), err)
+
+        yield upload()
+        before = rss_peak_kib(proc.pid)
+        yield upload()
+        growth_mib = (rss_peak_kib(proc.pid) - before) / 1024
+        self.assertEqual(sink.bodies[-1], size)
+        self.assertLess(growth_mib, 16, f"peak RSS grew by {growth_mib:.1f} MiB")
+
+
+class _CountingSink(protocol.Factory):
+    """A backend that counts the body bytes of each request and answers 200."""
+
+    noisy = False
+
+    def __init__(self) -> None:
+        self.bodies: List[int] = []
+
+    def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
+        return _CountingProtocol(self)
+
+
+class _CountingProtocol(protocol.Protocol):
+    def __init__(self, factory: _CountingSink) -> None:
+        self.factory = factory
+        self.head = b""
+        self.remaining = -1
+
+    def dataReceived(self, data: bytes) -> None:
+        while data:
+            if self.remaining < 0:
+                self.head += data
+                if b"\r\n\r\n" not in self.head:
+                    return
+                head, data = self.head.split(b"\r\n\r\n", 1)
+                self.head = b""
+                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                self.remaining = int(length.group(1)) if length else 0
+                self.received = 0
+            taken = data[: self.remaining]
+            data = data[self.remaining :]
+            self.remaining -= len(taken)
+            self.received += len(taken)
+            if self.remaining == 0:
+                self.factory.bodies.append(self.received)
+                self.remaining = -1
+                self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
 
 class CheckCommandTests(unittest.TestCase):
     @defer.inlineCallbacks
