@@ -267,13 +267,38 @@ def curl(*args: str) -> defer.Deferred[Tuple[bytes, bytes, int]]:
     )
 
 
-def rss_peak_kib(pid: int) -> int:
-    """The peak resident set size of a process (VmHWM), in KiB."""
+def rss_peak_kib(pid: int, field: str = "VmHWM") -> int:
+    """The peak (VmHWM) or current (VmRSS) resident set size of a process, in KiB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise AssertionError("no VmHWM line")
+    raise AssertionError(f"no {field} line")
+
+
+class RSSSampler:
+    """
+    Samples a process's current RSS every 10 ms while running, so that memory
+    taken and given back within one transfer is still seen.
+    """
+
+    def __init__(self, pid: int) -> None:
+        from twisted.internet import task
+
+        self.pid = pid
+        self.start_kib = rss_peak_kib(pid, "VmRSS")
+        self.max_kib = self.start_kib
+        self._loop = task.LoopingCall(self._sample)
+        self._loop.start(0.01)
+
+    def _sample(self) -> None:
+        self.max_kib = max(self.max_kib, rss_peak_kib(self.pid, "VmRSS"))
+
+    def stop(self) -> float:
+        """Stop sampling; the largest growth seen, in MiB."""
+        self._sample()
+        self._loop.stop()
+        return (self.max_kib - self.start_kib) / 1024
 
 
 def python() -> str:

@@ -18,9 +18,9 @@ from twisted.trial import unittest
 from tests.support import (
     CLIENT_TIMEOUT,
     Backend,
+    RSSSampler,
     curl,
     proxy_config,
-    rss_peak_kib,
     streaming_handler,
 )
 
@@ -218,9 +218,9 @@ class TwistdTests(unittest.TestCase):
         # A first transfer brings the process to its working size (buffers,
         # and on PyPy the JIT and the garbage collector's steady heap).
         yield download(64 * 1024 * 1024)
-        before = rss_peak_kib(proc.pid)
+        sampler = RSSSampler(proc.pid)
         yield download(300 * 1024 * 1024)
-        growth_mib = (rss_peak_kib(proc.pid) - before) / 1024
+        growth_mib = sampler.stop()
         self.assertLess(growth_mib, 16, f"peak RSS grew by {growth_mib:.1f} MiB")
 
     @defer.inlineCallbacks
@@ -257,9 +257,9 @@ class TwistdTests(unittest.TestCase):
             self.assertEqual((code, out), (0, b"200"), err)
 
         yield upload()
-        before = rss_peak_kib(proc.pid)
+        sampler = RSSSampler(proc.pid)
         yield upload()
-        growth_mib = (rss_peak_kib(proc.pid) - before) / 1024
+        growth_mib = sampler.stop()
         self.assertEqual(sink.bodies[-1], size)
         self.assertLess(growth_mib, 16, f"peak RSS grew by {growth_mib:.1f} MiB")
 
