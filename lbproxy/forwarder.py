@@ -99,7 +99,7 @@ class _Exchange:
         self.pending: Optional[Deferred[IResponse]] = None
         self.relay: Optional[_BodyRelay] = None
         self.client_gone = False
-        self.outgoing = Headers()
+        self.outgoing: Headers = request.requestHeaders
         self.body_length: Optional[int] = None
 
     def start(self) -> None:
@@ -108,18 +108,19 @@ class _Exchange:
         client = getattr(address, "host", "unix").encode("ascii", "replace")
         version = request.clientproto[len(b"HTTP/") :]
         scheme = b"https" if request.isSecure() else b"http"
-        pairs = rules.request_headers(
-            request.requestHeaders.getAllRawHeaders(),
-            client,
-            scheme,
-            version,
-            self.forwarder.via,
-        )
-        outgoing = self.outgoing
-        for name, values in pairs:
-            outgoing.setRawHeaders(name, values)
         self.body_length = request.body_length()
-        request.notifyFinish().addErrback(self._client_lost)
+        # The client's header object becomes the backend's: it is changed in
+        # place rather than copied, which every request would pay for.
+        outgoing = request.requestHeaders
+        remove, add = rules.request_changes(
+            outgoing.getAllRawHeaders(), client, scheme, version, self.forwarder.via
+        )
+        for name in remove:
+            outgoing.removeHeader(name)
+        for name, values in add:
+            outgoing.setRawHeaders(name, values)
+        self.outgoing = outgoing
+        request.exchange = self
         self.candidates = self.pool.candidates()
         self._try_next()
 
@@ -179,9 +180,16 @@ class _Exchange:
         self.pending = None
         request = self.request
         request.setResponseCode(response.code, response.phrase)
-        relayed = request.responseHeaders
-        for name, values in rules.response_headers(response.headers.getAllRawHeaders()):
-            relayed.setRawHeaders(name, values)
+        # The backend's header object goes to the client as it is, less what
+        # must not pass; only the front connection's own Connection header
+        # (set when the client asked to close) is carried over.
+        relayed = response.headers
+        for name in rules.response_removals(relayed.getAllRawHeaders()):
+            relayed.removeHeader(name)
+        closing = request.responseHeaders.getRawHeaders(b"connection")
+        if closing is not None:
+            relayed.setRawHeaders(b"Connection", closing)
+        request.responseHeaders = relayed
         length = response.length
         if (
             length is not UNKNOWN_LENGTH
@@ -206,6 +214,7 @@ class _Exchange:
         if self.client_gone:
             return
         request = self.request
+        request.exchange = None
         if request.producer is not None:
             request.unregisterProducer()
         if reason.check(ResponseDone, PotentialDataLoss):
@@ -220,7 +229,10 @@ class _Exchange:
 
     # -- the client side ---------------------------------------------------
 
-    def _client_lost(self, reason: Failure) -> None:
+    def client_lost(self, reason: Failure) -> None:
+        """
+        The client connection closed before the response was complete.
+        """
         self.client_gone = True
         if self.pending is not None:
             self.pending.cancel()
@@ -228,6 +240,7 @@ class _Exchange:
             cast(IPushProducer, self.relay.transport).stopProducing()
 
     def _respond_error(self, code: int, phrase: bytes, detail: bytes) -> None:
+        self.request.exchange = None
         self.request.respond_error(code, phrase, detail)
 
 

@@ -40,6 +40,12 @@ _SET_BY_PROXY: FrozenSet[bytes] = frozenset(
 )
 
 
+#: Request headers this proxy has dealt with itself: the body is framed again
+#: by the dispatcher, and C{Expect: 100-continue} was answered by the HTTP
+#: server before the body was read.
+_ANSWERED_HERE: FrozenSet[bytes] = frozenset({b"content-length", b"expect"})
+
+
 def connection_tokens(values: Iterable[bytes]) -> FrozenSet[bytes]:
     """
     The lower-cased header names listed in C{Connection} header values, less
@@ -65,6 +71,65 @@ def removable(pairs: Pairs) -> FrozenSet[bytes]:
     return HOP_BY_HOP
 
 
+def request_changes(
+    pairs: Pairs,
+    client: bytes,
+    scheme: bytes,
+    version: bytes,
+    via: Optional[bytes],
+) -> Tuple[List[bytes], HeaderList]:
+    """
+    How a client's request headers change on the way to a backend, as the
+    names to remove and the headers to add (after the others, in this order).
+
+    Hop-by-hop headers go (those named by C{Connection} too), and so do
+    C{Content-Length} (the dispatcher frames the body again) and C{Expect}
+    (the proxy's HTTP server answered it before reading the body).  Then,
+    after the removal, so that no client can strip them: C{X-Forwarded-For}
+    gets the client address appended; C{X-Forwarded-Proto} and
+    C{X-Forwarded-Host} are set from the front connection; C{Via} gets
+    C{<version> <via>} appended.  C{Host} stays as the client sent it.
+
+    @param pairs: The client's request headers.
+    @param client: The client's address, e.g. C{b"192.0.2.7"}.
+    @param scheme: C{b"http"} or C{b"https"}: how the client reached us.
+    @param version: The client's protocol version, e.g. C{b"1.1"}.
+    @param via: This proxy's pseudonym for C{Via}, or L{None} to add none.
+    @returns: C{(remove, add)}: header names as given in C{pairs}, and
+        C{(name, values)} pairs.
+    """
+    pairs = list(pairs)
+    drop = removable(pairs) | _ANSWERED_HERE
+    remove: List[bytes] = []
+    forwarded_for: List[bytes] = []
+    vias: List[bytes] = []
+    host: Optional[bytes] = None
+    for name, values in pairs:
+        lower = name.lower()
+        if lower in drop:
+            remove.append(name)
+        elif lower in _SET_BY_PROXY:
+            remove.append(name)
+            if lower == b"x-forwarded-for":
+                forwarded_for.extend(values)
+            elif lower == b"via":
+                vias.extend(values)
+        elif lower == b"host" and values:
+            host = values[0]
+    forwarded_for.append(client)
+    add: HeaderList = [
+        (b"X-Forwarded-For", [b", ".join(forwarded_for)]),
+        (b"X-Forwarded-Proto", [scheme]),
+    ]
+    if host is not None:
+        add.append((b"X-Forwarded-Host", [host]))
+    if via is not None:
+        vias.append(version + b" " + via)
+    if vias:
+        add.append((b"Via", [b", ".join(vias)]))
+    return remove, add
+
+
 def request_headers(
     pairs: Pairs,
     client: bytes,
@@ -73,58 +138,31 @@ def request_headers(
     via: Optional[bytes],
 ) -> HeaderList:
     """
-    The headers to send to a backend for a client's request.
-
-    Hop-by-hop headers go (those named by C{Connection} too), and so does
-    C{Content-Length}: the dispatcher frames the body again.  Then, after the
-    removal, so that no client can strip them: C{X-Forwarded-For} gets the
-    client address appended; C{X-Forwarded-Proto} and C{X-Forwarded-Host} are
-    set from the front connection; C{Via} gets C{<version> <via>} appended.
-    C{Host} stays as the client sent it.
-
-    @param pairs: The client's request headers.
-    @param client: The client's address, e.g. C{b"192.0.2.7"}.
-    @param scheme: C{b"http"} or C{b"https"}: how the client reached us.
-    @param version: The client's protocol version, e.g. C{b"1.1"}.
-    @param via: This proxy's pseudonym for C{Via}, or L{None} to add none.
+    The headers a backend receives for a client's request: L{request_changes}
+    applied to C{pairs}.
     """
     pairs = list(pairs)
-    drop = removable(pairs) | {b"content-length"}
-    kept: HeaderList = []
-    forwarded_for: List[bytes] = []
-    vias: List[bytes] = []
-    host: Optional[bytes] = None
-    for name, values in pairs:
-        lower = name.lower()
-        if lower in drop:
-            continue
-        if lower in _SET_BY_PROXY:
-            if lower == b"x-forwarded-for":
-                forwarded_for.extend(values)
-            elif lower == b"via":
-                vias.extend(values)
-            continue
-        if lower == b"host" and values:
-            host = values[0]
-        kept.append((name, list(values)))
-    forwarded_for.append(client)
-    kept.append((b"X-Forwarded-For", [b", ".join(forwarded_for)]))
-    kept.append((b"X-Forwarded-Proto", [scheme]))
-    if host is not None:
-        kept.append((b"X-Forwarded-Host", [host]))
-    if via is not None:
-        vias.append(version + b" " + via)
-        kept.append((b"Via", [b", ".join(vias)]))
-    elif vias:
-        kept.append((b"Via", [b", ".join(vias)]))
-    return kept
+    remove, add = request_changes(pairs, client, scheme, version, via)
+    gone = set(remove)
+    return [(name, list(values)) for name, values in pairs if name not in gone] + add
+
+
+def response_removals(pairs: Pairs) -> List[bytes]:
+    """
+    The names (as given) of the headers of a backend's response that do not
+    go on to the client: the hop-by-hop ones, and those named by
+    C{Connection}.
+    """
+    pairs = list(pairs)
+    drop = removable(pairs)
+    return [name for name, _ in pairs if name.lower() in drop]
 
 
 def response_headers(pairs: Pairs) -> HeaderList:
     """
-    The headers of a backend's response that go on to the client: all but
-    the hop-by-hop ones (those named by C{Connection} too).
+    The headers of a backend's response that go on to the client:
+    L{response_removals} applied to C{pairs}.
     """
     pairs = list(pairs)
-    drop = removable(pairs)
-    return [(name, list(values)) for name, values in pairs if name.lower() not in drop]
+    gone = set(response_removals(pairs))
+    return [(name, list(values)) for name, values in pairs if name not in gone]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http import datetimeToString
 from twisted.web.resource import IResource
@@ -29,6 +30,8 @@ class ProxyRequest(server.Request):
     """
 
     defaultContentType = None
+    #: The forwarder's record of this request while it is on its way.
+    exchange: Optional[Any] = None
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """
@@ -53,6 +56,18 @@ class ProxyRequest(server.Request):
             log.failure("internal error while handling {method} request", method=self.method)
             if not self.startedWriting and not self.finished and not self._disconnected:
                 self.respond_error(500, b"Internal Server Error", b"internal error")
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The client went away before the response was complete: tell the
+        forwarder (directly, rather than through a C{notifyFinish} Deferred
+        that every request would pay for).
+        """
+        super().connectionLost(reason)
+        exchange = self.exchange
+        if exchange is not None:
+            self.exchange = None
+            exchange.client_lost(reason)
 
     def body_length(self) -> Optional[int]:
         """

@@ -69,6 +69,10 @@ class RequestHeaderTests(unittest.TestCase):
         out = dict(req([(b"Host", [b"h"]), (b"Content-Length", [b"5"])]))
         self.assertNotIn(b"Content-Length", out)
 
+    def test_expect_was_answered_by_the_proxy(self) -> None:
+        out = dict(req([(b"Host", [b"h"]), (b"Expect", [b"100-continue"])]))
+        self.assertNotIn(b"Expect", out)
+
     def test_order_and_repeats_kept(self) -> None:
         pairs = [
             (b"Host", [b"h"]),

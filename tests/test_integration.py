@@ -16,6 +16,7 @@ from tests.support import (
     CLIENT_TIMEOUT,
     HOST,
     ProxyTestCase,
+    curl,
     held_handler,
     parse_headers_block,
     proxy_config,
@@ -189,6 +190,21 @@ class RequestForwardingTests(ProxyTestCase):
         r = yield self.fetch("POST", "/chunked", body=iter(pieces), chunked=True)
         self.assertEqual(r.status, 200)
         self.assertEqual(b.seen[0].body, b"".join(pieces))
+
+    @defer.inlineCallbacks
+    def test_expect_100_continue_answered_by_the_proxy(self):  # type: ignore[no-untyped-def]
+        b = self.backend("a")
+        self.start_proxy(proxy_config([b.url]))
+        out, err, code = yield curl(
+            "--data-binary",
+            "x" * 5000,
+            "-H",
+            "Expect: 100-continue",
+            f"http://127.0.0.1:{self.port}/expect",
+        )
+        self.assertEqual((code, out), (0, b"a\n"), err)
+        self.assertEqual(b.seen[0].body, b"x" * 5000)
+        self.assertEqual(b.seen[0].header(b"expect"), [])
 
     @defer.inlineCallbacks
     def test_empty_post_keeps_its_zero_length(self):  # type: ignore[no-untyped-def]
