@@ -23,13 +23,13 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._newclient import RequestNotSent, ResponseDone, _WrapperException
-from twisted.web.client import FileBodyProducer
 from twisted.web.http import NO_BODY_CODES, PotentialDataLoss, datetimeToString
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from lbproxy import headers as rules
 from lbproxy.backend import BackendAgent
+from lbproxy.body import StreamedBody
 from lbproxy.pool import Pool, ServerState
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class _Exchange:
         self.relay: Optional[_BodyRelay] = None
         self.client_gone = False
         self.outgoing: Headers = request.requestHeaders
-        self.body_length: Optional[int] = None
+        self.body: Optional[StreamedBody] = None
 
     def start(self) -> None:
         request = self.request
@@ -108,7 +108,7 @@ class _Exchange:
         client = getattr(address, "host", "unix").encode("ascii", "replace")
         version = request.clientproto[len(b"HTTP/") :]
         scheme = b"https" if request.isSecure() else b"http"
-        self.body_length = request.body_length()
+        self.body = request.body
         # The client's header object becomes the backend's: it is changed in
         # place rather than copied, which every request would pay for.
         outgoing = request.requestHeaders
@@ -126,14 +126,6 @@ class _Exchange:
 
     # -- dispatch ----------------------------------------------------------
 
-    def _body(self) -> Optional[IBodyProducer]:
-        if self.body_length is None:
-            return None
-        content = self.request.content
-        assert content is not None
-        content.seek(0)
-        return FileBodyProducer(content)
-
     def _try_next(self) -> None:
         server = next(self.candidates, None)
         if server is None:
@@ -143,7 +135,7 @@ class _Exchange:
         self.pool.dispatch(server)
         request = self.request
         pending = self.forwarder.agent.send(
-            server.route, request.method, request.uri, self.outgoing, self._body()
+            server.route, request.method, request.uri, self.outgoing, self.body
         )
         self.pending = pending
         pending.addCallbacks(self._got_response, self._attempt_failed)
@@ -161,7 +153,9 @@ class _Exchange:
         if self.client_gone or failure.check(CancelledError):
             return
         name = server.name if server is not None else "?"
-        if was_not_sent(failure):
+        # A streamed body that an attempt began to take cannot be sent again.
+        replayable = self.body is None or not self.body.started
+        if replayable and was_not_sent(failure):
             log.warn(
                 "server {server}: cannot connect, trying the next one: {cause}",
                 server=name,

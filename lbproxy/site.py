@@ -5,18 +5,26 @@ the proxy resource.
 
 from __future__ import annotations
 
+from io import BytesIO
 from typing import Any, Optional
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http import datetimeToString
 from twisted.web.resource import IResource
 
+from lbproxy.body import StreamedBody
+
 log = Logger()
 
 #: Seconds an idle client connection is kept open (nginx's default).
 KEEPALIVE_TIMEOUT = 75
+
+
+def _nothing() -> None:
+    pass
 
 
 class ProxyRequest(server.Request):
@@ -32,21 +40,85 @@ class ProxyRequest(server.Request):
     defaultContentType = None
     #: The forwarder's record of this request while it is on its way.
     exchange: Optional[Any] = None
+    #: The request body, streamed; L{None} when the request has none.
+    body: Optional[StreamedBody] = None
+
+    def gotLength(self, length: Optional[int]) -> None:
+        """
+        The header section is complete; C{length} is the body's declared
+        length, L{None} for a chunked body.
+
+        A request with a body is dispatched now, without waiting for the
+        body: it streams to the backend as it arrives (L{StreamedBody}),
+        never spooled to memory or disk.  The dispatch runs in the next
+        reactor turn, outside the HTTP parser's call stack.
+        """
+        self.content = BytesIO()
+        if length == 0:
+            if self.requestHeaders.hasHeader(b"content-length"):
+                self.body = StreamedBody(0, _nothing, _nothing)
+                self.body.finish()
+            return
+        self.body = StreamedBody(length, self._pause_client, self._resume_client)
+        channel = self.channel
+        # The request line is known to the channel only until the body ends;
+        # these attributes have been HTTPChannel's since Twisted 16.
+        head = (channel._command, channel._path, channel._version)  # type: ignore[attr-defined]
+        channel.callLater(0, self._dispatch_early, *head)  # type: ignore[attr-defined,call-arg]
+
+    def _dispatch_early(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._disconnected or self.finished:
+            return
+        self._set_request_line(command, path, version)
+        self.process()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body is not None:
+            self.body.feed(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """
-        The whole request has arrived: hand it on.
+        The whole request has arrived: hand it on, or, when its body was
+        streaming, mark the body complete.
 
         Unlike twisted.web's own, this parses neither the query string nor
         the body into C{args}: a proxy forwards them as they are, and parsing
         a form body would read all of it into memory.
         """
+        if self.body is not None and self.body.length != 0:
+            self.body.finish()
+            return
+        self._set_request_line(command, path, version)
+        self.process()
+
+    def _set_request_line(self, command: bytes, path: bytes, version: bytes) -> None:
         self.method = command
         self.uri = path
         self.clientproto = version
         self.path = path.split(b"?", 1)[0]
         self.args = {}
-        self.process()
+
+    def _pause_client(self) -> None:
+        transport = self.channel.transport if self.channel is not None else None
+        producer = IPushProducer(transport, None)
+        if producer is not None:
+            producer.pauseProducing()
+
+    def _resume_client(self) -> None:
+        transport = self.channel.transport if self.channel is not None else None
+        producer = IPushProducer(transport, None)
+        if producer is not None:
+            producer.resumeProducing()
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting and self.body is not None and not self.body.complete:
+            # A response that starts before the request body has fully
+            # arrived ends the connection: the rest of that body must never
+            # be read as a next request.
+            if self.channel is not None:
+                self.channel.persistent = False
+            self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        super().write(data)
 
     def process(self) -> None:
         self.site = self.channel.site  # type: ignore[attr-defined]
@@ -64,25 +136,12 @@ class ProxyRequest(server.Request):
         that every request would pay for).
         """
         super().connectionLost(reason)
+        if self.body is not None and not self.body.complete:
+            self.body.fail(reason)
         exchange = self.exchange
         if exchange is not None:
             self.exchange = None
             exchange.client_lost(reason)
-
-    def body_length(self) -> Optional[int]:
-        """
-        The length of the request body, or L{None} when the request declared
-        none (neither C{Content-Length} nor C{Transfer-Encoding}).
-        """
-        headers = self.requestHeaders
-        if not (headers.hasHeader(b"content-length") or headers.hasHeader(b"transfer-encoding")):
-            return None
-        content = self.content
-        assert content is not None
-        content.seek(0, 2)
-        length: int = content.tell()
-        content.seek(0)
-        return length
 
     def cut_short(self) -> None:
         """

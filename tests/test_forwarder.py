@@ -95,13 +95,15 @@ class ForwarderTests(unittest.TestCase):
         self.pool = CountingPool(pool_config, [ServerState(s, s.name) for s in pool_config.servers])
         self.agent = ScriptedAgent()
         forwarder = Forwarder(self.pool, self.agent, b"lbproxy")  # type: ignore[arg-type]
-        site = ProxySite(ProxyResource(forwarder), reactor=Clock())
+        self.clock = Clock()
+        site = ProxySite(ProxyResource(forwarder), reactor=self.clock)
         self.channel = site.buildProtocol(None)._channel
         self.client = StringTransport()
         self.channel.makeConnection(self.client)
 
     def request(self, data: bytes = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n") -> Deferred:
         self.channel.dataReceived(data)
+        self.clock.advance(0)  # requests with a body are dispatched in the next turn
         return self.agent.sent[-1][-1]
 
     def active(self) -> List[int]:
@@ -131,10 +133,28 @@ class ForwarderTests(unittest.TestCase):
 
     def test_failure_after_sending_is_not_retried(self) -> None:
         d = self.request(b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nz")
+        self.agent.sent[-1][4].startProducing(StringTransport())
         d.errback(Failure(ResponseNeverReceived([Failure(error.ConnectionLost())])))
         self.assertEqual(len(self.agent.sent), 1)
         self.assertEqual(self.pool.log, ["+a", "-a"])
         self.assertTrue(self.client.value().startswith(b"HTTP/1.1 502 Bad Gateway\r\n"))
+
+    def test_streamed_body_already_taken_is_not_sent_elsewhere(self) -> None:
+        d = self.request(b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nab")
+        body = self.agent.sent[-1][4]
+        body.startProducing(StringTransport())
+        # Even a failure that says nothing was sent cannot be retried
+        # elsewhere once part of a streamed body has gone.
+        d.errback(Failure(error.ConnectionRefusedError()))
+        self.assertEqual(len(self.agent.sent), 1)
+        self.assertTrue(self.client.value().startswith(b"HTTP/1.1 502 Bad Gateway\r\n"))
+        self.assertIn(b"Connection: close\r\n", self.client.value())
+
+    def test_untouched_streamed_body_fails_over(self) -> None:
+        first = self.request(b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nab")
+        first.errback(Failure(error.ConnectionRefusedError()))
+        self.assertEqual(len(self.agent.sent), 2)
+        self.assertIs(self.agent.sent[0][4], self.agent.sent[1][4])
 
     def test_client_gone_while_waiting_cancels_and_releases(self) -> None:
         self.request()

@@ -10,7 +10,7 @@ import http.client
 import socket
 from typing import List
 
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, protocol, reactor, threads
 
 from tests.support import (
     CLIENT_TIMEOUT,
@@ -522,3 +522,170 @@ class CloseDelimitedTruncationTests(ProxyTestCase):
         # Without a length, the end of an HTTP/1.0 body is the close: the
         # proxy must reset the connection instead.
         yield self.assertFailure(self.raw(b"GET / HTTP/1.0\r\n\r\n"), ConnectionResetError)
+
+
+class _TricklingBackend(protocol.Factory):
+    """
+    A backend that records every byte as it arrives and can stop reading
+    (C{hold}) or answer before the body is complete (C{early}).
+    """
+
+    noisy = False
+
+    def __init__(self, hold: bool = False, early: bytes = b"") -> None:
+        self.received = b""  # the first 1 MiB, for inspection
+        self.total = 0
+        self.hold = hold
+        self.early = early
+        self.connections: List[protocol.Protocol] = []
+        self.arrived: defer.Deferred[None] = defer.Deferred()
+
+    def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
+        return _Trickle(self)
+
+
+class _Trickle(protocol.Protocol):
+    def __init__(self, factory: _TricklingBackend) -> None:
+        self.factory = factory
+
+    def connectionMade(self) -> None:
+        self.factory.connections.append(self)
+        if self.factory.hold:
+            self.transport.pauseProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        factory = self.factory
+        factory.total += len(data)
+        if len(factory.received) < 1 << 20:
+            factory.received += data
+        if b"\r\n\r\n" in factory.received:
+            if factory.early and b"answered" not in factory.received[-1:]:
+                self.transport.write(factory.early)
+                factory.early = b""
+            if not factory.arrived.called and len(factory.received.split(b"\r\n\r\n", 1)[1]):
+                factory.arrived.callback(None)
+
+
+class StreamingUploadTests(ProxyTestCase):
+    def trickling(self, **kwargs) -> _TricklingBackend:  # type: ignore[no-untyped-def]
+        backend = _TricklingBackend(**kwargs)
+        port = reactor.listenTCP(0, backend, interface=HOST)
+        self.addCleanup(port.stopListening)
+        backend.url = f"http://{HOST}:{port.getHost().port}"  # type: ignore[attr-defined]
+        return backend
+
+    def client(self) -> socket.socket:
+        sock = socket.create_connection((HOST, self.port), timeout=CLIENT_TIMEOUT)
+        self.addCleanup(sock.close)
+        return sock
+
+    @defer.inlineCallbacks
+    def test_body_reaches_the_backend_before_the_client_finishes(self):  # type: ignore[no-untyped-def]
+        backend = self.trickling()
+        self.start_proxy(proxy_config([backend.url]))
+        sock = self.client()
+        sock.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nfirst")
+        yield backend.arrived  # half the body is there, the rest not yet sent
+        self.assertTrue(backend.received.endswith(b"\r\n\r\nfirst"), backend.received)
+        sock.sendall(b"-last")
+        while not backend.received.endswith(b"first-last"):
+            yield deferLater(0.01)
+        self.assertIn(b"Content-Length: 10\r\n", backend.received)
+
+    @defer.inlineCallbacks
+    def test_chunked_upload_streams_chunked(self):  # type: ignore[no-untyped-def]
+        backend = self.trickling()
+        self.start_proxy(proxy_config([backend.url]))
+        sock = self.client()
+        sock.sendall(
+            b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+        )
+        yield backend.arrived
+        self.assertIn(b"Transfer-Encoding: chunked\r\n", backend.received)
+        self.assertTrue(backend.received.endswith(b"5\r\nhello\r\n"), backend.received)
+
+    @defer.inlineCallbacks
+    def test_slow_backend_pauses_the_uploading_client(self):  # type: ignore[no-untyped-def]
+        backend = self.trickling(hold=True)
+        self.start_proxy(proxy_config([backend.url]))
+        size = 256 * 1024 * 1024
+        sock = self.client()
+        sock.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+        sent = yield threads.deferToThread(_send_until_blocked, sock, size)
+        # Kernel buffers on three sockets and the proxy's bounded hold: far
+        # from the whole body.
+        self.assertLess(sent, 64 * 1024 * 1024)
+        for connection in backend.connections:
+            connection.transport.resumeProducing()
+        rest = yield threads.deferToThread(_send_all, sock, size - sent)
+        self.assertEqual(rest, size - sent)
+        head = backend.received.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+        while backend.total < len(head) + size:
+            yield deferLater(0.01)
+        self.assertEqual(backend.total, len(head) + size)
+
+    @defer.inlineCallbacks
+    def test_early_response_closes_instead_of_reading_the_body_as_requests(self):  # type: ignore[no-untyped-def]
+        backend = self.trickling(
+            early=b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n"
+        )
+        self.start_proxy(proxy_config([backend.url]))
+        sock = self.client()
+        smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+        sock.sendall(
+            b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (1000 + len(smuggled))
+        )
+        answer = yield threads.deferToThread(_read_until_closed_after_sending, sock, smuggled)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 Payload Too Large\r\n"), answer)
+        self.assertIn(b"Connection: close\r\n", answer)
+        self.assertEqual(answer.count(b"HTTP/1.1"), 1)
+        self.assertNotIn(b"/smuggled", backend.received.split(b"\r\n\r\n", 1)[0])
+        self.assertEqual(
+            backend.received.count(b"HTTP/1.1\r\n"), 1 + backend.received.count(smuggled)
+        )
+
+
+def _send_until_blocked(sock: socket.socket, limit: int) -> int:
+    """Send until the peer stops taking bytes for a second; return how many went."""
+    import select
+
+    sock.setblocking(False)
+    block = b"u" * 65536
+    sent = 0
+    try:
+        while sent < limit:
+            try:
+                sent += sock.send(block[: limit - sent])
+            except BlockingIOError:
+                _, writable, _ = select.select([], [sock], [], 1.0)
+                if not writable:
+                    return sent
+        return sent
+    finally:
+        sock.setblocking(True)
+
+
+def _send_all(sock: socket.socket, n: int) -> int:
+    block = b"u" * 65536
+    left = n
+    while left:
+        left -= sock.send(block[:left])
+    return n
+
+
+def _read_until_closed_after_sending(sock: socket.socket, smuggled: bytes) -> bytes:
+    head = sock.recv(65536)
+    try:
+        sock.sendall(b"p" * 1000 + smuggled)
+    except OSError:
+        pass
+    chunks = [head]
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except OSError:
+        pass
+    return b"".join(chunks)
