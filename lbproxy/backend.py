@@ -46,9 +46,6 @@ from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
 
 from lbproxy.config import PoolConfig, ServerConfig
 
-# Connect timeout until the resilience settings make it configurable.
-CONNECT_TIMEOUT = 3.0
-
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class Route:
@@ -144,18 +141,22 @@ def tls_policy(pool: PoolConfig) -> IPolicyForHTTPS:
     return BrowserLikePolicyForHTTPS(trustRoot=trustRootFromCertificates(certificates))
 
 
-def make_route(reactor, server: ServerConfig, policy: IPolicyForHTTPS) -> Route:  # type: ignore[no-untyped-def]
+def make_route(  # type: ignore[no-untyped-def]
+    reactor, server: ServerConfig, policy: IPolicyForHTTPS, connect_timeout: float
+) -> Route:
     """
     Build the endpoint and pool key of one server.
+
+    @param connect_timeout: Seconds a connection attempt may take.
     """
     host = server.host
     endpoint: IStreamClientEndpoint
     if _is_ipv4(host):
-        endpoint = TCP4ClientEndpoint(reactor, host, server.port, timeout=CONNECT_TIMEOUT)
+        endpoint = TCP4ClientEndpoint(reactor, host, server.port, timeout=connect_timeout)
     elif ":" in host:
-        endpoint = TCP6ClientEndpoint(reactor, host, server.port, timeout=CONNECT_TIMEOUT)
+        endpoint = TCP6ClientEndpoint(reactor, host, server.port, timeout=connect_timeout)
     else:
-        endpoint = HostnameEndpoint(reactor, host, server.port, timeout=CONNECT_TIMEOUT)
+        endpoint = HostnameEndpoint(reactor, host, server.port, timeout=connect_timeout)
     host_bytes = host.encode("ascii")
     if server.scheme == "https":
         endpoint = wrapClientTLS(policy.creatorForNetloc(host_bytes, server.port), endpoint)

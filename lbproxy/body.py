@@ -57,6 +57,8 @@ class StreamedBody:
         self._consumer_paused = False
         self._stopped = False
         self._done: Optional[Deferred[None]] = None
+        #: Called once the whole body has been handed to the backend.
+        self.on_sent: Optional[Callable[[], None]] = None
 
     # -- the client side ---------------------------------------------------
 
@@ -137,6 +139,8 @@ class StreamedBody:
         if not held and self.complete:
             done, self._done = self._done, None
             if done is not None and not done.called:
+                if self.on_sent is not None:
+                    self.on_sent()
                 done.callback(None)
 
     def _resume(self) -> None:

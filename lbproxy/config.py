@@ -100,6 +100,10 @@ class PoolConfig:
     algorithm: str
     servers: Tuple[ServerConfig, ...]
     tls_ca_file: Optional[str] = None
+    connect_timeout: float = 3.0
+    response_timeout: float = 30.0
+    idle_timeout: float = 60.0
+    retries: int = 2
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -161,6 +165,13 @@ def parse_duration(text: str) -> float:
             f"expected a duration with a unit (ms, s, m, h), such as 500ms or 2s, got {text!r}"
         )
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_positive_duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"must be longer than 0, got {text.strip()!r}")
+    return seconds
 
 
 def parse_int(low: int, high: int) -> Callable[[str], int]:
@@ -321,6 +332,10 @@ _POOL_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
     "algorithm": (parse_algorithm, "weighted_round_robin"),
     "servers": (parse_servers, _REQUIRED),
     "tls_ca_file": (parse_file_path, None),
+    "connect_timeout": (parse_positive_duration, 3.0),
+    "response_timeout": (parse_positive_duration, 30.0),
+    "idle_timeout": (parse_positive_duration, 60.0),
+    "retries": (parse_int(0, 10), 2),
 }
 
 

@@ -12,13 +12,13 @@ once, on every outcome.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Optional, cast
+from typing import TYPE_CHECKING, Iterator, Optional, Set, cast
 
 from OpenSSL.SSL import Error as SSLError
 from service_identity.exceptions import VerificationError as CertificateVerificationError
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -47,7 +47,7 @@ def was_not_sent(failure: Failure) -> bool:
     the server (it could not connect, or the TLS handshake failed), so that
     trying another server cannot make it act twice.
     """
-    if failure.check(error.ConnectError, RequestNotSent):
+    if failure.check(error.ConnectError, error.TimeoutError, RequestNotSent):
         return True
     if isinstance(failure.value, _WrapperException):
         return any(reason.check(*_TLS_FAILURES) for reason in failure.value.reasons)
@@ -66,17 +66,34 @@ def describe(failure: Failure) -> str:
     return f"{type(value).__name__}: {text}" if text else type(value).__name__
 
 
+#: Methods whose requests may be sent again after a failure once sent (RFC
+#: 9110 section 9.2.2): doing them twice has the effect of doing them once.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+#: Pause before an attempt goes to a server this request already tried:
+#: the first such retry waits this long, each next one twice as long.
+RETRY_BACKOFF = 0.05
+
+
 class Forwarder:
     """
     Sends requests to one pool through the backend agent.
 
     @param via: The pseudonym for C{Via} headers, or L{None}.
+    @param clock: Where timeouts are scheduled (the reactor).
     """
 
-    def __init__(self, pool: Pool, agent: BackendAgent, via: Optional[bytes]) -> None:
+    def __init__(
+        self, pool: Pool, agent: BackendAgent, via: Optional[bytes], clock: IReactorTime
+    ) -> None:
         self.pool = pool
         self.agent = agent
         self.via = via
+        self.clock = clock
+        config = pool.config
+        self.response_timeout = config.response_timeout
+        self.idle_timeout = config.idle_timeout
+        self.attempts = config.retries + 1
 
     def forward(self, request: ProxyRequest) -> None:
         """
@@ -88,15 +105,28 @@ class Forwarder:
 class _Exchange:
     """
     One client request on its way through the proxy.
+
+    Attempts: the first goes to the balancer's pick.  After a failure the
+    request goes to the next candidate when it may be sent again (see
+    L{_may_retry}), up to C{retries} more times; once every candidate was
+    tried, the candidates start over after a short, doubling backoff.
     """
 
     def __init__(self, forwarder: Forwarder, request: ProxyRequest) -> None:
         self.forwarder = forwarder
         self.pool = forwarder.pool
+        self.clock = forwarder.clock
         self.request = request
         self.candidates: Iterator[ServerState] = iter(())
+        self.tried: Set[int] = set()
+        self.attempts = 0
+        self.backoff = RETRY_BACKOFF
         self.server: Optional[ServerState] = None
         self.pending: Optional[Deferred[IResponse]] = None
+        self.timer: Optional[IDelayedCall] = None
+        self.timed_out = False
+        self.idle_expired = False
+        self.last_byte = 0.0
         self.relay: Optional[_BodyRelay] = None
         self.client_gone = False
         self.outgoing: Headers = request.requestHeaders
@@ -128,17 +158,92 @@ class _Exchange:
 
     def _try_next(self) -> None:
         server = next(self.candidates, None)
+        if server is None and self.attempts > 0:
+            # Every candidate has had its turn and attempts are left: a
+            # second round, after a pause.
+            self.candidates = self.pool.candidates()
+            server = next(self.candidates, None)
         if server is None:
-            self._respond_error(502, b"Bad Gateway", b"no server could take the request")
+            if self.attempts == 0:
+                self._respond_error(503, b"Service Unavailable", b"no server is available")
+            else:
+                self._respond_error(502, b"Bad Gateway", b"no server could take the request")
             return
+        if id(server) in self.tried:
+            self.timer = self.clock.callLater(self.backoff, self._send, server)
+            self.backoff *= 2
+            return
+        self._send(server)
+
+    def _send(self, server: ServerState) -> None:
+        self.timer = None
+        if self.client_gone:
+            return
+        self.attempts += 1
+        self.tried.add(id(server))
         self.server = server
         self.pool.dispatch(server)
+        self.timed_out = False
         request = self.request
+        body = self.body
+        if body is not None and not body.complete:
+            # The body is still arriving: the response clock starts once it
+            # has all gone; until then no gap between its bytes may last
+            # longer than idle_timeout.
+            body.on_sent = self._request_sent
+            self._watch_idle()
+        else:
+            self._request_sent()
         pending = self.forwarder.agent.send(
-            server.route, request.method, request.uri, self.outgoing, self.body
+            server.route, request.method, request.uri, self.outgoing, body
         )
         self.pending = pending
         pending.addCallbacks(self._got_response, self._attempt_failed)
+
+    def _request_sent(self) -> None:
+        """
+        The whole request is on its way to the server: it has
+        response_timeout to start answering.
+        """
+        self._stop_timer()
+        self.timer = self.clock.callLater(self.forwarder.response_timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        self.timed_out = True
+        if self.pending is not None:
+            self.pending.cancel()
+
+    def _watch_idle(self) -> None:
+        self._stop_timer()
+        self.last_byte = self.clock.seconds()
+        self.timer = self.clock.callLater(self.forwarder.idle_timeout, self._check_idle)
+
+    def touch(self) -> None:
+        """
+        A body byte moved (either way): the idle clock starts again.
+        """
+        self.last_byte = self.clock.seconds()
+
+    def _check_idle(self) -> None:
+        self.timer = None
+        idle = self.forwarder.idle_timeout
+        quiet = self.clock.seconds() - self.last_byte
+        if quiet < idle:
+            self.timer = self.clock.callLater(idle - quiet, self._check_idle)
+            return
+        self.idle_expired = True
+        relay = self.relay
+        if relay is not None:
+            if relay.transport is not None:
+                cast(IPushProducer, relay.transport).stopProducing()
+        elif self.pending is not None:
+            self.pending.cancel()
+
+    def _stop_timer(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _release(self) -> None:
         server = self.server
@@ -146,32 +251,63 @@ class _Exchange:
             self.server = None
             self.pool.release(server)
 
+    def _may_retry(self, failure: Failure) -> bool:
+        """
+        Whether a failed attempt may be made again elsewhere: attempts are
+        left, a streamed body was not taken by the attempt, and either nothing
+        reached the server (whatever the method) or the method is idempotent.
+        No response byte has reached the client at this point.
+        """
+        if self.attempts >= self.forwarder.attempts:
+            return False
+        if self.body is not None and self.body.started:
+            return False
+        if not self.timed_out and was_not_sent(failure):
+            return True
+        return self.request.method in IDEMPOTENT
+
     def _attempt_failed(self, failure: Failure) -> None:
         self.pending = None
+        self._stop_timer()
         server = self.server
         self._release()
-        if self.client_gone or failure.check(CancelledError):
+        if self.client_gone:
             return
         name = server.name if server is not None else "?"
-        # A streamed body that an attempt began to take cannot be sent again.
-        replayable = self.body is None or not self.body.started
-        if replayable and was_not_sent(failure):
+        if self.idle_expired:
             log.warn(
-                "server {server}: cannot connect, trying the next one: {cause}",
+                "server {server}: the client sent no body byte for {idle:g}s; closing",
                 server=name,
-                cause=describe(failure),
+                idle=self.forwarder.idle_timeout,
             )
-            self._try_next()
+            self._respond_error(408, b"Request Timeout", b"the request body stalled", close=True)
+            return
+        if self.timed_out:
+            cause = f"no response within {self.forwarder.response_timeout:g}s"
+        elif failure.check(CancelledError):
+            return
+        elif was_not_sent(failure):
+            cause = f"cannot connect: {describe(failure)}"
         else:
-            log.warn(
-                "server {server}: request failed: {cause}", server=name, cause=describe(failure)
-            )
-            self._respond_error(502, b"Bad Gateway", b"the server failed to answer")
+            cause = f"request failed: {describe(failure)}"
+        if self._may_retry(failure):
+            log.warn("server {server}: {cause}; trying again", server=name, cause=cause)
+            self._try_next()
+        elif self.timed_out:
+            log.warn("server {server}: {cause}", server=name, cause=cause)
+            self._respond_error(504, b"Gateway Timeout", b"the server did not answer in time")
+        else:
+            log.warn("server {server}: {cause}", server=name, cause=cause)
+            if was_not_sent(failure):
+                self._respond_error(502, b"Bad Gateway", b"no server could take the request")
+            else:
+                self._respond_error(502, b"Bad Gateway", b"the server failed to answer")
 
     # -- response ----------------------------------------------------------
 
     def _got_response(self, response: IResponse) -> None:
         self.pending = None
+        self._stop_timer()
         request = self.request
         request.setResponseCode(response.code, response.phrase)
         # The backend's header object goes to the client as it is, less what
@@ -196,13 +332,19 @@ class _Exchange:
         relay = _BodyRelay(self)
         self.relay = relay
         response.deliverBody(relay)
+        if self.relay is not None:
+            # The body goes on: no gap between its bytes longer than
+            # idle_timeout.
+            self._watch_idle()
 
     def body_received(self, data: bytes) -> None:
+        self.last_byte = self.clock.seconds()
         if not self.client_gone:
             self.request.write(data)
 
     def body_finished(self, reason: Failure) -> None:
         self.relay = None
+        self._stop_timer()
         server = self.server
         self._release()
         if self.client_gone:
@@ -214,10 +356,14 @@ class _Exchange:
         if reason.check(ResponseDone, PotentialDataLoss):
             request.finish()
             return
+        if self.idle_expired:
+            cause = f"no body byte for {self.forwarder.idle_timeout:g}s"
+        else:
+            cause = describe(reason)
         log.warn(
             "server {server}: response body cut short, closing the client connection: {cause}",
             server=server.name if server is not None else "?",
-            cause=describe(reason),
+            cause=cause,
         )
         request.cut_short()
 
@@ -232,10 +378,11 @@ class _Exchange:
             self.pending.cancel()
         elif self.relay is not None and self.relay.transport is not None:
             cast(IPushProducer, self.relay.transport).stopProducing()
+        self._stop_timer()
 
-    def _respond_error(self, code: int, phrase: bytes, detail: bytes) -> None:
+    def _respond_error(self, code: int, phrase: bytes, detail: bytes, close: bool = False) -> None:
         self.request.exchange = None
-        self.request.respond_error(code, phrase, detail)
+        self.request.respond_error(code, phrase, detail, close=close)
 
 
 class _BodyRelay(Protocol):

@@ -53,12 +53,14 @@ class ProxyService(service.MultiService):
         for pool_config in config.pools.values():
             policy = tls_policy(pool_config)
             servers = [
-                ServerState(server, make_route(reactor, server, policy))
+                ServerState(
+                    server, make_route(reactor, server, policy, pool_config.connect_timeout)
+                )
                 for server in pool_config.servers
             ]
             self.pools[pool_config.name] = Pool(pool_config, servers)
         via = config.via.encode("ascii") if config.via is not None else None
-        self.forwarder = Forwarder(self.pools[config.pool], self.agent, via)
+        self.forwarder = Forwarder(self.pools[config.pool], self.agent, via, reactor)
         self.site = ProxySite(ProxyResource(self.forwarder), reactor=reactor)
         self.ports: List[IListeningPort] = []
         self._reactor = reactor

@@ -75,6 +75,8 @@ class ProxyRequest(server.Request):
     def handleContentChunk(self, data: bytes) -> None:
         if self.body is not None:
             self.body.feed(data)
+            if self.exchange is not None:
+                self.exchange.touch()
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """

@@ -153,10 +153,17 @@ def refused_url() -> str:
     return f"http://{HOST}:{port}"
 
 
-def proxy_config(servers: Sequence[str], algorithm: str = "round_robin", **proxy: str) -> str:
+def proxy_config(
+    servers: Sequence[str],
+    algorithm: str = "round_robin",
+    pool: Optional[Dict[str, str]] = None,
+    **proxy: str,
+) -> str:
     lines = ["[proxy]", f"listen = tcp:0:interface={HOST}"]
     lines += [f"{k} = {v}" for k, v in proxy.items()]
-    lines += ["[pool:test]", f"algorithm = {algorithm}", "servers ="]
+    lines += ["[pool:test]", f"algorithm = {algorithm}"]
+    lines += [f"{k} = {v}" for k, v in (pool or {}).items()]
+    lines += ["servers ="]
     lines += [f"    {s}" for s in servers]
     return "\n".join(lines) + "\n"
 

@@ -5,7 +5,7 @@ in-flight count exactly once, and a client that leaves cancels the backend.
 
 from __future__ import annotations
 
-from typing import List
+from typing import Dict, List
 
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred
@@ -88,14 +88,17 @@ class CountingPool(Pool):
         super().release(server)
 
 
-class ForwarderTests(unittest.TestCase):
+class ForwarderCase(unittest.TestCase):
+    servers = ["http://127.0.0.1:1 name=a", "http://127.0.0.1:2 name=b"]
+    pool_options: Dict[str, str] = {}
+
     def setUp(self) -> None:
-        config = parse(proxy_config(["http://127.0.0.1:1 name=a", "http://127.0.0.1:2 name=b"]))
+        config = parse(proxy_config(self.servers, pool=self.pool_options))
         pool_config = config.active_pool()
         self.pool = CountingPool(pool_config, [ServerState(s, s.name) for s in pool_config.servers])
         self.agent = ScriptedAgent()
-        forwarder = Forwarder(self.pool, self.agent, b"lbproxy")  # type: ignore[arg-type]
         self.clock = Clock()
+        forwarder = Forwarder(self.pool, self.agent, b"lbproxy", self.clock)  # type: ignore[arg-type]
         site = ProxySite(ProxyResource(forwarder), reactor=self.clock)
         self.channel = site.buildProtocol(None)._channel
         self.client = StringTransport()
@@ -109,6 +112,8 @@ class ForwarderTests(unittest.TestCase):
     def active(self) -> List[int]:
         return [s.active for s in self.pool.servers]
 
+
+class ForwarderTests(ForwarderCase):
     def test_success_releases_once(self) -> None:
         d = self.request()
         self.assertEqual(self.active(), [1, 0])
@@ -128,7 +133,13 @@ class ForwarderTests(unittest.TestCase):
         self.assertEqual(self.active(), [0, 1])
         second = self.agent.sent[-1][-1]
         second.errback(Failure(error.ConnectError()))
-        self.assertEqual(self.pool.log, ["+a", "-a", "+b", "-b"])
+        # Every server tried, one retry left: a second round after a pause.
+        self.assertEqual(len(self.agent.sent), 2)
+        self.clock.advance(0.05)
+        self.assertEqual(len(self.agent.sent), 3)
+        self.agent.sent[-1][-1].errback(Failure(error.TimeoutError()))
+        # The second round starts where the balancer stands (after a).
+        self.assertEqual(self.pool.log, ["+a", "-a", "+b", "-b", "+b", "-b"])
         self.assertTrue(self.client.value().startswith(b"HTTP/1.1 502 Bad Gateway\r\n"))
 
     def test_failure_after_sending_is_not_retried(self) -> None:
@@ -198,3 +209,92 @@ class ForwarderTests(unittest.TestCase):
         route, method, target, headers, body, _ = self.agent.sent[0]
         self.assertEqual((route, method, target, body), ("a", b"GET", b"/a;b?c", None))
         self.assertEqual(headers.getRawHeaders(b"x-forwarded-for"), [b"1.2.3.4, 192.168.1.1"])
+
+
+class TimeoutTests(ForwarderCase):
+    servers = [
+        "http://127.0.0.1:1 name=a",
+        "http://127.0.0.1:2 name=b",
+        "http://127.0.0.1:3 name=c",
+    ]
+    pool_options = {"response_timeout": "30s", "idle_timeout": "60s", "retries": "2"}
+
+    def status(self) -> bytes:
+        return self.client.value().split(b"\r\n", 1)[0]
+
+    def test_post_without_response_is_504_and_not_resent(self) -> None:
+        self.request(b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n")
+        self.clock.advance(29.9)
+        self.assertEqual(self.client.value(), b"")
+        self.clock.advance(0.1)
+        self.assertEqual(self.agent.cancelled, 1)
+        self.assertEqual(len(self.agent.sent), 1)
+        self.assertEqual(self.status(), b"HTTP/1.1 504 Gateway Timeout")
+        self.assertEqual(self.active(), [0, 0, 0])
+
+    def test_get_without_response_is_tried_on_each_server_then_504(self) -> None:
+        self.request()
+        for _ in range(3):
+            self.clock.advance(30)
+        self.assertEqual([sent[0] for sent in self.agent.sent], ["a", "b", "c"])
+        self.assertEqual(self.agent.cancelled, 3)
+        self.assertEqual(self.status(), b"HTTP/1.1 504 Gateway Timeout")
+        self.assertEqual(self.pool.log, ["+a", "-a", "+b", "-b", "+c", "-c"])
+
+    def test_idempotent_request_retried_after_a_reset(self) -> None:
+        d = self.request(b"DELETE /x HTTP/1.1\r\nHost: h\r\n\r\n")
+        d.errback(Failure(ResponseNeverReceived([Failure(error.ConnectionLost())])))
+        self.assertEqual([sent[0] for sent in self.agent.sent], ["a", "b"])
+        response = ScriptedResponse(length=0)
+        self.agent.sent[-1][-1].callback(response)
+        response.transport.protocol.connectionLost(Failure(ResponseDone()))
+        self.assertEqual(self.status(), b"HTTP/1.1 200 OK")
+
+    def test_response_clock_starts_when_the_body_has_gone(self) -> None:
+        self.request(b"PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nab")
+        body = self.agent.sent[-1][4]
+        body.startProducing(StringTransport())
+        self.clock.advance(59)  # a slow upload: not a missing response
+        self.channel.dataReceived(b"cd")
+        self.clock.advance(29.9)
+        self.assertEqual(self.client.value(), b"")
+        self.clock.advance(0.1)
+        self.assertEqual(self.status(), b"HTTP/1.1 504 Gateway Timeout")
+        # The body was taken by the first server: no retry, even for PUT.
+        self.assertEqual(len(self.agent.sent), 1)
+
+    def test_stalled_upload_is_408_and_closed(self) -> None:
+        self.request(b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nab")
+        self.agent.sent[-1][4].startProducing(StringTransport())
+        self.clock.advance(59)
+        self.channel.dataReceived(b"c")
+        self.clock.advance(59)
+        self.assertEqual(self.client.value(), b"")
+        self.clock.advance(1)
+        self.assertEqual(self.status(), b"HTTP/1.1 408 Request Timeout")
+        self.assertIn(b"Connection: close\r\n", self.client.value())
+        self.assertEqual(self.active(), [0, 0, 0])
+
+    def test_stalled_response_body_is_cut_short(self) -> None:
+        d = self.request()
+        response = ScriptedResponse(length=10)
+        d.callback(response)
+        response.transport.protocol.dataReceived(b"12345")
+        self.clock.advance(59)
+        response.transport.protocol.dataReceived(b"6")
+        self.clock.advance(59)
+        self.assertEqual(response.transport.stopped, 0)
+        self.clock.advance(1)
+        self.assertEqual(response.transport.stopped, 1)
+        self.assertTrue(self.client.disconnecting)
+        self.assertEqual(self.active(), [0, 0, 0])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class NoRetryTests(ForwarderCase):
+    pool_options = {"retries": "0"}
+
+    def test_retries_zero_means_one_attempt(self) -> None:
+        self.request().errback(Failure(error.ConnectionRefusedError()))
+        self.assertEqual(len(self.agent.sent), 1)
+        self.assertTrue(self.client.value().startswith(b"HTTP/1.1 502 Bad Gateway\r\n"))
