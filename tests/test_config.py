@@ -65,6 +65,10 @@ class GoodConfigTests(unittest.TestCase):
         self.assertEqual(c.backend_keepalive_timeout, 1.0)
         only = c.active_pool()
         self.assertEqual(only.algorithm, "weighted_round_robin")
+        self.assertEqual(
+            (only.connect_timeout, only.response_timeout, only.idle_timeout, only.retries),
+            (3.0, 30.0, 60.0, 2),
+        )
         self.assertEqual((only.servers[0].port, only.servers[0].weight), (80, 1))
 
     def test_https_default_port_ipv6_and_names(self) -> None:
@@ -189,6 +193,18 @@ class ErrorTests(unittest.TestCase):
                 "least_connections, got 'random'",
             ),
             ("[proxy]\nlisten = tcp:1\n[pool:a]\n", "t.ini: [pool:a] servers: is required"),
+            (
+                "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\nconnect_timeout = 0s\n",
+                "t.ini: [pool:a] connect_timeout: must be longer than 0, got '0s'",
+            ),
+            (
+                "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\nresponse_timeout = 30\n",
+                "t.ini: [pool:a] response_timeout: expected a duration with a unit",
+            ),
+            (
+                "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\nretries = 11\n",
+                "t.ini: [pool:a] retries: must be a whole number from 0 to 10, got '11'",
+            ),
             (
                 "[proxy]\nlisten = tcp:1\n[pool:a]\nservers =\n",
                 "t.ini: [pool:a] servers: needs at least one server, such as http://127.0.0.1:9001",

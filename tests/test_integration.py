@@ -689,3 +689,74 @@ def _read_until_closed_after_sending(sock: socket.socket, smuggled: bytes) -> by
     except OSError:
         pass
     return b"".join(chunks)
+
+
+class ResilienceTests(ProxyTestCase):
+    """Faults injected with real sockets (issue: resilience)."""
+
+    def black_hole(self):  # type: ignore[no-untyped-def]
+        # Accepts, reads, never answers.
+        return self.raw_backend(lambda transport, request: None)
+
+    def resetting(self):  # type: ignore[no-untyped-def]
+        # Reads the request, then resets the connection before any byte.
+        return self.raw_backend(lambda transport, request: transport.transport.abortConnection())
+
+    @defer.inlineCallbacks
+    def test_black_hole_get_goes_elsewhere(self):  # type: ignore[no-untyped-def]
+        hole = self.black_hole()
+        good = self.backend("good")
+        self.start_proxy(proxy_config([hole.url, good.url], pool={"response_timeout": "300ms"}))
+        r = yield self.fetch("GET", "/g")
+        self.assertEqual((r.status, r.body), (200, b"good\n"))
+        self.assertEqual(len(hole.requests), 1)
+
+    @defer.inlineCallbacks
+    def test_black_hole_post_is_504_and_sent_once(self):  # type: ignore[no-untyped-def]
+        hole = self.black_hole()
+        proxy = self.start_proxy(proxy_config([hole.url], pool={"response_timeout": "300ms"}))
+        r = yield self.fetch("POST", "/p", body=b"once")
+        self.assertEqual(r.status, 504)
+        self.assertEqual(r.body, b"504 Gateway Timeout: the server did not answer in time\n")
+        self.assertEqual(len(hole.requests), 1)
+        self.assertEqual(proxy.pools["test"].servers[0].active, 0)
+
+    @defer.inlineCallbacks
+    def test_reset_before_response_get_retried_post_502_once(self):  # type: ignore[no-untyped-def]
+        reset = self.resetting()
+        good = self.backend("good")
+        proxy = self.start_proxy(proxy_config([reset.url, good.url]))
+        r = yield self.fetch("GET", "/g")
+        self.assertEqual((r.status, r.body), (200, b"good\n"))
+        self.assertEqual([req.split(b" ")[0] for req in reset.requests], [b"GET"])
+        # Round robin: the next pick is the good server, then the resetting one.
+        r = yield self.fetch("GET", "/g2")
+        self.assertEqual(r.status, 200)
+        r = yield self.fetch("POST", "/p", body=b"once")
+        self.assertEqual(r.status, 502)
+        self.assertEqual([req.split(b" ")[0] for req in reset.requests], [b"GET", b"POST"])
+        self.assertNotIn(b"POST", [s.method for s in good.seen])
+        self.assertEqual([s.active for s in proxy.pools["test"].servers], [0, 0])
+
+    @defer.inlineCallbacks
+    def test_stale_pooled_connection_for_get_and_post(self):  # type: ignore[no-untyped-def]
+        closed: List[defer.Deferred[None]] = []
+
+        def respond(transport, request):  # type: ignore[no-untyped-def]
+            # Answer, then close the idle connection soon after, as a backend
+            # with a keep-alive timeout shorter than the proxy's would.
+            transport.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            done: defer.Deferred[None] = defer.Deferred()
+            closed.append(done)
+            reactor.callLater(0.05, transport.transport.loseConnection)
+            transport.connectionLost = lambda reason: done.callback(None)
+
+        backend = self.raw_backend(respond)
+        self.start_proxy(proxy_config([backend.url], backend_keepalive_timeout="60s"))
+        for method in ["GET", "POST", "GET", "POST"]:
+            r = yield self.fetch(method, "/", body=b"x" if method == "POST" else None)
+            self.assertEqual((r.status, r.body), (200, b"ok"))
+            yield closed[-1]  # the pooled connection is now stale
+        self.assertEqual(
+            [req.split(b" ")[0] for req in backend.requests], [b"GET", b"POST", b"GET", b"POST"]
+        )
