@@ -88,6 +88,8 @@ class ServerConfig:
     port: int
     weight: int = 1
     name: str = ""
+    max_connections: Optional[int] = None
+    backup: bool = False
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -104,6 +106,18 @@ class PoolConfig:
     response_timeout: float = 30.0
     idle_timeout: float = 60.0
     retries: int = 2
+    health_check: Optional[Tuple[str, str]] = None
+    health_host: Optional[str] = None
+    health_interval: float = 2.0
+    health_timeout: float = 1.0
+    health_rise: int = 2
+    health_fall: int = 3
+    health_expect: Tuple[int, int] = (200, 399)
+    max_fails: int = 3
+    fail_timeout: float = 10.0
+    fail_on_5xx: bool = False
+    slow_start: float = 0.0
+    queue_timeout: float = 5.0
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -172,6 +186,43 @@ def parse_positive_duration(text: str) -> float:
     if seconds <= 0:
         raise ValueError(f"must be longer than 0, got {text.strip()!r}")
     return seconds
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("yes", "true", "on", "1"):
+        return True
+    if value in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(f"must be yes or no, got {text.strip()!r}")
+
+
+def parse_health_check(text: str) -> Tuple[str, str]:
+    parts = text.split()
+    if len(parts) != 2 or not _TOKEN.match(parts[0]) or not parts[1].startswith("/"):
+        raise ValueError(f"must be a method and a path, such as GET /healthz, got {text.strip()!r}")
+    if any(ord(c) < 33 or ord(c) > 126 for c in parts[1]):
+        raise ValueError(f"the path must be printable ASCII without spaces, got {parts[1]!r}")
+    return parts[0], parts[1]
+
+
+def parse_host_header(text: str) -> str:
+    value = text.strip()
+    if not value or any(ord(c) < 33 or ord(c) > 126 for c in value):
+        raise ValueError(f"must be a host name (and port), got {value!r}")
+    return value
+
+
+def parse_status_range(text: str) -> Tuple[int, int]:
+    low, sep, high = text.strip().partition("-")
+    try:
+        first = int(low)
+        last = int(high) if sep else first
+    except ValueError:
+        first = last = 0
+    if not (100 <= first <= last <= 599):
+        raise ValueError(f"must be a status or a range such as 200-399, got {text.strip()!r}")
+    return first, last
 
 
 def parse_int(low: int, high: int) -> Callable[[str], int]:
@@ -260,12 +311,20 @@ def parse_server(line: str) -> ServerConfig:
     shown_host = f"[{host}]" if ":" in host else host
     values: Dict[str, str] = {"weight": "1", "name": f"{shown_host}:{port}"}
     seen = set()
+    backup = False
     for option in options:
+        if option == "backup":
+            if backup:
+                raise ValueError(f"{url!r}: option 'backup' given twice")
+            backup = True
+            continue
         key, sep, value = option.partition("=")
         if not sep:
             raise ValueError(f"{url!r}: option {option!r} must be written key=value")
-        if key not in values:
-            raise ValueError(f"{url!r}: unknown option {key!r} (known: name, weight)")
+        if key not in _SERVER_OPTIONS:
+            raise ValueError(
+                f"{url!r}: unknown option {key!r} (known: backup, max_connections, name, weight)"
+            )
         if key in seen:
             raise ValueError(f"{url!r}: option {key!r} given twice")
         seen.add(key)
@@ -274,6 +333,12 @@ def parse_server(line: str) -> ServerConfig:
         weight = parse_int(1, MAX_WEIGHT)(values["weight"])
     except ValueError as e:
         raise ValueError(f"{url!r}: weight {e}") from None
+    max_connections = None
+    if "max_connections" in values:
+        try:
+            max_connections = parse_int(1, 1_000_000)(values["max_connections"])
+        except ValueError as e:
+            raise ValueError(f"{url!r}: max_connections {e}") from None
     if not _SERVER_NAME.match(values["name"]):
         raise ValueError(
             f"{url!r}: name must be made of letters, digits and -._:[], got {values['name']!r}"
@@ -285,6 +350,8 @@ def parse_server(line: str) -> ServerConfig:
         port=port,
         weight=weight,
         name=values["name"],
+        max_connections=max_connections,
+        backup=backup,
     )
 
 
@@ -318,6 +385,8 @@ def parse_servers(text: str) -> Tuple[ServerConfig, ...]:
 # ---------------------------------------------------------------------------
 # The schema: for each section kind, its keys, their parsers and defaults.
 
+_SERVER_OPTIONS = ("weight", "name", "max_connections")
+
 _REQUIRED = object()
 
 _PROXY_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
@@ -336,6 +405,18 @@ _POOL_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
     "response_timeout": (parse_positive_duration, 30.0),
     "idle_timeout": (parse_positive_duration, 60.0),
     "retries": (parse_int(0, 10), 2),
+    "health_check": (parse_health_check, None),
+    "health_host": (parse_host_header, None),
+    "health_interval": (parse_positive_duration, 2.0),
+    "health_timeout": (parse_positive_duration, 1.0),
+    "health_rise": (parse_int(1, 100), 2),
+    "health_fall": (parse_int(1, 100), 3),
+    "health_expect": (parse_status_range, (200, 399)),
+    "max_fails": (parse_int(0, 1000), 3),
+    "fail_timeout": (parse_positive_duration, 10.0),
+    "fail_on_5xx": (parse_bool, False),
+    "slow_start": (parse_duration, 0.0),
+    "queue_timeout": (parse_positive_duration, 5.0),
 }
 
 
@@ -438,6 +519,18 @@ def _parse(text: str, path: str) -> ProxyConfig:
                             section=section,
                             key="servers",
                         )
+            if pool.health_timeout > pool.health_interval:
+                raise ConfigError(
+                    "must not be longer than health_interval",
+                    section=section,
+                    key="health_timeout",
+                )
+            if all(server.backup for server in pool.servers):
+                raise ConfigError(
+                    "every server is a backup: at least one must not be",
+                    section=section,
+                    key="servers",
+                )
             pools[name] = pool
     if not pools:
         raise ConfigError("no [pool:NAME] section: there is nowhere to send requests")

@@ -12,7 +12,7 @@ once, on every outcome.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Optional, Set, cast
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Set, cast
 
 from OpenSSL.SSL import Error as SSLError
 from service_identity.exceptions import VerificationError as CertificateVerificationError
@@ -128,6 +128,7 @@ class _Exchange:
         self.idle_expired = False
         self.last_byte = 0.0
         self.relay: Optional[_BodyRelay] = None
+        self.leave_queue: Optional[Callable[[], None]] = None
         self.client_gone = False
         self.outgoing: Headers = request.requestHeaders
         self.body: Optional[StreamedBody] = None
@@ -165,7 +166,7 @@ class _Exchange:
             server = next(self.candidates, None)
         if server is None:
             if self.attempts == 0:
-                self._respond_error(503, b"Service Unavailable", b"no server is available")
+                self._no_server()
             else:
                 self._respond_error(502, b"Bad Gateway", b"no server could take the request")
             return
@@ -174,6 +175,48 @@ class _Exchange:
             self.backoff *= 2
             return
         self._send(server)
+
+    def _no_server(self) -> None:
+        """
+        No server can take the request now: wait in the pool's queue when a
+        server is only busy, else answer 503.
+        """
+        pool = self.pool
+        if pool.can_wait():
+            self.leave_queue = pool.wait(self._queue_ready)
+            self.timer = self.clock.callLater(pool.config.queue_timeout, self._queue_timed_out)
+            return
+        self._respond_error(
+            503,
+            b"Service Unavailable",
+            b"no server is available",
+            retry_after=pool.retry_after(),
+        )
+
+    def _queue_ready(self) -> None:
+        self.leave_queue = None
+        self._stop_timer()
+        if self.client_gone:
+            return
+        self.candidates = self.pool.candidates()
+        self._try_next()
+
+    def _queue_timed_out(self) -> None:
+        self.timer = None
+        if self.leave_queue is not None:
+            self.leave_queue()
+            self.leave_queue = None
+        log.warn(
+            "pool {pool}: no server slot within {seconds:g}s",
+            pool=self.pool.name,
+            seconds=self.pool.config.queue_timeout,
+        )
+        self._respond_error(
+            503,
+            b"Service Unavailable",
+            b"every server is busy",
+            retry_after=self.pool.retry_after(),
+        )
 
     def _send(self, server: ServerState) -> None:
         self.timer = None
@@ -274,6 +317,8 @@ class _Exchange:
         if self.client_gone:
             return
         name = server.name if server is not None else "?"
+        if server is not None and not self.idle_expired:
+            self.pool.record_failure(server)
         if self.idle_expired:
             log.warn(
                 "server {server}: the client sent no body byte for {idle:g}s; closing",
@@ -308,6 +353,12 @@ class _Exchange:
     def _got_response(self, response: IResponse) -> None:
         self.pending = None
         self._stop_timer()
+        server = self.server
+        if server is not None:
+            if response.code >= 500 and self.pool.config.fail_on_5xx:
+                self.pool.record_failure(server)
+            else:
+                self.pool.record_success(server)
         request = self.request
         request.setResponseCode(response.code, response.phrase)
         # The backend's header object goes to the client as it is, less what
@@ -356,6 +407,8 @@ class _Exchange:
         if reason.check(ResponseDone, PotentialDataLoss):
             request.finish()
             return
+        if server is not None:
+            self.pool.record_failure(server)
         if self.idle_expired:
             cause = f"no body byte for {self.forwarder.idle_timeout:g}s"
         else:
@@ -374,15 +427,25 @@ class _Exchange:
         The client connection closed before the response was complete.
         """
         self.client_gone = True
+        if self.leave_queue is not None:
+            self.leave_queue()
+            self.leave_queue = None
         if self.pending is not None:
             self.pending.cancel()
         elif self.relay is not None and self.relay.transport is not None:
             cast(IPushProducer, self.relay.transport).stopProducing()
         self._stop_timer()
 
-    def _respond_error(self, code: int, phrase: bytes, detail: bytes, close: bool = False) -> None:
+    def _respond_error(
+        self,
+        code: int,
+        phrase: bytes,
+        detail: bytes,
+        close: bool = False,
+        retry_after: Optional[int] = None,
+    ) -> None:
         self.request.exchange = None
-        self.request.respond_error(code, phrase, detail, close=close)
+        self.request.respond_error(code, phrase, detail, close=close, retry_after=retry_after)
 
 
 class _BodyRelay(Protocol):

@@ -1,64 +1,359 @@
 """
-The runtime state of a pool: its servers, their in-flight counts, and the
-balancer that orders them.
+The runtime state of a pool: its servers, what is known of their health, the
+requests in flight to each, and the balancers that order them.
+
+A server is I{usable} (offered to new requests) when it is UP (active health
+checks), not ejected (passive checks on real traffic), not draining, and not
+at its C{max_connections}.  Every change of those goes through
+L{ServerState.refresh}, so that the balancers only read one flag.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, List
+from collections import deque
+from typing import Any, Callable, Deque, Iterator, List, Optional
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
 from lbproxy.balancing import Balancer, make_balancer
 from lbproxy.config import PoolConfig, ServerConfig
+
+log = Logger()
+
+#: Weights are kept in hundredths, so that a slow start can give a server
+#: of weight 1 a tenth of its share.
+WEIGHT_SCALE = 100
+
+#: Requests that may wait for a server below its max_connections, per pool.
+MAX_WAITING = 10_000
+
+#: Slow start updates a server's effective weight this many times.
+SLOW_START_STEPS = 20
 
 
 class ServerState:
     """
     One backend server as the running proxy knows it.
 
-    @ivar config: The server's configuration.
-    @ivar weight: Its weight, as the balancers read it.
+    @ivar weight: Effective weight in hundredths (L{WEIGHT_SCALE}), as the
+        balancers read it; below the configured weight during a slow start.
     @ivar active: Requests dispatched to it and not yet finished.
     @ivar usable: Whether it may be offered to new requests.
+    @ivar up: The verdict of active health checks (UP until they say DOWN).
+    @ivar ejected: Taken out by passive checks, for C{fail_timeout}.
+    @ivar draining: Taken out by an operator; requests in flight finish.
     @ivar route: How to reach it, opaque here: the dispatcher's business.
     """
 
-    __slots__ = ("config", "name", "weight", "active", "usable", "route")
+    __slots__ = (
+        "config",
+        "name",
+        "weight",
+        "active",
+        "usable",
+        "route",
+        "up",
+        "rise_count",
+        "fall_count",
+        "last_check",
+        "fails",
+        "fail_window_start",
+        "ejected",
+        "ejected_at",
+        "draining",
+        "full",
+        "backup",
+    )
 
     def __init__(self, config: ServerConfig, route: Any = None) -> None:
         self.config = config
         self.name = config.name
-        self.weight = config.weight
+        self.weight = config.weight * WEIGHT_SCALE
         self.active = 0
-        self.usable = True
         self.route = route
+        self.up = True
+        self.rise_count = 0
+        self.fall_count = 0
+        self.last_check = ""
+        self.fails = 0
+        self.fail_window_start: Optional[float] = None
+        self.ejected = False
+        self.ejected_at = 0.0
+        self.draining = False
+        self.full = False
+        self.backup = config.backup
+        self.usable = True
+
+    @property
+    def out(self) -> bool:
+        """Out of rotation for a reason other than being busy."""
+        return not self.up or self.ejected or self.draining
+
+    def refresh(self) -> None:
+        self.usable = self.up and not self.ejected and not self.draining and not self.full
 
     def __repr__(self) -> str:
-        return f"<ServerState {self.name} active={self.active} weight={self.weight}>"
+        return f"<ServerState {self.name} active={self.active} usable={self.usable}>"
 
 
 class Pool:
     """
-    A pool of servers and its balancer.
+    A pool of servers, their balancers, and the requests waiting for a
+    server that is at its C{max_connections}.
 
     The in-flight count of a server goes up in L{dispatch} and down in
     L{release}; the caller must pair them exactly once per dispatch, whatever
     the outcome.
     """
 
-    def __init__(self, config: PoolConfig, servers: List[ServerState]) -> None:
+    def __init__(
+        self, config: PoolConfig, servers: List[ServerState], clock: Optional[IReactorTime] = None
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as default_reactor
+
+            clock = default_reactor  # type: ignore[assignment]
         self.config = config
         self.name = config.name
+        self.clock: IReactorTime = clock  # type: ignore[assignment]
         self.servers = servers
-        self._balancer: Balancer[ServerState] = make_balancer(config.algorithm, servers)
+        self.primaries = [s for s in servers if not s.backup]
+        self.backups = [s for s in servers if s.backup]
+        self._primary: Balancer[ServerState] = make_balancer(config.algorithm, self.primaries)
+        self._backup: Optional[Balancer[ServerState]] = (
+            make_balancer(config.algorithm, self.backups) if self.backups else None
+        )
+        self._limited = any(s.config.max_connections for s in servers)
+        self._waiting: Deque[Callable[[], None]] = deque()
+        self._timers: dict = {}
+
+    # -- choosing ----------------------------------------------------------
 
     def candidates(self) -> Iterator[ServerState]:
         """
-        The usable servers in the order a request should try them.
+        The usable servers in the order a request should try them: the
+        primaries; the backups only while every primary is out; when nothing
+        is usable, the server ejected longest ago, if any (panic mode: an
+        ejection by passive checks must not refuse everything).
         """
-        return self._balancer.candidates()
+        for server in self.primaries:
+            if server.usable:
+                return self._primary.candidates()
+        if self._backup is not None and all(s.out for s in self.primaries):
+            for server in self.backups:
+                if server.usable:
+                    return self._backup.candidates()
+        ejected = [s for s in self.servers if s.ejected and s.up and not s.draining and not s.full]
+        if ejected:
+            return iter([min(ejected, key=lambda s: s.ejected_at)])
+        return iter(())
+
+    def can_wait(self) -> bool:
+        """
+        Whether a request that found no usable server may wait for one: some
+        server is only busy (at its max_connections), and the queue has room.
+        """
+        if len(self._waiting) >= MAX_WAITING:
+            return False
+        return any(s.full and not s.out for s in self.servers)
+
+    def wait(self, ready: Callable[[], None]) -> Callable[[], None]:
+        """
+        Queue C{ready} to be called when a busy server frees a slot (first
+        come, first served).  Returns a function that leaves the queue.
+        """
+        self._waiting.append(ready)
+
+        def leave() -> None:
+            try:
+                self._waiting.remove(ready)
+            except ValueError:
+                pass
+
+        return leave
+
+    def retry_after(self) -> int:
+        """
+        Seconds a client refused for lack of servers should wait: how long a
+        recovering server takes to come back.
+        """
+        config = self.config
+        if config.health_check is not None:
+            seconds = config.health_interval * config.health_rise
+        else:
+            seconds = config.fail_timeout
+        return max(1, int(seconds + 0.999))
+
+    # -- requests in flight -------------------------------------------------
 
     def dispatch(self, server: ServerState) -> None:
         server.active += 1
+        if self._limited:
+            limit = server.config.max_connections
+            if limit is not None and server.active >= limit:
+                server.full = True
+                server.refresh()
 
     def release(self, server: ServerState) -> None:
         server.active -= 1
+        if self._limited and server.full and server.active < (server.config.max_connections or 0):
+            server.full = False
+            server.refresh()
+            self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting and any(s.usable for s in self.servers):
+            self._waiting.popleft()()
+
+    # -- passive checks -----------------------------------------------------
+
+    def record_success(self, server: ServerState) -> None:
+        server.fails = 0
+        server.fail_window_start = None
+
+    def record_failure(self, server: ServerState) -> None:
+        """
+        A real request failed on C{server}: C{max_fails} of them within
+        C{fail_timeout} take it out for C{fail_timeout}.  Then it is back on
+        probation: one more failure takes it out again (nginx's semantics).
+        """
+        config = self.config
+        if config.max_fails == 0 or server.ejected:
+            return
+        now = self.clock.seconds()
+        start = server.fail_window_start
+        if start is None or now - start > config.fail_timeout:
+            server.fail_window_start = now
+            server.fails = 0
+        server.fails += 1
+        if server.fails >= config.max_fails:
+            server.ejected = True
+            server.ejected_at = now
+            server.refresh()
+            log.warn(
+                "server {server} taken out for {seconds:g}s after {fails} failed requests",
+                server=server.name,
+                seconds=config.fail_timeout,
+                fails=server.fails,
+            )
+            self._schedule(server, config.fail_timeout, self._reinstate)
+
+    def _reinstate(self, server: ServerState) -> None:
+        server.ejected = False
+        server.fails = self.config.max_fails - 1
+        server.fail_window_start = self.clock.seconds()
+        server.refresh()
+        log.info("server {server} back on probation", server=server.name)
+        self.start_slow_start(server)
+        self._wake()
+
+    # -- active checks ------------------------------------------------------
+
+    def record_check(self, server: ServerState, ok: bool, detail: str) -> None:
+        """
+        The outcome of one health check: C{health_fall} failures in a row
+        take an UP server DOWN, C{health_rise} successes in a row bring a
+        DOWN one UP.  Each change is logged once.
+        """
+        config = self.config
+        server.last_check = detail
+        if ok:
+            server.fall_count = 0
+            if server.up:
+                return
+            server.rise_count += 1
+            if server.rise_count >= config.health_rise:
+                server.rise_count = 0
+                self._came_up(server, detail)
+        else:
+            server.rise_count = 0
+            if not server.up:
+                return
+            server.fall_count += 1
+            if server.fall_count >= config.health_fall:
+                server.fall_count = 0
+                server.up = False
+                server.refresh()
+                log.warn(
+                    "server {server} is DOWN: {n} failed health checks, last: {detail}",
+                    server=server.name,
+                    n=config.health_fall,
+                    detail=detail,
+                )
+
+    def _came_up(self, server: ServerState, detail: str) -> None:
+        server.up = True
+        if server.ejected:
+            server.ejected = False
+            self._cancel(server)
+        server.fails = 0
+        server.fail_window_start = None
+        log.info(
+            "server {server} is UP: {n} passed health checks, last: {detail}",
+            server=server.name,
+            n=self.config.health_rise,
+            detail=detail,
+        )
+        self.start_slow_start(server)
+        server.refresh()
+        self._wake()
+
+    # -- slow start and draining ---------------------------------------------
+
+    def start_slow_start(self, server: ServerState) -> None:
+        """
+        Ramp the server's effective weight linearly from 10% to its
+        configured weight over C{slow_start} (when set).
+        """
+        duration = self.config.slow_start
+        full = server.config.weight * WEIGHT_SCALE
+        if duration <= 0:
+            server.weight = full
+            return
+        started = self.clock.seconds()
+
+        def step(_: ServerState) -> None:
+            elapsed = self.clock.seconds() - started
+            if elapsed >= duration:
+                server.weight = full
+                return
+            server.weight = max(1, int(full * (0.1 + 0.9 * elapsed / duration)))
+            self._schedule(server, duration / SLOW_START_STEPS, step)
+
+        step(server)
+
+    def drain(self, server: ServerState) -> None:
+        """No new requests for C{server}; those in flight finish."""
+        server.draining = True
+        server.refresh()
+
+    def enable(self, server: ServerState) -> None:
+        server.draining = False
+        server.refresh()
+        self._wake()
+
+    # -- timers ---------------------------------------------------------------
+
+    def _schedule(
+        self, server: ServerState, seconds: float, action: Callable[[ServerState], None]
+    ) -> None:
+        self._cancel(server)
+
+        def fire() -> None:
+            self._timers.pop(id(server), None)
+            action(server)
+
+        self._timers[id(server)] = self.clock.callLater(seconds, fire)
+
+    def _cancel(self, server: ServerState) -> None:
+        timer: Optional[IDelayedCall] = self._timers.pop(id(server), None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def stop(self) -> None:
+        """Cancel every pending timer (reinstatements, slow starts)."""
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()

@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from lbproxy.backend import BackendAgent, BackendConnectionPool, make_route, tls_policy
 from lbproxy.config import ProxyConfig
 from lbproxy.forwarder import Forwarder
+from lbproxy.health import HealthChecker, http_probe
 from lbproxy.pool import Pool, ServerState
 from lbproxy.resource import ProxyResource
 from lbproxy.site import ProxySite
@@ -58,7 +59,11 @@ class ProxyService(service.MultiService):
                 )
                 for server in pool_config.servers
             ]
-            self.pools[pool_config.name] = Pool(pool_config, servers)
+            pool = Pool(pool_config, servers, reactor)
+            self.pools[pool_config.name] = pool
+            if pool_config.health_check is not None:
+                checker = HealthChecker(pool, http_probe(reactor, pool_config, policy), reactor)
+                checker.setServiceParent(self)
         via = config.via.encode("ascii") if config.via is not None else None
         self.forwarder = Forwarder(self.pools[config.pool], self.agent, via, reactor)
         self.site = ProxySite(ProxyResource(self.forwarder), reactor=reactor)
@@ -94,4 +99,6 @@ class ProxyService(service.MultiService):
         ports, self.ports = self.ports, []
         stopping = [maybeDeferred(port.stopListening) for port in ports]
         stopping.append(self.connections.closeCachedConnections())
+        for pool in self.pools.values():
+            pool.stop()
         return DeferredList(stopping)

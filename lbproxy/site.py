@@ -162,13 +162,21 @@ class ProxyRequest(server.Request):
         else:
             channel.transport.abortConnection()  # type: ignore[union-attr]
 
-    def respond_error(self, code: int, phrase: bytes, detail: bytes, close: bool = False) -> None:
+    def respond_error(
+        self,
+        code: int,
+        phrase: bytes,
+        detail: bytes,
+        close: bool = False,
+        retry_after: Optional[int] = None,
+    ) -> None:
         """
         Answer with a short plain-text error page of the proxy's own.
 
         @param detail: A fixed text: nothing taken from the request, so that
             nothing a client sent is reflected.
         @param close: Close the connection after the response.
+        @param retry_after: Seconds for a C{Retry-After} header, if any.
         """
         if self._disconnected or self.finished:
             return
@@ -181,6 +189,8 @@ class ProxyRequest(server.Request):
         if close and self.channel is not None:
             self.channel.persistent = False
             headers.setRawHeaders(b"Connection", [b"close"])
+        if retry_after is not None:
+            headers.setRawHeaders(b"Retry-After", [b"%d" % retry_after])
         headers.setRawHeaders(b"Content-Type", [b"text/plain; charset=utf-8"])
         headers.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
         headers.setRawHeaders(b"Date", [datetimeToString()])

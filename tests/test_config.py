@@ -254,7 +254,10 @@ class ErrorTests(unittest.TestCase):
                 "line 1: 'http://h': weight must be a whole number from 1 to 1000, got 'x'",
             ),
             ("http://h weight=1 weight=2", "line 1: 'http://h': option 'weight' given twice"),
-            ("http://h max=3", "line 1: 'http://h': unknown option 'max' (known: name, weight)"),
+            (
+                "http://h max=3",
+                "line 1: 'http://h': unknown option 'max' (known: backup, max_connections, name, weight)",
+            ),
             (
                 "http://h name=a/b",
                 "line 1: 'http://h': name must be made of letters, digits and -._:[], got 'a/b'",

@@ -11,12 +11,14 @@ import socket
 from typing import List
 
 from twisted.internet import defer, protocol, reactor, threads
+from twisted.web import server
 
 from tests.support import (
     CLIENT_TIMEOUT,
     HOST,
     ProxyTestCase,
     curl,
+    default_handler,
     held_handler,
     parse_headers_block,
     proxy_config,
@@ -760,3 +762,158 @@ class ResilienceTests(ProxyTestCase):
         self.assertEqual(
             [req.split(b" ")[0] for req in backend.requests], [b"GET", b"POST", b"GET", b"POST"]
         )
+
+
+class HealthAndLimitsTests(ProxyTestCase):
+    @defer.inlineCallbacks
+    def wait_until(self, condition):  # type: ignore[no-untyped-def]
+        while not condition():
+            yield deferLater(0.01)
+
+    @defer.inlineCallbacks
+    def test_max_connections_holds_under_200_concurrent_clients(self):  # type: ignore[no-untyped-def]
+        from twisted.web.client import Agent, HTTPConnectionPool, readBody
+
+        def slow(backend, request, body):  # type: ignore[no-untyped-def]
+            def answer() -> None:
+                request.setHeader(b"Content-Length", b"2")
+                request.write(b"ok")
+                request.finish()
+
+            reactor.callLater(0.005, answer)
+            return server.NOT_DONE_YET
+
+        a, b = self.backend("a", slow), self.backend("b", slow)
+        proxy = self.start_proxy(
+            proxy_config(
+                [f"{a.url} max_connections=4", f"{b.url} max_connections=4"],
+                "least_connections",
+                pool={"queue_timeout": "20s"},
+            )
+        )
+        clients = HTTPConnectionPool(reactor)
+        clients.maxPersistentPerHost = 200
+        self.addCleanup(clients.closeCachedConnections)
+        agent = Agent(reactor, pool=clients)
+        url = f"http://127.0.0.1:{self.port}/".encode()
+        responses = yield defer.gatherResults(
+            [agent.request(b"GET", url).addCallback(readBody) for _ in range(200)]
+        )
+        self.assertEqual(responses, [b"ok"] * 200)
+        self.assertEqual(len(a.seen) + len(b.seen), 200)
+        self.assertLessEqual(a.peak, 4)
+        self.assertLessEqual(b.peak, 4)
+        self.assertEqual(a.peak, 4)  # the limit was reached, not just respected
+        self.assertEqual([s.active for s in proxy.pools["test"].servers], [0, 0])
+
+    @defer.inlineCallbacks
+    def test_queue_timeout_is_503(self):  # type: ignore[no-untyped-def]
+        held = self.backend("held", held_handler)
+        self.start_proxy(
+            proxy_config([f"{held.url} max_connections=1"], pool={"queue_timeout": "200ms"})
+        )
+        first = self.fetch("GET", "/1")
+        yield self.wait_until(lambda: held.held)
+        r = yield self.fetch("GET", "/2")
+        self.assertEqual(r.status, 503)
+        self.assertEqual(r.body, b"503 Service Unavailable: every server is busy\n")
+        self.assertEqual(r.header("Retry-After"), ["10"])
+        held.held[0].callback(b"done")
+        r = yield first
+        self.assertEqual(r.body, b"done")
+        self.assertEqual(len(held.seen), 1)
+
+    @defer.inlineCallbacks
+    def test_health_checks_take_a_server_out_and_back(self):  # type: ignore[no-untyped-def]
+        state = {"healthy": True}
+
+        def handler(backend, request, body):  # type: ignore[no-untyped-def]
+            if request.path == b"/healthz":
+                request.setResponseCode(200 if state["healthy"] else 503)
+                return b""
+            return default_handler(backend, request, body)
+
+        flaky = self.backend("flaky", handler)
+        steady = self.backend("steady")
+        proxy = self.start_proxy(
+            proxy_config(
+                [flaky.url, steady.url],
+                pool={
+                    "health_check": "GET /healthz",
+                    "health_interval": "50ms",
+                    "health_timeout": "50ms",
+                    "health_rise": "2",
+                    "health_fall": "2",
+                },
+            )
+        )
+        flaky_state = proxy.pools["test"].servers[0]
+        yield self.wait_until(lambda: len([s for s in flaky.seen if s.uri == b"/healthz"]) >= 2)
+        state["healthy"] = False
+        yield self.wait_until(lambda: not flaky_state.up)
+        before = len([s for s in flaky.seen if s.uri != b"/healthz"])
+        for _ in range(4):
+            r = yield self.fetch("GET", "/work")
+            self.assertEqual(r.body, b"steady\n")
+        self.assertEqual(len([s for s in flaky.seen if s.uri != b"/healthz"]), before)
+        self.assertEqual(flaky_state.last_check, "status 503")
+        checks = [s for s in flaky.seen if s.uri == b"/healthz"]
+        self.assertEqual(checks[0].header(b"user-agent"), [b"lbproxy-health-check"])
+        state["healthy"] = True
+        yield self.wait_until(lambda: flaky_state.up)
+        bodies = set()
+        for _ in range(4):
+            r = yield self.fetch("GET", "/work")
+            bodies.add(r.body)
+        self.assertEqual(bodies, {b"flaky\n", b"steady\n"})
+
+    @defer.inlineCallbacks
+    def test_every_server_down_is_503_then_one_back(self):  # type: ignore[no-untyped-def]
+        state = {"healthy": False}
+
+        def handler(backend, request, body):  # type: ignore[no-untyped-def]
+            if request.path == b"/healthz":
+                request.setResponseCode(200 if state["healthy"] else 500)
+                return b""
+            return default_handler(backend, request, body)
+
+        only = self.backend("only", handler)
+        proxy = self.start_proxy(
+            proxy_config(
+                [only.url],
+                pool={
+                    "health_check": "GET /healthz",
+                    "health_interval": "50ms",
+                    "health_timeout": "50ms",
+                    "health_rise": "1",
+                    "health_fall": "1",
+                },
+            )
+        )
+        server_state = proxy.pools["test"].servers[0]
+        yield self.wait_until(lambda: not server_state.up)
+        r = yield self.fetch("GET", "/work")
+        self.assertEqual(r.status, 503)
+        self.assertEqual(r.header("Retry-After"), ["1"])
+        self.assertEqual([s for s in only.seen if s.uri == b"/work"], [])
+        state["healthy"] = True
+        yield self.wait_until(lambda: server_state.up)
+        r = yield self.fetch("GET", "/work")
+        self.assertEqual((r.status, r.body), (200, b"only\n"))
+
+    @defer.inlineCallbacks
+    def test_drain_lets_in_flight_finish_and_sends_nothing_new(self):  # type: ignore[no-untyped-def]
+        held = self.backend("held", held_handler)
+        other = self.backend("other")
+        proxy = self.start_proxy(proxy_config([held.url, other.url]))
+        pool = proxy.pools["test"]
+        in_flight = self.fetch("GET", "/long")
+        yield self.wait_until(lambda: held.held)
+        pool.drain(pool.servers[0])
+        for _ in range(4):
+            r = yield self.fetch("GET", "/new")
+            self.assertEqual(r.body, b"other\n")
+        held.held[0].callback(b"finished")
+        r = yield in_flight
+        self.assertEqual(r.body, b"finished")
+        self.assertEqual(len(held.seen), 1)

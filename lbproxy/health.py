@@ -1,0 +1,152 @@
+"""
+Active health checks: each server of a pool is probed every
+C{health_interval} (with jitter, so that the servers are not all probed in the
+same instant), and the pool counts the outcomes (L{Pool.record_check}).
+
+A probe of a server starts only when its previous one has finished: checks
+never pile up on a slow server.  The probe is a function, so that tests can
+script it; the real one sends an HTTP request with treq over its own
+connection pool, apart from the proxied traffic.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import treq
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IPolicyForHTTPS
+
+from lbproxy.config import PoolConfig
+from lbproxy.pool import Pool, ServerState
+
+#: A probe: a server in, a Deferred of (passed?, what was seen) out.
+Probe = Callable[[ServerState], "Deferred[Tuple[bool, str]]"]
+
+#: Each interval is stretched or shrunk by up to this fraction at random.
+JITTER = 0.1
+
+
+class HealthChecker(Service):
+    """
+    Runs the active health checks of one pool.
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        probe: Probe,
+        clock: IReactorTime,
+        rng: Optional[random.Random] = None,
+    ) -> None:
+        self.pool = pool
+        self.probe = probe
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._timers: Dict[int, IDelayedCall] = {}
+        self._running: Dict[int, Deferred[Any]] = {}
+
+    def startService(self) -> None:
+        super().startService()
+        interval = self.pool.config.health_interval
+        for server in self.pool.servers:
+            # The first probes are spread over one interval.
+            self._schedule(server, self.rng.uniform(0, interval))
+
+    def stopService(self) -> None:
+        super().stopService()
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+        for running in list(self._running.values()):
+            running.cancel()
+        self._running.clear()
+
+    def _schedule(self, server: ServerState, delay: float) -> None:
+        self._timers[id(server)] = self.clock.callLater(delay, self._check, server)
+
+    def _check(self, server: ServerState) -> None:
+        self._timers.pop(id(server), None)
+        if id(server) in self._running or not self.running:
+            return
+        config = self.pool.config
+        try:
+            probing = self.probe(server)
+        except Exception:
+            probing = _failed()
+        probing.addTimeout(config.health_timeout, self.clock)
+        self._running[id(server)] = probing
+        probing.addCallbacks(
+            lambda outcome: outcome,
+            lambda failure: (False, describe_failure(failure, config.health_timeout)),
+        )
+        probing.addCallback(self._done, server)
+
+    def _done(self, outcome: Tuple[bool, str], server: ServerState) -> None:
+        self._running.pop(id(server), None)
+        if not self.running:
+            return
+        ok, detail = outcome
+        self.pool.record_check(server, ok, detail)
+        interval = self.pool.config.health_interval
+        self._schedule(server, interval * self.rng.uniform(1 - JITTER, 1 + JITTER))
+
+
+def _failed() -> Deferred[Tuple[bool, str]]:
+    d: Deferred[Tuple[bool, str]] = Deferred()
+    d.errback(Failure())
+    return d
+
+
+def describe_failure(failure: Failure, timeout: float) -> str:
+    from twisted.internet.defer import CancelledError, TimeoutError
+
+    if failure.check(TimeoutError, CancelledError):
+        return f"no answer within {timeout:g}s"
+    value = failure.value
+    text = str(value).strip()
+    return f"{type(value).__name__}: {text}" if text else type(value).__name__
+
+
+class _Discard(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+
+def http_probe(reactor: Any, config: PoolConfig, policy: IPolicyForHTTPS) -> Probe:
+    """
+    The probe that sends C{health_check} (e.g. C{GET /healthz}) to a server
+    with treq, over a connection pool of its own that keeps no connections
+    (each check opens a new one, as a new client would), and passes when the
+    status is within C{health_expect}.
+    """
+    assert config.health_check is not None
+    method, path = config.health_check
+    low, high = config.health_expect
+    agent = Agent(
+        reactor, contextFactory=policy, pool=HTTPConnectionPool(reactor, persistent=False)
+    )
+    client = treq.client.HTTPClient(agent)
+
+    def probe(server: ServerState) -> Deferred[Tuple[bool, str]]:
+        netloc = f"[{server.config.host}]" if ":" in server.config.host else server.config.host
+        url = f"{server.config.scheme}://{netloc}:{server.config.port}{path}"
+        host = config.health_host or f"{netloc}:{server.config.port}"
+        headers = Headers({b"Host": [host.encode()], b"User-Agent": [b"lbproxy-health-check"]})
+        sending = client.request(method, url, headers=headers)
+
+        def judge(response: Any) -> Tuple[bool, str]:
+            response.deliverBody(_Discard())
+            return low <= response.code <= high, f"status {response.code}"
+
+        return sending.addCallback(judge)
+
+    return probe
