@@ -261,6 +261,16 @@ class Pool:
         if ok:
             server.fall_count = 0
             if server.up:
+                if server.ejected:
+                    # A passing check brings back a server that real traffic
+                    # took out, without waiting for fail_timeout.
+                    self._cancel(server)
+                    server.ejected = False
+                    self.record_success(server)
+                    server.refresh()
+                    log.info("server {server} back: health check passed", server=server.name)
+                    self.start_slow_start(server)
+                    self._wake()
                 return
             server.rise_count += 1
             if server.rise_count >= config.health_rise:

@@ -88,6 +88,17 @@ class GoodConfigTests(unittest.TestCase):
             (c.via, c.backend_keepalive, c.backend_keepalive_timeout), ("edge-1", 8, 0.5)
         )
 
+    def test_resilience_keys(self) -> None:
+        c = parse(
+            "[proxy]\nlisten = tcp:1\n[pool:a]\nservers =\n  http://h max_connections=5\n"
+            "  http://i backup\nhealth_check = HEAD /ping\nhealth_host = app.example\n"
+            "health_expect = 204\nfail_on_5xx = yes\nslow_start = 30s\nmax_fails = 0\n"
+        ).active_pool()
+        self.assertEqual((c.servers[0].max_connections, c.servers[1].backup), (5, True))
+        self.assertEqual((c.health_check, c.health_host), (("HEAD", "/ping"), "app.example"))
+        self.assertEqual((c.health_expect, c.fail_on_5xx), ((204, 204), True))
+        self.assertEqual((c.slow_start, c.max_fails), (30.0, 0))
+
     def test_via_off(self) -> None:
         c = parse("[proxy]\nlisten = tcp:1\nvia = off\n[pool:a]\nservers = http://h\n")
         self.assertIsNone(c.via)
@@ -200,6 +211,37 @@ class ErrorTests(unittest.TestCase):
             (
                 "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\nresponse_timeout = 30\n",
                 "t.ini: [pool:a] response_timeout: expected a duration with a unit",
+            ),
+            (
+                "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\nhealth_check = /healthz\n",
+                "t.ini: [pool:a] health_check: must be a method and a path, such as GET /healthz, "
+                "got '/healthz'",
+            ),
+            (
+                "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\nhealth_expect = 200-99\n",
+                "t.ini: [pool:a] health_expect: must be a status or a range such as 200-399, "
+                "got '200-99'",
+            ),
+            (
+                "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\nfail_on_5xx = maybe\n",
+                "t.ini: [pool:a] fail_on_5xx: must be yes or no, got 'maybe'",
+            ),
+            (
+                "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\nhealth_timeout = 3s\n",
+                "t.ini: [pool:a] health_timeout: must not be longer than health_interval",
+            ),
+            (
+                "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h backup\n",
+                "t.ini: [pool:a] servers: every server is a backup: at least one must not be",
+            ),
+            (
+                "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h max_connections=0\n",
+                "t.ini: [pool:a] servers: line 1: 'http://h': max_connections must be a whole "
+                "number from 1 to 1000000, got '0'",
+            ),
+            (
+                "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h backup backup\n",
+                "t.ini: [pool:a] servers: line 1: 'http://h': option 'backup' given twice",
             ),
             (
                 "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\nretries = 11\n",

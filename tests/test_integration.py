@@ -917,3 +917,52 @@ class HealthAndLimitsTests(ProxyTestCase):
         r = yield in_flight
         self.assertEqual(r.body, b"finished")
         self.assertEqual(len(held.seen), 1)
+
+
+class PassiveAndConnectTimeoutTests(ProxyTestCase):
+    @defer.inlineCallbacks
+    def test_5xx_takes_a_server_out_when_configured(self):  # type: ignore[no-untyped-def]
+        def failing(backend, request, body):  # type: ignore[no-untyped-def]
+            request.setResponseCode(500)
+            return b"broken\n"
+
+        bad, good = self.backend("bad", failing), self.backend("good")
+        proxy = self.start_proxy(
+            proxy_config(
+                [bad.url, good.url],
+                pool={"max_fails": "2", "fail_timeout": "30s", "fail_on_5xx": "yes"},
+            )
+        )
+        statuses = []
+        for _ in range(8):
+            r = yield self.fetch()
+            statuses.append(r.status)
+        # The first two requests to the bad server are relayed as they are,
+        # then it is out for fail_timeout.
+        self.assertEqual(statuses.count(500), 2)
+        self.assertEqual(len(bad.seen), 2)
+        self.assertTrue(proxy.pools["test"].servers[0].ejected)
+
+    @defer.inlineCallbacks
+    def test_connect_timeout_goes_to_the_next_server(self):  # type: ignore[no-untyped-def]
+        # A loopback listener that never accepts, its queue filled: further
+        # connection attempts get no answer, as from a vanished host.
+        stuck = socket.socket()
+        self.addCleanup(stuck.close)
+        stuck.bind((HOST, 0))
+        stuck.listen(0)
+        fillers = []
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(stuck.getsockname())
+            fillers.append(filler)
+        self.addCleanup(lambda: [f.close() for f in fillers])
+        good = self.backend("good")
+        url = f"http://{HOST}:{stuck.getsockname()[1]}"
+        self.start_proxy(
+            proxy_config([url, good.url], pool={"connect_timeout": "200ms", "retries": "1"})
+        )
+        r = yield self.fetch("POST", "/p", body=b"sent once")
+        self.assertEqual((r.status, r.body), (200, b"good\n"))
+        self.assertEqual([s.body for s in good.seen], [b"sent once"])

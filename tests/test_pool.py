@@ -155,6 +155,14 @@ class PassiveCheckTests(unittest.TestCase):
         self.assertEqual([s.name for s in self.pool.candidates()], ["b"])
         self.assertEqual(self.pool.retry_after(), 10)
 
+    def test_a_passing_health_check_brings_an_ejected_server_back(self) -> None:
+        self.fail(self.a, 3)
+        self.assertFalse(self.a.usable)
+        self.pool.record_check(self.a, True, "status 200")
+        self.assertTrue(self.a.usable)
+        self.assertEqual(self.a.fails, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_max_fails_zero_disables(self) -> None:
         pool = make_pool(["http://a:1"], self.clock, max_fails="0")
         for _ in range(10):
