@@ -264,13 +264,7 @@ class Pool:
                 if server.ejected:
                     # A passing check brings back a server that real traffic
                     # took out, without waiting for fail_timeout.
-                    self._cancel(server)
-                    server.ejected = False
-                    self.record_success(server)
-                    server.refresh()
-                    log.info("server {server} back: health check passed", server=server.name)
-                    self.start_slow_start(server)
-                    self._wake()
+                    self._bring_back(server, "server {server} back: health check passed")
                 return
             server.rise_count += 1
             if server.rise_count >= config.health_rise:
@@ -294,19 +288,24 @@ class Pool:
 
     def _came_up(self, server: ServerState, detail: str) -> None:
         server.up = True
-        if server.ejected:
-            server.ejected = False
-            self._cancel(server)
-        server.fails = 0
-        server.fail_window_start = None
-        log.info(
+        self._bring_back(
+            server,
             "server {server} is UP: {n} passed health checks, last: {detail}",
-            server=server.name,
             n=self.config.health_rise,
             detail=detail,
         )
-        self.start_slow_start(server)
+
+    def _bring_back(self, server: ServerState, message: str, **fields: object) -> None:
+        """
+        Put a server fully back in rotation (no ejection, no failures
+        counted), logged once, ramped by slow start.
+        """
+        self._cancel(server)
+        server.ejected = False
+        self.record_success(server)
         server.refresh()
+        log.info(message, server=server.name, **fields)
+        self.start_slow_start(server)
         self._wake()
 
     # -- slow start and draining ---------------------------------------------
