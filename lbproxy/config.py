@@ -141,6 +141,13 @@ class ProxyConfig:
     via: Optional[str] = "lbproxy"
     backend_keepalive: int = 100
     backend_keepalive_timeout: float = 1.0
+    max_header_size: int = 32 * 1024
+    max_headers: int = 100
+    max_body_size: int = 10 * 1024 * 1024
+    client_header_timeout: float = 10.0
+    client_body_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 10000
 
     def active_pool(self) -> PoolConfig:
         return self.pools[self.pool]
@@ -186,6 +193,26 @@ def parse_positive_duration(text: str) -> float:
     if seconds <= 0:
         raise ValueError(f"must be longer than 0, got {text.strip()!r}")
     return seconds
+
+
+_SIZE = re.compile(r"^([0-9]+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(low: int, high: int) -> Callable[[str], int]:
+    """A size in bytes: C{512}, C{32KB}, C{10MB}, C{1GB} (units of 1024)."""
+
+    def parse(text: str) -> int:
+        match = _SIZE.match(text.strip())
+        if match is None:
+            raise ValueError(f"expected a size such as 32KB or 10MB, got {text.strip()!r}")
+        unit = (match.group(2) or "b")[0].lower()
+        size = int(match.group(1)) * _SIZE_UNITS[unit]
+        if not low <= size <= high:
+            raise ValueError(f"must be from {low} to {high} bytes, got {text.strip()!r}")
+        return size
+
+    return parse
 
 
 def parse_bool(text: str) -> bool:
@@ -395,6 +422,13 @@ _PROXY_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
     "via": (parse_via, "lbproxy"),
     "backend_keepalive": (parse_int(0, 100000), 100),
     "backend_keepalive_timeout": (parse_duration, 1.0),
+    "max_header_size": (parse_size(1024, 1 << 20), 32 * 1024),
+    "max_headers": (parse_int(1, 10000), 100),
+    "max_body_size": (parse_size(0, 1 << 50), 10 * 1024 * 1024),
+    "client_header_timeout": (parse_positive_duration, 10.0),
+    "client_body_timeout": (parse_positive_duration, 30.0),
+    "keepalive_timeout": (parse_positive_duration, 75.0),
+    "max_connections": (parse_int(1, 1_000_000), 10000),
 }
 
 _POOL_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {

@@ -84,7 +84,12 @@ class Forwarder:
     """
 
     def __init__(
-        self, pool: Pool, agent: BackendAgent, via: Optional[bytes], clock: IReactorTime
+        self,
+        pool: Pool,
+        agent: BackendAgent,
+        via: Optional[bytes],
+        clock: IReactorTime,
+        client_body_timeout: float = 30.0,
     ) -> None:
         self.pool = pool
         self.agent = agent
@@ -93,6 +98,8 @@ class Forwarder:
         config = pool.config
         self.response_timeout = config.response_timeout
         self.idle_timeout = config.idle_timeout
+        # Gaps in a client's request body: the stricter of the two limits.
+        self.upload_idle_timeout = min(client_body_timeout, config.idle_timeout)
         self.attempts = config.retries + 1
 
     def forward(self, request: ProxyRequest) -> None:
@@ -260,7 +267,12 @@ class _Exchange:
     def _watch_idle(self) -> None:
         self._stop_timer()
         self.last_byte = self.clock.seconds()
-        self.timer = self.clock.callLater(self.forwarder.idle_timeout, self._check_idle)
+        self.timer = self.clock.callLater(self._idle_limit(), self._check_idle)
+
+    def _idle_limit(self) -> float:
+        if self.relay is None:
+            return self.forwarder.upload_idle_timeout
+        return self.forwarder.idle_timeout
 
     def touch(self) -> None:
         """
@@ -270,7 +282,7 @@ class _Exchange:
 
     def _check_idle(self) -> None:
         self.timer = None
-        idle = self.forwarder.idle_timeout
+        idle = self._idle_limit()
         quiet = self.clock.seconds() - self.last_byte
         if quiet < idle:
             self.timer = self.clock.callLater(idle - quiet, self._check_idle)
@@ -323,7 +335,7 @@ class _Exchange:
             log.warn(
                 "server {server}: the client sent no body byte for {idle:g}s; closing",
                 server=name,
-                idle=self.forwarder.idle_timeout,
+                idle=self.forwarder.upload_idle_timeout,
             )
             self._respond_error(408, b"Request Timeout", b"the request body stalled", close=True)
             return

@@ -6,9 +6,10 @@ the proxy resource.
 from __future__ import annotations
 
 from io import BytesIO
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -16,6 +17,7 @@ from twisted.web.http import datetimeToString
 from twisted.web.resource import IResource
 
 from lbproxy.body import StreamedBody
+from lbproxy.channel import FrontLimits, ProxyChannel, error_response
 
 log = Logger()
 
@@ -25,6 +27,10 @@ KEEPALIVE_TIMEOUT = 75
 
 def _nothing() -> None:
     pass
+
+
+class BodyTooLarge(Exception):
+    """The request body grew past max_body_size."""
 
 
 class ProxyRequest(server.Request):
@@ -42,6 +48,13 @@ class ProxyRequest(server.Request):
     exchange: Optional[Any] = None
     #: The request body, streamed; L{None} when the request has none.
     body: Optional[StreamedBody] = None
+    #: Body bytes received so far.
+    received_bytes = 0
+
+    @property
+    def front(self) -> ProxyChannel:
+        """The client connection, as the proxy's own channel."""
+        return cast(ProxyChannel, self.channel)
 
     def gotLength(self, length: Optional[int]) -> None:
         """
@@ -54,6 +67,10 @@ class ProxyRequest(server.Request):
         reactor turn, outside the HTTP parser's call stack.
         """
         self.content = BytesIO()
+        limit = self.front.limits.max_body_size
+        if limit and length is not None and length > limit:
+            self.front.refuse(413, b"Content Too Large", b"the request body is too large")
+            return
         if length == 0:
             if self.requestHeaders.hasHeader(b"content-length"):
                 self.body = StreamedBody(0, _nothing, _nothing)
@@ -73,10 +90,36 @@ class ProxyRequest(server.Request):
         self.process()
 
     def handleContentChunk(self, data: bytes) -> None:
+        body = self.body
+        if body is None or self.finished:
+            # No body, or the response is over (it began early and the
+            # connection is closing): nothing more to pass on.
+            return
+        self.received_bytes += len(data)
+        limit = self.front.limits.max_body_size
+        if limit and self.received_bytes > limit:
+            self._body_too_large()
+            return
+        body.feed(data)
+        if self.exchange is not None:
+            self.exchange.touch()
+
+    def _body_too_large(self) -> None:
+        # A chunked body grew past max_body_size: stop the backend side,
+        # then answer 413 if nothing was answered yet, else cut the
+        # connection (a response cannot be taken back).
+        reason = Failure(BodyTooLarge())
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.client_lost(reason)
         if self.body is not None:
-            self.body.feed(data)
-            if self.exchange is not None:
-                self.exchange.touch()
+            self.body.fail(reason)
+            self.body = None
+        front = self.front
+        if self.startedWriting:
+            front.transport.abortConnection()  # type: ignore[union-attr]
+        else:
+            front.refuse(413, b"Content Too Large", b"the request body is too large")
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """
@@ -198,19 +241,50 @@ class ProxyRequest(server.Request):
         self.finish()
 
 
+class _Busy(Protocol):
+    """Answers a connection beyond max_connections with 503 and closes it."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(error_response(503, b"Service Unavailable", b"too many connections"))
+        self.transport.loseConnection()
+
+
 class ProxySite(server.Site):
     """
-    The proxy's HTTP server.  Access logging is off until the access log
+    The proxy's HTTP server: L{ProxyChannel} connections with the front
+    limits, at most C{max_connections} at once (more are answered 503 and
+    closed, never queued).  Access logging is off until the access log
     settings exist.
     """
 
     noisy = False
     displayTracebacks = False
+    protocol = ProxyChannel  # type: ignore[assignment]
 
     def __init__(
-        self, resource: IResource, timeout: float = KEEPALIVE_TIMEOUT, reactor: Any = None
+        self,
+        resource: IResource,
+        timeout: float = KEEPALIVE_TIMEOUT,
+        reactor: Any = None,
+        limits: Optional[FrontLimits] = None,
+        max_connections: int = 10000,
     ) -> None:
         super().__init__(resource, requestFactory=ProxyRequest, timeout=timeout, reactor=reactor)
+        self.limits = limits or FrontLimits()
+        self.max_connections = max_connections
+        self.open_connections = 0
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.open_connections >= self.max_connections:
+            return _Busy()
+        channel = super().buildProtocol(addr)
+        channel.limits = self.limits
+        self.open_connections += 1
+        return channel
+
+    def connection_closed(self) -> None:
+        self.open_connections -= 1
 
     def log(self, request: http.Request) -> None:
         pass

@@ -99,6 +99,18 @@ class GoodConfigTests(unittest.TestCase):
         self.assertEqual((c.health_expect, c.fail_on_5xx), ((204, 204), True))
         self.assertEqual((c.slow_start, c.max_fails), (30.0, 0))
 
+    def test_front_limits(self) -> None:
+        c = parse(
+            "[proxy]\nlisten = tcp:1\nmax_header_size = 16KB\nmax_body_size = 0\n"
+            "max_headers = 50\nclient_header_timeout = 5s\nkeepalive_timeout = 1m\n"
+            "max_connections = 500\n[pool:a]\nservers = http://h\n"
+        )
+        self.assertEqual((c.max_header_size, c.max_body_size, c.max_headers), (16384, 0, 50))
+        self.assertEqual((c.client_header_timeout, c.keepalive_timeout), (5.0, 60.0))
+        self.assertEqual(c.max_connections, 500)
+        d = parse("[proxy]\nlisten = tcp:1\nmax_body_size = 1g\n[pool:a]\nservers = http://h\n")
+        self.assertEqual(d.max_body_size, 1 << 30)
+
     def test_via_off(self) -> None:
         c = parse("[proxy]\nlisten = tcp:1\nvia = off\n[pool:a]\nservers = http://h\n")
         self.assertIsNone(c.via)
@@ -162,7 +174,8 @@ class ErrorTests(unittest.TestCase):
             (
                 "[proxy]\nlisten = tcp:1\nlistn = 2\n",
                 "t.ini: [proxy] listn: unknown key (known: listen, pool, via, backend_keepalive, "
-                "backend_keepalive_timeout)",
+                "backend_keepalive_timeout, max_header_size, max_headers, max_body_size, "
+                "client_header_timeout, client_body_timeout, keepalive_timeout, max_connections)",
             ),
             ("[proxy]\n[pool:a]\nservers = http://h\n", "t.ini: [proxy] listen: is required"),
             (
@@ -211,6 +224,14 @@ class ErrorTests(unittest.TestCase):
             (
                 "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\nresponse_timeout = 30\n",
                 "t.ini: [pool:a] response_timeout: expected a duration with a unit",
+            ),
+            (
+                "[proxy]\nlisten = tcp:1\nmax_body_size = lots\n[pool:a]\nservers = http://h\n",
+                "t.ini: [proxy] max_body_size: expected a size such as 32KB or 10MB, got 'lots'",
+            ),
+            (
+                "[proxy]\nlisten = tcp:1\nmax_header_size = 100\n[pool:a]\nservers = http://h\n",
+                "t.ini: [proxy] max_header_size: must be from 1024 to 1048576 bytes, got '100'",
             ),
             (
                 "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\nhealth_check = /healthz\n",

@@ -609,7 +609,7 @@ class StreamingUploadTests(ProxyTestCase):
     @defer.inlineCallbacks
     def test_slow_backend_pauses_the_uploading_client(self):  # type: ignore[no-untyped-def]
         backend = self.trickling(hold=True)
-        self.start_proxy(proxy_config([backend.url]))
+        self.start_proxy(proxy_config([backend.url], max_body_size="0"))
         size = 256 * 1024 * 1024
         sock = self.client()
         sock.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)

@@ -232,7 +232,7 @@ class TwistdTests(unittest.TestCase):
         port = reactor.listenTCP(0, sink, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         backend_url = f"http://127.0.0.1:{port.getHost().port}"
-        proc = self.twistd(self.write(proxy_config([backend_url])))
+        proc = self.twistd(self.write(proxy_config([backend_url], max_body_size="0")))
         match = yield proc.wait_for(rb"listening on .*:(\d+)")
         body = os.path.abspath(self.mktemp())
         with open(body, "wb") as f:

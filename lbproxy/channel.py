@@ -1,0 +1,214 @@
+"""
+The proxy's HTTP/1.1 server connection: twisted.web's C{HTTPChannel}, with
+the checks an edge proxy needs before a request may go anywhere.
+
+twisted.web's parser already refuses most malformed requests (conflicting or
+malformed framing headers, bad chunk sizes, invalid header names and
+values).  On top of it, this channel answers with the specific status and
+closes the connection for: an overlong request line (414), header sections
+over the size or count limit (431), an invalid request target (400), folded
+header lines (400), transfer codings other than chunked (501) or any on an
+HTTP/1.0 request (400), and header sections that take too long (408).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import attr
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+from twisted.web import http
+
+Refusal = Tuple[int, bytes, bytes]
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class FrontLimits:
+    """
+    Limits on what a client may send (the [proxy] keys of the same names).
+    """
+
+    max_request_line: int = 8192
+    max_header_size: int = 32 * 1024
+    max_headers: int = 100
+    max_body_size: int = 10 * 1024 * 1024
+    client_header_timeout: float = 10.0
+    client_body_timeout: float = 30.0
+
+
+def request_line_refusal(line: bytes) -> Optional[Refusal]:
+    """
+    Why a request line must be refused, or L{None}.  Only the target's form
+    is judged here; the method, version and spacing are left to
+    twisted.web's parser, which refuses them with 400.
+    """
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        return None
+    method, target, _ = parts
+    if target == b"*":
+        if method != b"OPTIONS":
+            return (400, b"Bad Request", b"the * target is only for OPTIONS")
+        return None
+    if method == b"CONNECT":
+        return None  # answered 501 by the proxy resource
+    if target.startswith(b"/"):
+        return None
+    if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+        return None
+    return (400, b"Bad Request", b"invalid request target")
+
+
+def transfer_coding_refusal(value: bytes, version: bytes) -> Optional[Refusal]:
+    """
+    Why a C{Transfer-Encoding} header must be refused, or L{None}: only
+    exactly C{chunked} is accepted, and only from HTTP/1.1.
+    """
+    if version != b"HTTP/1.1":
+        return (400, b"Bad Request", b"Transfer-Encoding is not allowed in HTTP/1.0")
+    codings = [c.strip() for c in value.lower().split(b",")]
+    if codings == [b"chunked"]:
+        return None
+    if all(c == b"chunked" for c in codings):
+        return (400, b"Bad Request", b"chunked applied more than once")
+    return (501, b"Not Implemented", b"unsupported transfer coding")
+
+
+def error_response(code: int, phrase: bytes, detail: bytes) -> bytes:
+    """
+    A complete response that ends the connection: status, a one-line text
+    body of the proxy's own (nothing from the request), C{Connection: close}.
+    """
+    body = b"%d %s: %s\n" % (code, phrase, detail)
+    return (
+        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (code, phrase, len(body), body)
+    )
+
+
+class ProxyChannel(http.HTTPChannel):
+    """
+    An HTTP server connection of the proxy, with L{FrontLimits}.
+    """
+
+    limits = FrontLimits()
+    # twisted.web's own limits sit above ours, so that ours answer first.
+    totalHeadersSize = 1 << 30
+    maxHeaders = 1 << 30
+
+    # Where the connection stands: before a request line, in a header
+    # section, or with a request whose head is complete.
+    _IDLE, _HEADERS, _REQUEST = range(3)
+    _phase = _IDLE
+    _header_lines = 0
+    _header_bytes = 0
+    _request_version = b""
+    _header_timer: Optional[IDelayedCall] = None
+    refused = False
+
+    def connectionMade(self) -> None:
+        self.MAX_LENGTH = max(self.limits.max_request_line, self.limits.max_header_size) + 2
+        super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.refused:
+            return
+        if self._phase == self._IDLE and self._header_timer is None:
+            # The first byte of a request: its head has client_header_timeout
+            # to arrive whole, however slowly it trickles (slowloris).
+            self._header_timer = self.callLater(  # type: ignore[attr-defined]
+                self.limits.client_header_timeout, self._header_timed_out
+            )
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        limits = self.limits
+        if self._phase == self._IDLE:
+            if not line:
+                return super().lineReceived(line)  # a stray CRLF before a request
+            if len(line) > limits.max_request_line:
+                return self.refuse(414, b"URI Too Long", b"the request line is too long")
+            problem = request_line_refusal(line)
+            if problem is not None:
+                return self.refuse(*problem)
+            self._phase = self._HEADERS
+            self._header_lines = 0
+            self._header_bytes = 0
+            self._request_version = line.rsplit(b" ", 1)[-1]
+        elif line:
+            if line[:1] in (b" ", b"\t"):
+                return self.refuse(400, b"Bad Request", b"folded header lines are not accepted")
+            self._header_lines += 1
+            self._header_bytes += len(line) + 2
+            if self._header_lines > limits.max_headers:
+                return self.refuse(
+                    431, b"Request Header Fields Too Large", b"too many header fields"
+                )
+            if self._header_bytes > limits.max_header_size:
+                return self.refuse(
+                    431, b"Request Header Fields Too Large", b"the header section is too large"
+                )
+        return super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._phase == self._IDLE:
+            self.refuse(414, b"URI Too Long", b"the request line is too long")
+        else:
+            self.refuse(431, b"Request Header Fields Too Large", b"a header field is too large")
+
+    def headerReceived(self, line: bytes) -> bool:
+        name, _, value = line.partition(b":")
+        if name.lower() == b"transfer-encoding":
+            problem = transfer_coding_refusal(value.strip(), self._request_version)
+            if problem is not None:
+                self.refuse(*problem)
+                return False
+        ok: bool = super().headerReceived(line)
+        return ok
+
+    def allHeadersReceived(self) -> None:
+        self._cancel_header_timer()
+        self._phase = self._REQUEST
+        super().allHeadersReceived()
+
+    def _send100Continue(self) -> None:
+        if not self.refused:
+            super()._send100Continue()
+
+    def requestDone(self, request: http.Request) -> None:
+        self._phase = self._IDLE
+        super().requestDone(request)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_header_timer()
+        closed = getattr(self.factory, "connection_closed", None)
+        if closed is not None:
+            closed()
+        super().connectionLost(reason)
+
+    def _cancel_header_timer(self) -> None:
+        timer, self._header_timer = self._header_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _header_timed_out(self) -> None:
+        self._header_timer = None
+        if self._phase != self._REQUEST:
+            self.refuse(408, b"Request Timeout", b"the request head took too long")
+
+    # -- refusing --------------------------------------------------------------
+
+    def refuse(self, code: int, phrase: bytes, detail: bytes) -> None:
+        """
+        Answer C{code} and close the connection; nothing more of it is read.
+        """
+        if self.refused:
+            return
+        self.refused = True
+        self.persistent = False
+        self._cancel_header_timer()
+        if self.transport is not None:
+            self.transport.write(error_response(code, phrase, detail))
+            self.transport.loseConnection()
