@@ -32,6 +32,7 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.client import (
@@ -70,13 +71,30 @@ class _BackendProtocol(HTTP11ClientProtocol):
         if parser is not None:
 
             def keep_connection_header(response: IResponse) -> IResponse:
-                values = parser.connHeaders.getRawHeaders(b"connection")
+                framing = parser.connHeaders
+                if framing.hasHeader(b"transfer-encoding") and framing.hasHeader(b"content-length"):
+                    # Ambiguous framing: this connection cannot be trusted
+                    # for another response.  Close it and fail the attempt.
+                    response.deliverBody(_Abandon())
+                    raise AmbiguousFraming("a response with Content-Length and Transfer-Encoding")
+                values = framing.getRawHeaders(b"connection")
                 if values:
                     response.headers.setRawHeaders(b"Connection", values)
                 return response
 
             result.addCallback(keep_connection_header)
         return result
+
+
+class AmbiguousFraming(Exception):
+    """A backend response framed two ways at once."""
+
+
+class _Abandon(Protocol):
+    """Takes a response body only to close its connection at once."""
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()  # type: ignore[union-attr]
 
 
 class _BackendProtocolFactory(_HTTP11ClientFactory):

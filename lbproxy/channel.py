@@ -168,6 +168,18 @@ class ProxyChannel(http.HTTPChannel):
         ok: bool = super().headerReceived(line)
         return ok
 
+    def rawDataReceived(self, data: bytes) -> None:
+        super().rawDataReceived(data)
+        # A chunk announced larger than max_body_size is refused at once,
+        # not after the client has sent it.  (twisted.web's chunked decoder
+        # keeps the remaining length of the current chunk in ``length``.)
+        limit = self.limits.max_body_size
+        decoder = self._transferDecoder
+        if limit and decoder is not None and not self.refused:
+            if isinstance(decoder, http._ChunkedTransferDecoder):
+                if getattr(decoder, "length", 0) > limit:
+                    self.refuse(413, b"Content Too Large", b"the request body is too large")
+
     def allHeadersReceived(self) -> None:
         self._cancel_header_timer()
         self._phase = self._REQUEST

@@ -6,7 +6,7 @@ the proxy resource.
 from __future__ import annotations
 
 from io import BytesIO
-from typing import Any, Optional, cast
+from typing import Any, Optional, Tuple, cast
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
@@ -50,6 +50,8 @@ class ProxyRequest(server.Request):
     body: Optional[StreamedBody] = None
     #: Body bytes received so far.
     received_bytes = 0
+    #: The request line of a request with a body, until it is dispatched.
+    _head: Optional[Tuple[bytes, bytes, bytes]] = None
 
     @property
     def front(self) -> ProxyChannel:
@@ -61,10 +63,14 @@ class ProxyRequest(server.Request):
         The header section is complete; C{length} is the body's declared
         length, L{None} for a chunked body.
 
-        A request with a body is dispatched now, without waiting for the
-        body: it streams to the backend as it arrives (L{StreamedBody}),
-        never spooled to memory or disk.  The dispatch runs in the next
-        reactor turn, outside the HTTP parser's call stack.
+        A request with a body is dispatched without waiting for the body: it
+        streams to the backend as it arrives (L{StreamedBody}), never
+        spooled to memory or disk.  A body with a declared length goes at
+        once; a chunked one once its first chunk has been decoded (or it
+        ended), so that malformed chunked framing, the usual smuggling
+        vehicle, is refused before any server hears of the request.  The
+        dispatch runs in the next reactor turn, outside the HTTP parser's
+        call stack.
         """
         self.content = BytesIO()
         limit = self.front.limits.max_body_size
@@ -80,11 +86,17 @@ class ProxyRequest(server.Request):
         channel = self.channel
         # The request line is known to the channel only until the body ends;
         # these attributes have been HTTPChannel's since Twisted 16.
-        head = (channel._command, channel._path, channel._version)  # type: ignore[attr-defined]
-        channel.callLater(0, self._dispatch_early, *head)  # type: ignore[attr-defined,call-arg]
+        self._head = (channel._command, channel._path, channel._version)  # type: ignore[attr-defined]
+        if length is not None:
+            self._schedule_dispatch()
+
+    def _schedule_dispatch(self) -> None:
+        head, self._head = self._head, None
+        if head is not None:
+            self.channel.callLater(0, self._dispatch_early, *head)  # type: ignore[attr-defined,call-arg]
 
     def _dispatch_early(self, command: bytes, path: bytes, version: bytes) -> None:
-        if self._disconnected or self.finished:
+        if self._disconnected or self.finished or self.front.refused:
             return
         self._set_request_line(command, path, version)
         self.process()
@@ -101,6 +113,8 @@ class ProxyRequest(server.Request):
             self._body_too_large()
             return
         body.feed(data)
+        if self._head is not None:
+            self._schedule_dispatch()
         if self.exchange is not None:
             self.exchange.touch()
 
@@ -132,6 +146,8 @@ class ProxyRequest(server.Request):
         """
         if self.body is not None and self.body.length != 0:
             self.body.finish()
+            if self._head is not None:
+                self._schedule_dispatch()
             return
         self._set_request_line(command, path, version)
         self.process()
