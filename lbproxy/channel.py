@@ -160,6 +160,11 @@ class ProxyChannel(http.HTTPChannel):
 
     def headerReceived(self, line: bytes) -> bool:
         name, _, value = line.partition(b":")
+        if len(value.translate(None, b"\x00\r\n")) != len(value):
+            # RFC 9110 section 5.5; not every supported Twisted release
+            # refuses a bare CR itself.
+            self.refuse(400, b"Bad Request", b"a header value holds NUL, CR or LF")
+            return False
         if name.lower() == b"transfer-encoding":
             problem = transfer_coding_refusal(value.strip(), self._request_version)
             if problem is not None:

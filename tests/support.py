@@ -120,6 +120,7 @@ class RawBackend(protocol.Factory):
         self.respond = respond
         self.requests: List[bytes] = []
         self.connections = 0
+        self.open: List[_RawProtocol] = []
         self.port: IListeningPort = reactor.listenTCP(0, self, interface=HOST)
         self.url = f"http://{HOST}:{self.port.getHost().port}"
 
@@ -128,13 +129,27 @@ class RawBackend(protocol.Factory):
         return _RawProtocol(self)
 
     def stop(self) -> defer.Deferred:
-        return defer.maybeDeferred(self.port.stopListening)
+        """Stop listening, and close the connections still open."""
+        closing = [p.closed for p in self.open]
+        for p in list(self.open):
+            p.transport.abortConnection()
+        return defer.gatherResults(closing + [defer.maybeDeferred(self.port.stopListening)])
 
 
 class _RawProtocol(protocol.Protocol):
     def __init__(self, factory: RawBackend) -> None:
         self.factory = factory
         self.buffer = b""
+        self.closed: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.factory.open.append(self)
+
+    def connectionLost(self, reason: object = None) -> None:
+        if self in self.factory.open:
+            self.factory.open.remove(self)
+        if not self.closed.called:
+            self.closed.callback(None)
 
     def dataReceived(self, data: bytes) -> None:
         self.buffer += data

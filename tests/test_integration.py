@@ -751,7 +751,7 @@ class ResilienceTests(ProxyTestCase):
             done: defer.Deferred[None] = defer.Deferred()
             closed.append(done)
             reactor.callLater(0.05, transport.transport.loseConnection)
-            transport.connectionLost = lambda reason: done.callback(None)
+            transport.closed.addCallback(lambda _: done.callback(None))
 
         backend = self.raw_backend(respond)
         self.start_proxy(proxy_config([backend.url], backend_keepalive_timeout="60s"))
