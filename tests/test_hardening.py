@@ -345,3 +345,60 @@ class PropertyTests(ProxyTestCase):
                 assert len(backend.requests) == before, (data, answer)
 
         yield threads.deferToThread(check)
+
+
+class SlowAndManyClientsTests(ProxyTestCase):
+    def ok_backend(self):  # type: ignore[no-untyped-def]
+        return self.raw_backend(
+            lambda t, r: t.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        )
+
+    @defer.inlineCallbacks
+    def test_head_trickling_past_client_header_timeout_is_408(self):  # type: ignore[no-untyped-def]
+        backend = self.ok_backend()
+        self.start_proxy(proxy_config([backend.url], client_header_timeout="300ms"))
+        answer, closed = yield threads.deferToThread(
+            exchange, self.port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: yes\r\n"
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer)
+        self.assertTrue(closed)
+        self.assertEqual(backend.connections, 0)
+
+    @defer.inlineCallbacks
+    def test_idle_keepalive_connection_is_closed(self):  # type: ignore[no-untyped-def]
+        backend = self.ok_backend()
+        self.start_proxy(proxy_config([backend.url], keepalive_timeout="300ms"))
+        answer, closed = yield threads.deferToThread(
+            exchange, self.port, request(b"GET / HTTP/1.1\nHost: x\n")
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK"), answer)
+        self.assertTrue(closed)
+
+    @defer.inlineCallbacks
+    def test_connections_beyond_max_connections_get_503(self):  # type: ignore[no-untyped-def]
+        backend = self.ok_backend()
+        self.start_proxy(proxy_config([backend.url], max_connections="3"))
+        held = []
+        for _ in range(3):
+            s = socket.create_connection((HOST, self.port))
+            self.addCleanup(s.close)
+            held.append(s)
+        answer, closed = yield threads.deferToThread(
+            exchange, self.port, request(b"GET / HTTP/1.1\nHost: x\n")
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer)
+        self.assertTrue(closed)
+        self.assertEqual(backend.connections, 0)
+        held[0].close()
+        while self.proxy.site.open_connections > 2:
+            yield task_later(0.01)
+        answer, _ = yield threads.deferToThread(
+            exchange, self.port, request(b"GET / HTTP/1.1\nHost: x\nConnection: close\n")
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK"), answer)
+
+
+def task_later(seconds: float) -> defer.Deferred[None]:
+    from twisted.internet import reactor, task
+
+    return task.deferLater(reactor, seconds, lambda: None)

@@ -11,7 +11,7 @@ import sys
 from typing import List
 
 from twisted.application.service import IServiceMaker
-from twisted.internet import defer, error, protocol, reactor
+from twisted.internet import defer, error, protocol, reactor, task
 from twisted.plugin import getPlugins
 from twisted.trial import unittest
 
@@ -262,6 +262,60 @@ class TwistdTests(unittest.TestCase):
         growth_mib = sampler.stop()
         self.assertEqual(sink.bodies[-1], size)
         self.assertLess(growth_mib, 16, f"peak RSS grew by {growth_mib:.1f} MiB")
+
+    @defer.inlineCallbacks
+    def test_500_slowloris_connections_cost_little_and_block_nobody(self):  # type: ignore[no-untyped-def]
+        import socket
+
+        good = Backend("good")
+        self.addCleanup(good.stop)
+        proc = self.twistd(self.write(proxy_config([good.url])))
+        match = yield proc.wait_for(rb"listening on .*:(\d+)")
+        port = int(match.group(1))
+        url = f"http://127.0.0.1:{port}/"
+        out, err, code = yield curl(url)  # warm up
+        sampler = RSSSampler(proc.pid)
+        dribblers = []
+        for i in range(500):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Part: %d" % i)
+            dribblers.append(s)
+        self.addCleanup(lambda: [s.close() for s in dribblers])
+        for _ in range(20):
+            out, err, code = yield curl(url)
+            self.assertEqual((code, out), (0, b"good\n"), err)
+        for s in dribblers:
+            s.sendall(b"more")
+        out, err, code = yield curl(url)
+        self.assertEqual(out, b"good\n")
+        growth = sampler.stop()
+        self.assertLess(growth, 16, f"500 slow connections grew RSS by {growth:.1f} MiB")
+        self.assertEqual([s.uri for s in good.seen if s.uri == b"/slow"], [])
+
+    @defer.inlineCallbacks
+    def test_slow_reader_keeps_memory_flat(self):  # type: ignore[no-untyped-def]
+        import socket
+
+        size = 512 * 1024 * 1024
+        big = Backend("big", streaming_handler(size))
+        self.addCleanup(big.stop)
+        proc = self.twistd(self.write(proxy_config([big.url])))
+        match = yield proc.wait_for(rb"listening on .*:(\d+)")
+        sampler = RSSSampler(proc.pid)
+        reader = socket.socket()
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        reader.connect(("127.0.0.1", int(match.group(1))))
+        self.addCleanup(reader.close)
+        reader.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        while not big.streams:
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        # The client reads nothing: the backend must be paused, not buffered.
+        yield big.streams[0].paused
+        for _ in range(30):
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        growth = sampler.stop()
+        self.assertLess(big.streams[0].sent, 64 * 1024 * 1024)
+        self.assertLess(growth, 16, f"a slow reader grew RSS by {growth:.1f} MiB")
 
 
 class _CountingSink(protocol.Factory):
