@@ -122,6 +122,11 @@ class ProxyChannel(http.HTTPChannel):
                 self.limits.client_header_timeout, self._header_timed_out
             )
         super().dataReceived(data)
+        # Whole CRLF-terminated lines have been taken; an LF left over in a
+        # partial line has no CR before it.  (LineReceiver keeps that partial
+        # line in ``_buffer``.)
+        if not self.refused and self.line_mode and b"\n" in self._buffer:
+            self.refuse(400, b"Bad Request", b"lines must end with CRLF")
 
     def lineReceived(self, line: bytes) -> None:
         limits = self.limits
@@ -180,10 +185,16 @@ class ProxyChannel(http.HTTPChannel):
         # keeps the remaining length of the current chunk in ``length``.)
         limit = self.limits.max_body_size
         decoder = self._transferDecoder
-        if limit and decoder is not None and not self.refused:
-            if isinstance(decoder, http._ChunkedTransferDecoder):
-                if getattr(decoder, "length", 0) > limit:
-                    self.refuse(413, b"Content Too Large", b"the request body is too large")
+        if decoder is None or self.refused:
+            return
+        if isinstance(decoder, http._ChunkedTransferDecoder):
+            if limit and getattr(decoder, "length", 0) > limit:
+                self.refuse(413, b"Content Too Large", b"the request body is too large")
+            elif getattr(decoder, "state", "") in ("CHUNK_LENGTH", "TRAILER") and b"\n" in getattr(
+                decoder, "_buffer", b""
+            ):
+                # The decoder waits for a CRLF that a bare LF never gives.
+                self.refuse(400, b"Bad Request", b"chunk lines must end with CRLF")
 
     def allHeadersReceived(self) -> None:
         self._cancel_header_timer()
