@@ -1,13 +1,17 @@
 """
 Forwarding one client request to a server of a pool and its response back.
 
-The L{Forwarder} walks the pool's candidates: a server that cannot be reached
-(nothing was sent to it) is skipped for the next one, whatever the method.
-The first response is relayed: status, reason and headers at once, the body
-as it arrives, with backpressure both ways of the relay (a client that reads
+The L{Forwarder} walks the pool's candidates.  A failed attempt is made
+again on the next server, up to C{retries} times, when that cannot make the
+request act twice: always when nothing reached the server, otherwise only for
+idempotent methods whose body was not taken.  The response must start within
+C{response_timeout} of the request being sent; body bytes may not pause for
+longer than the idle limits.  When every server is busy the request waits in
+the pool's queue.  The first response is relayed: status, reason and headers
+at once, the body as it arrives, with backpressure (a client that reads
 slowly pauses the backend connection).  A client that goes away cancels the
-backend side.  The in-flight count of the chosen server is released exactly
-once, on every outcome.
+backend side.  Outcomes go back to the pool (passive health), and the
+in-flight count of the chosen server is released exactly once.
 """
 
 from __future__ import annotations
