@@ -52,6 +52,8 @@ class ProxyRequest(server.Request):
     received_bytes = 0
     #: The request line of a request with a body, until it is dispatched.
     _head: Optional[Tuple[bytes, bytes, bytes]] = None
+    #: Refused mid-body: whatever the parser still delivers is ignored.
+    _rejected = False
 
     @property
     def front(self) -> ProxyChannel:
@@ -103,9 +105,9 @@ class ProxyRequest(server.Request):
 
     def handleContentChunk(self, data: bytes) -> None:
         body = self.body
-        if body is None or self.finished:
+        if body is None or self.finished or self._rejected:
             # No body, or the response is over (it began early and the
-            # connection is closing): nothing more to pass on.
+            # connection is closing), or refused: nothing more to pass on.
             return
         self.received_bytes += len(data)
         limit = self.front.limits.max_body_size
@@ -122,13 +124,13 @@ class ProxyRequest(server.Request):
         # A chunked body grew past max_body_size: stop the backend side,
         # then answer 413 if nothing was answered yet, else cut the
         # connection (a response cannot be taken back).
+        self._rejected = True
         reason = Failure(BodyTooLarge())
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.client_lost(reason)
         if self.body is not None:
             self.body.fail(reason)
-            self.body = None
         front = self.front
         if self.startedWriting:
             front.transport.abortConnection()  # type: ignore[union-attr]
@@ -144,6 +146,8 @@ class ProxyRequest(server.Request):
         the body into C{args}: a proxy forwards them as they are, and parsing
         a form body would read all of it into memory.
         """
+        if self._rejected or self.front.refused:
+            return
         if self.body is not None and self.body.length != 0:
             self.body.finish()
             if self._head is not None:

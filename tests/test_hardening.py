@@ -214,6 +214,22 @@ class MalformedRequestTests(ProxyTestCase):
         self.assertTrue(closed)
 
     @defer.inlineCallbacks
+    def test_whole_chunked_body_over_the_limit_in_one_packet_is_sent_nowhere(self):  # type: ignore[no-untyped-def]
+        backend = self.raw_backend(lambda t, r: None)
+        self.start_proxy(proxy_config([backend.url], max_body_size="1KB"))
+        answer, closed = yield threads.deferToThread(
+            exchange,
+            self.port,
+            request(
+                b"POST / HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n",
+                b"500\r\n" + b"a" * 0x500 + b"\r\n0\r\n\r\n",
+            ),
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
+        self.assertTrue(closed)
+        self.assertEqual(backend.connections, 0)
+
+    @defer.inlineCallbacks
     def test_connection_header_cannot_remove_host(self):  # type: ignore[no-untyped-def]
         backend = self.raw_backend(
             lambda t, r: t.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
