@@ -293,6 +293,9 @@ def start_lbproxy(twistd: str, workdir: str, port: int, backends: List[int]) -> 
         f.write(
             f"[proxy]\nlisten = tcp:{port}:interface={HOST}:backlog=1024\n"
             "backend_keepalive_timeout = 60s\n"
+            # Room for the 10,000 idle connections and the transfers after
+            # them, and for the 300 MiB upload.
+            "max_connections = 20000\nmax_body_size = 0\n"
             f"[pool:bench]\nalgorithm = round_robin\nservers =\n{servers}\n"
         )
     return subprocess.Popen(
