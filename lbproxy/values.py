@@ -1,0 +1,150 @@
+"""
+Parsers of single configuration values: each takes the text of one value and
+returns it parsed, or raises C{ValueError} with a message that completes
+"[section] key: ...".  L{lbproxy.config} applies them by key.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Optional, Tuple
+
+from twisted.internet.endpoints import serverFromString
+
+from lbproxy.balancing import ALGORITHMS
+
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+# ---------------------------------------------------------------------------
+# Value parsers: each takes the text and returns the value or raises
+# ValueError with a message that completes "[section] key: ...".
+
+
+def parse_duration(text: str) -> float:
+    """
+    Parse a duration such as C{500ms}, C{2s}, C{1.5m} or C{1h} into seconds.
+
+    A unit is required: a bare number is ambiguous (nginx reads seconds,
+    HAProxy milliseconds), so it is refused.
+    """
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise ValueError(
+            f"expected a duration with a unit (ms, s, m, h), such as 500ms or 2s, got {text!r}"
+        )
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_positive_duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"must be longer than 0, got {text.strip()!r}")
+    return seconds
+
+
+_SIZE = re.compile(r"^([0-9]+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(low: int, high: int) -> Callable[[str], int]:
+    """A size in bytes: C{512}, C{32KB}, C{10MB}, C{1GB} (units of 1024)."""
+
+    def parse(text: str) -> int:
+        match = _SIZE.match(text.strip())
+        if match is None:
+            raise ValueError(f"expected a size such as 32KB or 10MB, got {text.strip()!r}")
+        unit = (match.group(2) or "b")[0].lower()
+        size = int(match.group(1)) * _SIZE_UNITS[unit]
+        if not low <= size <= high:
+            raise ValueError(f"must be from {low} to {high} bytes, got {text.strip()!r}")
+        return size
+
+    return parse
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("yes", "true", "on", "1"):
+        return True
+    if value in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(f"must be yes or no, got {text.strip()!r}")
+
+
+def parse_health_check(text: str) -> Tuple[str, str]:
+    parts = text.split()
+    if len(parts) != 2 or not TOKEN.match(parts[0]) or not parts[1].startswith("/"):
+        raise ValueError(f"must be a method and a path, such as GET /healthz, got {text.strip()!r}")
+    if any(ord(c) < 33 or ord(c) > 126 for c in parts[1]):
+        raise ValueError(f"the path must be printable ASCII without spaces, got {parts[1]!r}")
+    return parts[0], parts[1]
+
+
+def parse_host_header(text: str) -> str:
+    value = text.strip()
+    if not value or any(ord(c) < 33 or ord(c) > 126 for c in value):
+        raise ValueError(f"must be a host name (and port), got {value!r}")
+    return value
+
+
+def parse_status_range(text: str) -> Tuple[int, int]:
+    low, sep, high = text.strip().partition("-")
+    try:
+        first = int(low)
+        last = int(high) if sep else first
+    except ValueError:
+        first = last = 0
+    if not (100 <= first <= last <= 599):
+        raise ValueError(f"must be a status or a range such as 200-399, got {text.strip()!r}")
+    return first, last
+
+
+def parse_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        text = text.strip()
+        if not text.isdigit() or not (low <= int(text) <= high):
+            raise ValueError(f"must be a whole number from {low} to {high}, got {text!r}")
+        return int(text)
+
+    return parse
+
+
+def parse_via(text: str) -> Optional[str]:
+    text = text.strip()
+    if text == "off":
+        return None
+    if not TOKEN.match(text):
+        raise ValueError(f"must be a name made of letters, digits and -._, or off, got {text!r}")
+    return text
+
+
+def parse_algorithm(text: str) -> str:
+    text = text.strip()
+    if text not in ALGORITHMS:
+        raise ValueError(f"must be one of {', '.join(ALGORITHMS)}, got {text!r}")
+    return text
+
+
+def parse_listen(text: str) -> Tuple[str, ...]:
+    descriptions = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not descriptions:
+        raise ValueError("needs at least one endpoint, such as tcp:8080:interface=127.0.0.1")
+    for description in descriptions:
+        try:
+            # Parsing only: the endpoint is not listened on, so no reactor.
+            serverFromString(None, description)
+        except Exception as e:  # Twisted raises several types for bad text.
+            raise ValueError(f"{description!r} is not a valid endpoint: {e}") from None
+    return descriptions
+
+
+def parse_file_path(text: str) -> str:
+    path = text.strip()
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot read {path!r}: {e.strerror}") from None
+    return path
