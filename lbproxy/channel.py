@@ -15,27 +15,14 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-import attr
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http
 
+from lbproxy.config import FrontLimits
+
 Refusal = Tuple[int, bytes, bytes]
-
-
-@attr.s(frozen=True, slots=True, auto_attribs=True)
-class FrontLimits:
-    """
-    Limits on what a client may send (the [proxy] keys of the same names).
-    """
-
-    max_request_line: int = 8192
-    max_header_size: int = 32 * 1024
-    max_headers: int = 100
-    max_body_size: int = 10 * 1024 * 1024
-    client_header_timeout: float = 10.0
-    client_body_timeout: float = 30.0
 
 
 def request_line_refusal(line: bytes) -> Optional[Refusal]:

@@ -40,6 +40,7 @@ from lbproxy.values import (
 
 __all__ = [
     "ConfigError",
+    "FrontLimits",
     "PoolConfig",
     "ProxyConfig",
     "ServerConfig",
@@ -140,6 +141,31 @@ class PoolConfig:
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
+class FrontLimits:
+    """
+    Limits on what a client may send: the [proxy] keys of the same names,
+    and the request line's fixed 8 KB.
+    """
+
+    max_request_line: int = 8192
+    max_header_size: int = 32 * 1024
+    max_headers: int = 100
+    max_body_size: int = 10 * 1024 * 1024
+    client_header_timeout: float = 10.0
+    client_body_timeout: float = 30.0
+
+
+_LIMITS = FrontLimits()
+_LIMIT_KEYS = (
+    "max_header_size",
+    "max_headers",
+    "max_body_size",
+    "client_header_timeout",
+    "client_body_timeout",
+)
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
 class ProxyConfig:
     """
     The whole configuration of one lbproxy process.
@@ -160,11 +186,7 @@ class ProxyConfig:
     via: Optional[str] = "lbproxy"
     backend_keepalive: int = 100
     backend_keepalive_timeout: float = 1.0
-    max_header_size: int = 32 * 1024
-    max_headers: int = 100
-    max_body_size: int = 10 * 1024 * 1024
-    client_header_timeout: float = 10.0
-    client_body_timeout: float = 30.0
+    limits: FrontLimits = _LIMITS
     keepalive_timeout: float = 75.0
     max_connections: int = 10000
 
@@ -308,11 +330,11 @@ _PROXY_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
     "via": (parse_via, "lbproxy"),
     "backend_keepalive": (parse_int(0, 100000), 100),
     "backend_keepalive_timeout": (parse_duration, 1.0),
-    "max_header_size": (parse_size(1024, 1 << 20), 32 * 1024),
-    "max_headers": (parse_int(1, 10000), 100),
-    "max_body_size": (parse_size(0, 1 << 50), 10 * 1024 * 1024),
-    "client_header_timeout": (parse_positive_duration, 10.0),
-    "client_body_timeout": (parse_positive_duration, 30.0),
+    "max_header_size": (parse_size(1024, 1 << 20), _LIMITS.max_header_size),
+    "max_headers": (parse_int(1, 10000), _LIMITS.max_headers),
+    "max_body_size": (parse_size(0, 1 << 50), _LIMITS.max_body_size),
+    "client_header_timeout": (parse_positive_duration, _LIMITS.client_header_timeout),
+    "client_body_timeout": (parse_positive_duration, _LIMITS.client_body_timeout),
     "keepalive_timeout": (parse_positive_duration, 75.0),
     "max_connections": (parse_int(1, 1_000_000), 10000),
 }
@@ -471,7 +493,8 @@ def _parse(text: str, path: str) -> ProxyConfig:
             key="pool",
         )
     proxy["pool"] = chosen
-    return ProxyConfig(path=path, pools=pools, **proxy)  # type: ignore[arg-type]
+    limits = FrontLimits(**{key: proxy.pop(key) for key in _LIMIT_KEYS})  # type: ignore[arg-type]
+    return ProxyConfig(path=path, pools=pools, limits=limits, **proxy)  # type: ignore[arg-type]
 
 
 def load(path: str) -> ProxyConfig:

@@ -14,7 +14,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lbproxy.backend import BackendAgent, BackendConnectionPool, make_route, tls_policy
-from lbproxy.channel import FrontLimits
 from lbproxy.config import ProxyConfig
 from lbproxy.forwarder import Forwarder
 from lbproxy.health import HealthChecker, http_probe
@@ -67,20 +66,13 @@ class ProxyService(service.MultiService):
                 checker.setServiceParent(self)
         via = config.via.encode("ascii") if config.via is not None else None
         self.forwarder = Forwarder(
-            self.pools[config.pool], self.agent, via, reactor, config.client_body_timeout
-        )
-        limits = FrontLimits(
-            max_header_size=config.max_header_size,
-            max_headers=config.max_headers,
-            max_body_size=config.max_body_size,
-            client_header_timeout=config.client_header_timeout,
-            client_body_timeout=config.client_body_timeout,
+            self.pools[config.pool], self.agent, via, reactor, config.limits.client_body_timeout
         )
         self.site = ProxySite(
             ProxyResource(self.forwarder),
             timeout=config.keepalive_timeout,
             reactor=reactor,
-            limits=limits,
+            limits=config.limits,
             max_connections=config.max_connections,
         )
         self.ports: List[IListeningPort] = []

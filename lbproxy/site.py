@@ -17,7 +17,8 @@ from twisted.web.http import datetimeToString
 from twisted.web.resource import IResource
 
 from lbproxy.body import StreamedBody
-from lbproxy.channel import FrontLimits, ProxyChannel, error_response
+from lbproxy.channel import ProxyChannel, error_response
+from lbproxy.config import FrontLimits
 
 log = Logger()
 

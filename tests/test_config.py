@@ -105,11 +105,14 @@ class GoodConfigTests(unittest.TestCase):
             "max_headers = 50\nclient_header_timeout = 5s\nkeepalive_timeout = 1m\n"
             "max_connections = 500\n[pool:a]\nservers = http://h\n"
         )
-        self.assertEqual((c.max_header_size, c.max_body_size, c.max_headers), (16384, 0, 50))
-        self.assertEqual((c.client_header_timeout, c.keepalive_timeout), (5.0, 60.0))
+        limits = c.limits
+        self.assertEqual(
+            (limits.max_header_size, limits.max_body_size, limits.max_headers), (16384, 0, 50)
+        )
+        self.assertEqual((limits.client_header_timeout, c.keepalive_timeout), (5.0, 60.0))
         self.assertEqual(c.max_connections, 500)
         d = parse("[proxy]\nlisten = tcp:1\nmax_body_size = 1g\n[pool:a]\nservers = http://h\n")
-        self.assertEqual(d.max_body_size, 1 << 30)
+        self.assertEqual(d.limits.max_body_size, 1 << 30)
 
     def test_via_off(self) -> None:
         c = parse("[proxy]\nlisten = tcp:1\nvia = off\n[pool:a]\nservers = http://h\n")
