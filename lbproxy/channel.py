@@ -200,8 +200,30 @@ class ProxyChannel(http.HTTPChannel):
         self._cancel_header_timer()
         closed = getattr(self.factory, "connection_closed", None)
         if closed is not None:
-            closed()
+            closed(self)
         super().connectionLost(reason)
+
+    def checkPersistence(self, request: http.Request, version: bytes) -> bool:
+        if getattr(self.factory, "closing", False):
+            # The proxy is stopping: this response is the connection's last.
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        keep: bool = super().checkPersistence(request, version)
+        return keep
+
+    def close_when_idle(self) -> None:
+        """
+        Close now if no request is under way; else after the current
+        response, which tells the client so when it has not begun.
+        """
+        self.persistent = False
+        if self._phase == self._IDLE and not self.requests:
+            if self.transport is not None:
+                self.transport.loseConnection()
+            return
+        for request in self.requests:
+            if not request.startedWriting:
+                request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
 
     def _cancel_header_timer(self) -> None:
         timer, self._header_timer = self._header_timer, None

@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 import attr
 
 from lbproxy.values import (
+    is_local_endpoint,
+    parse_access_log,
     parse_algorithm,
     parse_bool,
     parse_duration,
@@ -32,13 +34,17 @@ from lbproxy.values import (
     parse_host_header,
     parse_int,
     parse_listen,
+    parse_log_format,
     parse_positive_duration,
+    parse_single_endpoint,
     parse_size,
     parse_status_range,
+    parse_token,
     parse_via,
 )
 
 __all__ = [
+    "AdminConfig",
     "ConfigError",
     "FrontLimits",
     "PoolConfig",
@@ -166,6 +172,19 @@ _LIMIT_KEYS = (
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
+class AdminConfig:
+    """
+    The admin listener: status, metrics, dashboard and write actions.
+
+    @ivar token: The bearer token every write action must carry, or L{None}
+        (allowed only on a loopback or UNIX-socket listener).
+    """
+
+    listen: str
+    token: Optional[str] = None
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
 class ProxyConfig:
     """
     The whole configuration of one lbproxy process.
@@ -189,6 +208,10 @@ class ProxyConfig:
     limits: FrontLimits = _LIMITS
     keepalive_timeout: float = 75.0
     max_connections: int = 10000
+    access_log: Optional[str] = None
+    access_log_format: str = "combined"
+    shutdown_timeout: float = 30.0
+    admin: Optional[AdminConfig] = None
 
     def active_pool(self) -> PoolConfig:
         return self.pools[self.pool]
@@ -337,6 +360,14 @@ _PROXY_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
     "client_body_timeout": (parse_positive_duration, _LIMITS.client_body_timeout),
     "keepalive_timeout": (parse_positive_duration, 75.0),
     "max_connections": (parse_int(1, 1_000_000), 10000),
+    "access_log": (parse_access_log, None),
+    "access_log_format": (parse_log_format, "combined"),
+    "shutdown_timeout": (parse_duration, 30.0),
+}
+
+_ADMIN_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
+    "listen": (parse_single_endpoint, _REQUIRED),
+    "token": (parse_token, None),
 }
 
 _POOL_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
@@ -435,14 +466,14 @@ def parse(text: str, path: str = "<config>") -> ProxyConfig:
 def _parse(text: str, path: str) -> ProxyConfig:
     parser = _read(text)
     for section in parser.sections():
-        if section == "proxy":
+        if section in ("proxy", "admin"):
             continue
         kind, sep, name = section.partition(":")
         if kind == "pool" and sep:
             if not _NAME.match(name):
                 raise ConfigError("a pool name is made of letters, digits and -._", section=section)
             continue
-        raise ConfigError("unknown section (known: [proxy], [pool:NAME])", section=section)
+        raise ConfigError("unknown section (known: [proxy], [admin], [pool:NAME])", section=section)
     if not parser.has_section("proxy"):
         raise ConfigError("the [proxy] section is missing")
     proxy = _section_values(parser, "proxy", _PROXY_KEYS)
@@ -493,6 +524,16 @@ def _parse(text: str, path: str) -> ProxyConfig:
             key="pool",
         )
     proxy["pool"] = chosen
+    if parser.has_section("admin"):
+        admin = AdminConfig(**_section_values(parser, "admin", _ADMIN_KEYS))  # type: ignore[arg-type]
+        if admin.token is None and not is_local_endpoint(admin.listen):
+            raise ConfigError(
+                f"{admin.listen!r} is reachable from other machines: set a token, "
+                f"or listen on a loopback address (interface=127.0.0.1)",
+                section="admin",
+                key="token",
+            )
+        proxy["admin"] = admin
     limits = FrontLimits(**{key: proxy.pop(key) for key in _LIMIT_KEYS})  # type: ignore[arg-type]
     return ProxyConfig(path=path, pools=pools, limits=limits, **proxy)  # type: ignore[arg-type]
 

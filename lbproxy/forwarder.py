@@ -16,6 +16,7 @@ in-flight count of the chosen server is released exactly once.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Set, cast
 
 from OpenSSL.SSL import Error as SSLError
@@ -161,6 +162,12 @@ class _Exchange:
             outgoing.removeHeader(name)
         for name, values in add:
             outgoing.setRawHeaders(name, values)
+        request_id = rules.kept_request_id(outgoing.getRawHeaders(b"x-request-id"))
+        if request_id is None:
+            request_id = os.urandom(16).hex().encode("ascii")
+            outgoing.setRawHeaders(b"X-Request-ID", [request_id])
+        request.request_id = request_id
+        request.pool = self.pool
         self.outgoing = outgoing
         request.exchange = self
         self.candidates = self.pool.candidates()
@@ -236,9 +243,11 @@ class _Exchange:
         self.attempts += 1
         self.tried.add(id(server))
         self.server = server
+        request = self.request
+        request.server = server
+        request.attempts = self.attempts
         self.pool.dispatch(server)
         self.timed_out = False
-        request = self.request
         body = self.body
         if body is not None and not body.complete:
             # The body is still arriving: the response clock starts once it
@@ -349,10 +358,13 @@ class _Exchange:
             return
         elif was_not_sent(failure):
             cause = f"cannot connect: {describe(failure)}"
+            if server is not None:
+                server.stats.connect_failures += 1
         else:
             cause = f"request failed: {describe(failure)}"
         if self._may_retry(failure):
             log.warn("server {server}: {cause}; trying again", server=name, cause=cause)
+            self.pool.stats.retries += 1
             self._try_next()
         elif self.timed_out:
             log.warn("server {server}: {cause}", server=name, cause=cause)

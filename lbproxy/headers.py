@@ -166,3 +166,25 @@ def response_headers(pairs: Pairs) -> HeaderList:
     pairs = list(pairs)
     gone = set(response_removals(pairs))
     return [(name, list(values)) for name, values in pairs if name not in gone]
+
+
+#: What a client's X-Request-ID may look like to be kept: short, and nothing
+#: that could break a log line.
+_REQUEST_ID_BYTES = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:+/="
+)
+MAX_REQUEST_ID = 128
+
+
+def kept_request_id(values: Optional[Sequence[bytes]]) -> Optional[bytes]:
+    """
+    The client's X-Request-ID when it may be kept: exactly one value of 1 to
+    L{MAX_REQUEST_ID} letters, digits or C{-_.:+/=}.  L{None} means the
+    proxy makes one (and replaces whatever was sent).
+    """
+    if values is None or len(values) != 1:
+        return None
+    value = values[0]
+    if not 0 < len(value) <= MAX_REQUEST_ID or not _REQUEST_ID_BYTES.issuperset(value):
+        return None
+    return value

@@ -78,6 +78,10 @@ class HealthChecker(Service):
         if id(server) in self._running or not self.running:
             return
         config = self.pool.config
+        if server.maint:
+            # In maintenance: no probes until an operator enables it again.
+            self._schedule(server, config.health_interval)
+            return
         try:
             probing = self.probe(server)
         except Exception:

@@ -3,8 +3,8 @@ The runtime state of a pool: its servers, what is known of their health, the
 requests in flight to each, and the balancers that order them.
 
 A server is I{usable} (offered to new requests) when it is UP (active health
-checks), not ejected (passive checks on real traffic), not draining, and not
-at its C{max_connections}.  Every change of those goes through
+checks), not ejected (passive checks on real traffic), not draining or in
+maintenance, and not at its C{max_connections}.  Every change of those goes through
 L{ServerState.refresh}, so that the balancers only read one flag.
 """
 
@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from lbproxy.balancing import Balancer, make_balancer
 from lbproxy.config import PoolConfig, ServerConfig
+from lbproxy.stats import PoolStats, ServerStats
 
 log = Logger()
 
@@ -43,7 +44,11 @@ class ServerState:
     @ivar up: The verdict of active health checks (UP until they say DOWN).
     @ivar ejected: Taken out by passive checks, for C{fail_timeout}.
     @ivar draining: Taken out by an operator; requests in flight finish.
+    @ivar maint: Taken out by an operator for maintenance: like draining, and
+        its health checks pause.
+    @ivar weight_override: A weight set at run time (admin API), or L{None}.
     @ivar route: How to reach it, opaque here: the dispatcher's business.
+    @ivar stats: Its counters (L{ServerStats}).
     """
 
     __slots__ = (
@@ -62,8 +67,11 @@ class ServerState:
         "ejected",
         "ejected_at",
         "draining",
+        "maint",
+        "weight_override",
         "full",
         "backup",
+        "stats",
     )
 
     def __init__(self, config: ServerConfig, route: Any = None) -> None:
@@ -81,17 +89,58 @@ class ServerState:
         self.ejected = False
         self.ejected_at = 0.0
         self.draining = False
+        self.maint = False
+        self.weight_override: Optional[int] = None
         self.full = False
         self.backup = config.backup
         self.usable = True
+        self.stats = ServerStats()
 
     @property
     def out(self) -> bool:
         """Out of rotation for a reason other than being busy."""
-        return not self.up or self.ejected or self.draining
+        return not self.up or self.ejected or self.draining or self.maint
+
+    @property
+    def base_weight(self) -> int:
+        """The weight it runs with: set at run time, or configured."""
+        override = self.weight_override
+        return override if override is not None else self.config.weight
+
+    @property
+    def state(self) -> str:
+        """
+        MAINT, DRAINING (operator's choices first), DOWN (failed active
+        checks, or taken out by passive ones) or UP.
+        """
+        if self.maint:
+            return "MAINT"
+        if self.draining:
+            return "DRAINING"
+        if not self.up or self.ejected:
+            return "DOWN"
+        return "UP"
 
     def refresh(self) -> None:
-        self.usable = self.up and not self.ejected and not self.draining and not self.full
+        self.usable = (
+            self.up and not self.ejected and not self.draining and not self.maint and not self.full
+        )
+
+    def reconfigure(self, config: ServerConfig, route: Any) -> None:
+        """
+        Take a new configuration of the same server (same name and address)
+        after a reload: health, counters and operator state are kept; a
+        weight set at run time is kept unless the file changed the weight.
+        """
+        if config.weight != self.config.weight:
+            self.weight_override = None
+        self.config = config
+        self.route = route
+        self.backup = config.backup
+        self.weight = self.base_weight * WEIGHT_SCALE
+        limit = config.max_connections
+        self.full = limit is not None and self.active >= limit
+        self.refresh()
 
     def __repr__(self) -> str:
         return f"<ServerState {self.name} active={self.active} usable={self.usable}>"
@@ -117,16 +166,42 @@ class Pool:
         self.config = config
         self.name = config.name
         self.clock: IReactorTime = clock  # type: ignore[assignment]
-        self.servers = servers
-        self.primaries = [s for s in servers if not s.backup]
-        self.backups = [s for s in servers if s.backup]
-        self._primary: Balancer[ServerState] = make_balancer(config.algorithm, self.primaries)
-        self._backup: Optional[Balancer[ServerState]] = (
-            make_balancer(config.algorithm, self.backups) if self.backups else None
-        )
-        self._limited = any(s.config.max_connections for s in servers)
+        self.stats = PoolStats()
         self._waiting: Deque[Callable[[], None]] = deque()
         self._timers: dict = {}
+        self._set_servers(servers)
+
+    def _set_servers(self, servers: List[ServerState]) -> None:
+        self.servers = servers
+        self.by_name = {s.name: s for s in servers}
+        self.primaries = [s for s in servers if not s.backup]
+        self.backups = [s for s in servers if s.backup]
+        algorithm = self.config.algorithm
+        self._primary: Balancer[ServerState] = make_balancer(algorithm, self.primaries)
+        self._backup: Optional[Balancer[ServerState]] = (
+            make_balancer(algorithm, self.backups) if self.backups else None
+        )
+        self._limited = any(s.config.max_connections for s in servers)
+
+    def reconfigure(self, config: PoolConfig, servers: List[ServerState]) -> None:
+        """
+        Apply a reloaded configuration: C{servers} are the pool's servers
+        from now on (those that stay are the same objects, already
+        reconfigured).  Requests in flight to a removed server finish; the
+        queue of waiting requests is kept.
+        """
+        staying = {id(s) for s in servers}
+        for server in self.servers:
+            if id(server) not in staying:
+                self._cancel(server)
+        self.config = config
+        self._set_servers(servers)
+        self._wake()
+
+    @property
+    def queue_length(self) -> int:
+        """Requests waiting for a server below its max_connections."""
+        return len(self._waiting)
 
     # -- choosing ----------------------------------------------------------
 
@@ -218,6 +293,7 @@ class Pool:
         C{fail_timeout} take it out for C{fail_timeout}.  Then it is back on
         probation: one more failure takes it out again (nginx's semantics).
         """
+        server.stats.failures += 1
         config = self.config
         if config.max_fails == 0 or server.ejected:
             return
@@ -316,7 +392,7 @@ class Pool:
         configured weight over C{slow_start} (when set).
         """
         duration = self.config.slow_start
-        full = server.config.weight * WEIGHT_SCALE
+        full = server.base_weight * WEIGHT_SCALE
         if duration <= 0:
             server.weight = full
             return
@@ -335,12 +411,31 @@ class Pool:
     def drain(self, server: ServerState) -> None:
         """No new requests for C{server}; those in flight finish."""
         server.draining = True
+        server.maint = False
+        server.refresh()
+
+    def maintain(self, server: ServerState) -> None:
+        """
+        Maintenance: no new requests for C{server} (those in flight finish)
+        and no health checks until it is enabled again.
+        """
+        server.maint = True
+        server.draining = False
         server.refresh()
 
     def enable(self, server: ServerState) -> None:
+        """Back in rotation after draining or maintenance."""
         server.draining = False
+        server.maint = False
         server.refresh()
         self._wake()
+
+    def set_weight(self, server: ServerState, weight: int) -> None:
+        """Run C{server} with C{weight} until a reload changes its weight."""
+        server.weight_override = weight
+        if not server.ejected:
+            self._cancel(server)  # a slow start in progress ends here
+        server.weight = weight * WEIGHT_SCALE
 
     # -- timers ---------------------------------------------------------------
 

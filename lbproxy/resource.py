@@ -38,6 +38,10 @@ class ProxyResource(Resource):
     isLeaf = True
 
     def __init__(self, forwarder: Forwarder) -> None:
+        """
+        @param forwarder: Where requests go; the service replaces it when a
+            reloaded configuration is applied.
+        """
         super().__init__()
         self.forwarder = forwarder
 

@@ -6,9 +6,11 @@ the proxy resource.
 from __future__ import annotations
 
 from io import BytesIO
-from typing import Any, Optional, Tuple, cast
+from time import monotonic
+from typing import Any, Callable, Optional, Set, Tuple, cast
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -24,6 +26,11 @@ log = Logger()
 
 #: Seconds an idle client connection is kept open (nginx's default).
 KEEPALIVE_TIMEOUT = 75
+
+
+#: The status counted and logged for a request whose client went away before
+#: the response began (nginx's convention).
+CLIENT_CLOSED = 499
 
 
 def _nothing() -> None:
@@ -55,6 +62,20 @@ class ProxyRequest(server.Request):
     _head: Optional[Tuple[bytes, bytes, bytes]] = None
     #: Refused mid-body: whatever the parser still delivers is ignored.
     _rejected = False
+    #: Set by the forwarder: the request's pool, the last server it was sent
+    #: to, how many attempts it took, and its X-Request-ID.
+    pool: Optional[Any] = None
+    server: Optional[Any] = None
+    attempts = 0
+    request_id = b""
+    #: When its first line arrived (monotonic seconds).
+    started = 0.0
+    #: Handed to the resource, and not yet reported as done.
+    _reporting = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.started = monotonic()
 
     @property
     def front(self) -> ProxyChannel:
@@ -188,6 +209,7 @@ class ProxyRequest(server.Request):
 
     def process(self) -> None:
         self.site = self.channel.site  # type: ignore[attr-defined]
+        self._reporting = True
         try:
             self.site.resource.render(self)
         except Exception:
@@ -208,6 +230,19 @@ class ProxyRequest(server.Request):
         if exchange is not None:
             self.exchange = None
             exchange.client_lost(reason)
+        self._report(self.code if self.startedWriting else CLIENT_CLOSED)
+
+    def finish(self) -> None:
+        super().finish()
+        self._report(self.code)
+
+    def _report(self, status: int) -> None:
+        """Tell the site, once, that this request is over and how."""
+        if self._reporting:
+            self._reporting = False
+            done = cast(ProxySite, self.site).request_done
+            if done is not None:
+                done(self, status, monotonic() - self.started)
 
     def cut_short(self) -> None:
         """
@@ -275,9 +310,15 @@ class ProxySite(server.Site):
     """
     The proxy's HTTP server: L{ProxyChannel} connections with the front
     limits, at most C{max_connections} at once (more are answered 503 and
-    closed, never queued).  Access logging is off until the access log
-    settings exist.
+    closed, never queued).
+
+    @ivar request_done: Called with C{(request, status, seconds)} once for
+        every request that reached the proxy resource, when it is over
+        (counters and the access log); L{None} for nothing.
+    @ivar channels: The open client connections.
     """
+
+    request_done: Optional[Callable[[ProxyRequest, int, float], None]] = None
 
     noisy = False
     displayTracebacks = False
@@ -294,18 +335,69 @@ class ProxySite(server.Site):
         super().__init__(resource, requestFactory=ProxyRequest, timeout=timeout, reactor=reactor)
         self.limits = limits or FrontLimits()
         self.max_connections = max_connections
-        self.open_connections = 0
+        self.channels: Set[ProxyChannel] = set()
+        self.closing = False
+        self._drained: Optional[Deferred[None]] = None
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.channels)
 
     def buildProtocol(self, addr: Any) -> Any:
-        if self.open_connections >= self.max_connections:
+        if len(self.channels) >= self.max_connections or self.closing:
             return _Busy()
         channel = super().buildProtocol(addr)
         channel.limits = self.limits
-        self.open_connections += 1
+        self.channels.add(channel)
         return channel
 
-    def connection_closed(self) -> None:
-        self.open_connections -= 1
+    def connection_closed(self, channel: ProxyChannel) -> None:
+        self.channels.discard(channel)
+        if self._drained is not None and not self.channels:
+            drained, self._drained = self._drained, None
+            drained.callback(None)
+
+    def drain(self, timeout: float, clock: IReactorTime) -> Deferred[None]:
+        """
+        Close the connections (L{close_connections}); fires once they are
+        all closed, cutting those still open after C{timeout} seconds.
+        """
+        self.close_connections()
+        drained: Deferred[None] = Deferred()
+        if not self.channels:
+            drained.callback(None)
+            return drained
+        self._drained = drained
+        log.info(
+            "stopping: waiting up to {timeout:g}s for {n} client connections",
+            timeout=timeout,
+            n=len(self.channels),
+        )
+
+        def cut() -> None:
+            if self.channels:
+                log.warn(
+                    "stopping: closing {n} client connections still busy after {timeout:g}s",
+                    n=len(self.channels),
+                    timeout=timeout,
+                )
+            for channel in list(self.channels):
+                if channel.transport is not None:
+                    channel.transport.abortConnection()  # type: ignore[attr-defined]
+
+        timer = clock.callLater(timeout, cut)
+        drained.addBoth(lambda result: timer.cancel() if timer.active() else None)
+        return drained
+
+    def close_connections(self) -> None:
+        """
+        Stopping: close every idle client connection now, and every busy one
+        once its response is complete (C{Connection: close} is sent when the
+        response has not begun).
+        """
+        self.closing = True
+        for channel in list(self.channels):
+            channel.close_when_idle()
 
     def log(self, request: http.Request) -> None:
         pass

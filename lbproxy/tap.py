@@ -61,11 +61,15 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> service.IService:
+    from twisted.internet import reactor
+
+    from lbproxy.process import ProcessControl
     from lbproxy.service import ProxyService
 
     config: ProxyConfig = options["proxy_config"]
-    proxy = ProxyService(config)
+    proxy = ProxyService(config, reactor)
     if options["demo"]:
         for demo in demo_services(config):
             demo.setServiceParent(proxy)
+    ProcessControl(proxy, options["config"], reactor).setServiceParent(proxy)
     return proxy

@@ -6,6 +6,7 @@ returns it parsed, or raises C{ValueError} with a message that completes
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Callable, Optional, Tuple
 
@@ -127,17 +128,101 @@ def parse_algorithm(text: str) -> str:
     return text
 
 
+def parse_endpoint(description: str) -> str:
+    """
+    Check one server endpoint description without listening on it.
+
+    A C{systemd:} endpoint names a socket that systemd passes at start; it
+    does not exist when the configuration is checked elsewhere (C{lbproxy
+    check}), so only its form is checked here.
+    """
+    if description.startswith("systemd:"):
+        options = dict(part.partition("=")[::2] for part in description.split(":")[1:])
+        unknown = set(options) - {"domain", "index", "name"}
+        if (
+            unknown
+            or options.get("domain") not in ("INET", "INET6", "UNIX")
+            or ("index" in options) == ("name" in options)
+            or ("index" in options and not options["index"].isdigit())
+        ):
+            raise ValueError(
+                f"{description!r} is not a valid endpoint: write "
+                f"systemd:domain=INET:name=NAME (or index=N)"
+            )
+        return description
+    try:
+        # Parsing only: the endpoint is not listened on, so no reactor.
+        serverFromString(None, description)
+    except Exception as e:  # Twisted raises several types for bad text.
+        raise ValueError(f"{description!r} is not a valid endpoint: {e}") from None
+    return description
+
+
 def parse_listen(text: str) -> Tuple[str, ...]:
     descriptions = tuple(line.strip() for line in text.splitlines() if line.strip())
     if not descriptions:
         raise ValueError("needs at least one endpoint, such as tcp:8080:interface=127.0.0.1")
     for description in descriptions:
-        try:
-            # Parsing only: the endpoint is not listened on, so no reactor.
-            serverFromString(None, description)
-        except Exception as e:  # Twisted raises several types for bad text.
-            raise ValueError(f"{description!r} is not a valid endpoint: {e}") from None
+        parse_endpoint(description)
     return descriptions
+
+
+def parse_single_endpoint(text: str) -> str:
+    descriptions = parse_listen(text)
+    if len(descriptions) != 1:
+        raise ValueError("takes one endpoint")
+    return descriptions[0]
+
+
+def is_local_endpoint(description: str) -> bool:
+    """
+    Whether an endpoint can only be reached from this machine: a UNIX
+    socket, or TCP bound to a loopback address (127.0.0.0/8, ::1).  A TCP
+    endpoint without C{interface=} listens on every address: not local.
+    """
+    kind = description.split(":", 1)[0].lower()
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6"):
+        return False
+    interface = None
+    for part in re.split(r"(?<!\\):", description)[1:]:
+        key, sep, value = part.partition("=")
+        if sep and key == "interface":
+            interface = value.replace("\\:", ":")
+    if interface is None:
+        return False
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return interface == "localhost"
+
+
+def parse_access_log(text: str) -> Optional[str]:
+    """C{off}, C{-} (standard output) or a file path."""
+    value = text.strip()
+    if value == "off":
+        return None
+    if not value:
+        raise ValueError("must be a file path, - (standard output) or off")
+    return value
+
+
+def parse_log_format(text: str) -> str:
+    value = text.strip()
+    if value not in ("combined", "json"):
+        raise ValueError(f"must be combined or json, got {value!r}")
+    return value
+
+
+def parse_token(text: str) -> str:
+    value = text.strip()
+    if len(value) < 16 or not TOKEN.match(value):
+        raise ValueError(
+            "must be at least 16 characters of letters, digits and !#$%&'*+-.^_`|~ "
+            "(try: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return value
 
 
 def parse_file_path(text: str) -> str:

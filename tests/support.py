@@ -194,7 +194,7 @@ class ProxyTestCase(unittest.TestCase):
         proxy.startService()
         self.addCleanup(proxy.stopService)
         self.proxy = proxy
-        self.port = proxy.ports[0].getHost().port
+        self.port = next(iter(proxy.ports.values())).getHost().port
         return proxy
 
     def backend(self, name: str, handler: Callable[..., object] = default_handler) -> Backend:
@@ -407,3 +407,18 @@ def held_handler(backend: Backend, request: server.Request, body: bytes) -> obje
 
     release.addCallback(answer)
     return server.NOT_DONE_YET
+
+
+@defer.inlineCallbacks
+def wait_until(condition: Callable[[], object], timeout: float = CLIENT_TIMEOUT):  # type: ignore[no-untyped-def]
+    """
+    Let the reactor run until C{condition()} is true, checking every 10 ms;
+    fail the test when it is still false after C{timeout} seconds.
+    """
+    from twisted.internet import task
+
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        yield task.deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError(f"still false after {timeout:g}s: {condition}")

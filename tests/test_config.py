@@ -164,11 +164,11 @@ class ErrorTests(unittest.TestCase):
             ),
             (
                 "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\n[upstream]\n",
-                "t.ini: [upstream] unknown section (known: [proxy], [pool:NAME])",
+                "t.ini: [upstream] unknown section (known: [proxy], [admin], [pool:NAME])",
             ),
             (
                 "[DEFAULT]\nx = 1\n[proxy]\n",
-                "t.ini: [DEFAULT] unknown section (known: [proxy], [pool:NAME])",
+                "t.ini: [DEFAULT] unknown section (known: [proxy], [admin], [pool:NAME])",
             ),
             (
                 "[proxy]\nlisten = tcp:1\n[pool:a b]\nservers = http://h\n",
@@ -178,7 +178,7 @@ class ErrorTests(unittest.TestCase):
                 "[proxy]\nlisten = tcp:1\nlistn = 2\n",
                 "t.ini: [proxy] listn: unknown key (known: listen, pool, via, backend_keepalive, "
                 "backend_keepalive_timeout, max_header_size, max_headers, max_body_size, "
-                "client_header_timeout, client_body_timeout, keepalive_timeout, max_connections)",
+                "client_header_timeout, client_body_timeout, keepalive_timeout, max_connections, access_log, access_log_format, shutdown_timeout)",
             ),
             ("[proxy]\n[pool:a]\nservers = http://h\n", "t.ini: [proxy] listen: is required"),
             (

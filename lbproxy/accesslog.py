@@ -1,0 +1,229 @@
+"""
+The access log: one line per request, in nginx's combined format (with the
+proxy's own fields after it) or as JSON.
+
+Lines go through a buffer of L{BUFFER_SIZE} bytes that is written out when
+full and at least once a second (nginx's C{buffer=}/C{flush=}), so that a
+busy proxy does not make one write system call per request.  L{reopen}
+(SIGUSR1) closes the file and opens the same path again, after logrotate has
+moved it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import IO, Any, Callable, Dict, Optional
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+log = Logger()
+
+#: Bytes of log lines held before they are written.
+BUFFER_SIZE = 64 * 1024
+
+#: Seconds a line may wait in the buffer.
+FLUSH_INTERVAL = 1.0
+
+
+def _quoted(value: bytes) -> str:
+    """
+    A value for a quoted field of a combined line: printable ASCII stays,
+    C{"} and C{\\} and everything else become C{\\xHH} (as nginx does).
+    """
+    out = []
+    for byte in value:
+        if 32 <= byte < 127 and byte not in (34, 92):
+            out.append(chr(byte))
+        else:
+            out.append(f"\\x{byte:02X}")
+    return "".join(out)
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "backslashreplace")
+
+
+class Entry:
+    """What one line says of a request."""
+
+    __slots__ = (
+        "time",
+        "client",
+        "method",
+        "target",
+        "protocol",
+        "status",
+        "bytes",
+        "duration",
+        "server",
+        "attempts",
+        "request_id",
+        "referer",
+        "user_agent",
+    )
+
+    def __init__(
+        self,
+        time: float,
+        client: str,
+        method: bytes,
+        target: bytes,
+        protocol: bytes,
+        status: int,
+        bytes: int,
+        duration: float,
+        server: Optional[str],
+        attempts: int,
+        request_id: bytes,
+        referer: Optional[bytes],
+        user_agent: Optional[bytes],
+    ) -> None:
+        self.time = time
+        self.client = client
+        self.method = method
+        self.target = target
+        self.protocol = protocol
+        self.status = status
+        self.bytes = bytes
+        self.duration = duration
+        self.server = server
+        self.attempts = attempts
+        self.request_id = request_id
+        self.referer = referer
+        self.user_agent = user_agent
+
+
+class _LocalTime:
+    """The combined format's C{[24/Nov/2026:17:46:26 +0000]}, made once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._text = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second))
+        return self._text
+
+
+def combined(entry: Entry, clock: Callable[[float], str]) -> str:
+    """
+    nginx's combined format, then the duration in seconds, the server
+    chosen, the number of attempts and the request id::
+
+        127.0.0.1 - - [24/Nov/2026:17:46:26 +0000] "GET /a HTTP/1.1" 200 12 "-" "curl/7.88.1"
+            0.003 b1 1 5f0c...
+
+    (one line; broken here for width).
+    """
+    request = _quoted(b"%s %s %s" % (entry.method, entry.target, entry.protocol))
+    referer = _quoted(entry.referer) if entry.referer is not None else "-"
+    agent = _quoted(entry.user_agent) if entry.user_agent is not None else "-"
+    return (
+        f'{entry.client} - - [{clock(entry.time)}] "{request}" {entry.status} {entry.bytes} '
+        f'"{referer}" "{agent}" {entry.duration:.3f} {entry.server or "-"} {entry.attempts} '
+        f"{_quoted(entry.request_id) or '-'}\n"
+    )
+
+
+def as_json(entry: Entry, clock: Callable[[float], str]) -> str:
+    """One JSON object per line; absent values are C{null}."""
+    record: Dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(entry.time))
+        + f".{int(entry.time * 1000) % 1000:03d}Z",
+        "client": entry.client,
+        "method": _text(entry.method),
+        "target": _text(entry.target),
+        "protocol": _text(entry.protocol),
+        "status": entry.status,
+        "bytes": entry.bytes,
+        "duration": round(entry.duration, 6),
+        "server": entry.server,
+        "attempts": entry.attempts,
+        "request_id": _text(entry.request_id) or None,
+        "referer": _text(entry.referer) if entry.referer is not None else None,
+        "user_agent": _text(entry.user_agent) if entry.user_agent is not None else None,
+    }
+    return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+FORMATS: Dict[str, Callable[[Entry, Callable[[float], str]], str]] = {
+    "combined": combined,
+    "json": as_json,
+}
+
+
+class AccessLog:
+    """
+    Writes access log lines to a file (or standard output for C{-}).
+
+    @raises OSError: From the constructor, when the file cannot be opened.
+    """
+
+    def __init__(self, path: str, format: str, clock: IReactorTime) -> None:
+        self.path = path
+        self.format = format
+        self._format = FORMATS[format]
+        self._clock = _LocalTime()
+        self._pending: list = []
+        self._pending_bytes = 0
+        self._file: Optional[IO[str]] = None
+        self._open()
+        self._flusher = LoopingCall(self.flush)
+        self._flusher.clock = clock
+        self._flusher.start(FLUSH_INTERVAL, now=False)
+
+    def _open(self) -> None:
+        if self.path == "-":
+            # The process's real standard output: twistd redirects
+            # sys.stdout into its own log.
+            self._file = sys.__stdout__
+        else:
+            self._file = open(self.path, "a", encoding="utf-8", errors="backslashreplace")
+
+    def write(self, entry: Entry) -> None:
+        line = self._format(entry, self._clock)
+        self._pending.append(line)
+        self._pending_bytes += len(line)
+        if self._pending_bytes >= BUFFER_SIZE:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending or self._file is None:
+            return
+        text = "".join(self._pending)
+        self._pending = []
+        self._pending_bytes = 0
+        try:
+            self._file.write(text)
+            self._file.flush()
+        except (OSError, ValueError) as e:
+            log.error("access log {path}: cannot write: {error}", path=self.path, error=e)
+
+    def reopen(self) -> None:
+        """Write out what is held, close the file and open the path again."""
+        self.flush()
+        if self.path == "-":
+            return
+        old = self._file
+        try:
+            self._open()
+        except OSError as e:
+            log.error("access log {path}: cannot reopen: {error}", path=self.path, error=e)
+            return
+        if old is not None:
+            old.close()
+
+    def close(self) -> None:
+        self.flush()
+        if self._flusher.running:
+            self._flusher.stop()
+        if self._file is not None and self.path != "-":
+            self._file.close()
+        self._file = None

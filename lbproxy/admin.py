@@ -1,0 +1,266 @@
+"""
+The admin listener: what the proxy is doing, and a few things an operator
+may change while it runs.
+
+ - C{GET /}: the dashboard, one self-contained HTML page.
+ - C{GET /status}: JSON of every pool and server.
+ - C{GET /metrics}: Prometheus text format (L{lbproxy.metrics}).
+ - C{POST /pools/POOL/servers/SERVER/drain|enable|maint} and
+   C{PUT /pools/POOL/servers/SERVER/weight} (body: a whole number).
+
+Every write needs C{Authorization: Bearer TOKEN} when C{[admin] token} is
+set.  A write from a web page of another origin (its C{Origin} header names
+another host) is refused whatever the token, so that a page open in the
+operator's browser cannot drain servers behind their back.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from urllib.parse import unquote, urlsplit
+
+from twisted.web import http, server
+from twisted.web.resource import Resource
+
+from lbproxy import __version__
+from lbproxy.channel import error_response
+from lbproxy.config import MAX_WEIGHT
+from lbproxy.pool import WEIGHT_SCALE, Pool, ServerState
+
+if TYPE_CHECKING:
+    from lbproxy.service import ProxyService
+
+#: Largest request body the admin listener reads (a weight is a few bytes).
+MAX_ADMIN_BODY = 1024
+
+ACTIONS = ("drain", "enable", "maint")
+
+
+def _ms(seconds: Optional[float]) -> Optional[float]:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def server_status(server: ServerState, now: float) -> Dict[str, Any]:
+    stats = server.stats
+    p50, p99 = stats.recent.percentiles(now, 0.5, 0.99)
+    return {
+        "name": server.name,
+        "url": server.config.url,
+        "state": server.state,
+        "backup": server.backup,
+        "weight": server.base_weight,
+        "effective_weight": server.weight / WEIGHT_SCALE,
+        "in_flight": server.active,
+        "max_connections": server.config.max_connections,
+        "requests": stats.served,
+        "failures": stats.failures,
+        "connect_failures": stats.connect_failures,
+        "last_health_check": server.last_check or None,
+        "requests_last_minute": stats.recent.count(now),
+        "latency_ms": {"p50": _ms(p50), "p99": _ms(p99)},
+    }
+
+
+def pool_status(pool: Pool, active: bool, now: float) -> Dict[str, Any]:
+    return {
+        "name": pool.name,
+        "algorithm": pool.config.algorithm,
+        "takes_requests": active,
+        "queue_length": pool.queue_length,
+        "retries": pool.stats.retries,
+        "servers": [server_status(s, now) for s in pool.servers],
+    }
+
+
+def status(proxy: ProxyService) -> Dict[str, Any]:
+    now = proxy._reactor.seconds()
+    return {
+        "version": __version__,
+        "uptime_seconds": round(now - proxy.started_at, 3),
+        "config": proxy.config.path,
+        "client_connections": proxy.site.open_connections,
+        "reloads": dict(proxy.reloads),
+        "pools": [
+            pool_status(pool, name == proxy.config.pool, now) for name, pool in proxy.pools.items()
+        ],
+    }
+
+
+class AdminResource(Resource):
+    """The admin API and dashboard (see the module docstring)."""
+
+    isLeaf = True
+
+    def __init__(self, proxy: ProxyService) -> None:
+        super().__init__()
+        self.proxy = proxy
+        self._registry: Any = None
+
+    def render(self, request: server.Request) -> bytes:  # type: ignore[override]
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        segments = [unquote(s.decode("utf-8", "replace")) for s in request.postpath or []]
+        if segments and segments[-1] == "" and len(segments) > 1:
+            segments.pop()
+        method = request.method
+        if segments in ([], [""]):
+            return self._get_only(request, self._dashboard)
+        if segments == ["status"]:
+            return self._get_only(request, lambda r: _json(r, 200, status(self.proxy)))
+        if segments == ["metrics"]:
+            return self._get_only(request, self._metrics)
+        if len(segments) == 5 and segments[0] == "pools" and segments[2] == "servers":
+            _, pool_name, _, server_name, action = segments
+            if action in ACTIONS:
+                allowed = b"POST"
+            elif action == "weight":
+                allowed = b"PUT"
+            else:
+                return _error(request, 404, "no such action (drain, enable, maint, weight)")
+            if method != allowed:
+                request.setHeader(b"Allow", allowed)
+                return _error(request, 405, f"use {allowed.decode()}")
+            refusal = self._refuse_write(request)
+            if refusal is not None:
+                return refusal
+            pool = self.proxy.pools.get(pool_name)
+            if pool is None:
+                return _error(request, 404, f"no pool {pool_name!r}")
+            target = pool.by_name.get(server_name)
+            if target is None:
+                return _error(request, 404, f"no server {server_name!r} in pool {pool_name!r}")
+            return self._act(request, pool, target, action)
+        return _error(request, 404, "not found")
+
+    def _get_only(self, request: server.Request, answer: Any) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"Allow", b"GET, HEAD")
+            return _error(request, 405, "use GET")
+        body: bytes = answer(request)
+        return b"" if request.method == b"HEAD" else body
+
+    def _refuse_write(self, request: server.Request) -> Optional[bytes]:
+        origin = request.getHeader(b"origin")
+        host = request.getHeader(b"host")
+        if origin is not None and origin != b"null":
+            if host is None or urlsplit(origin.decode("latin-1")).netloc != host.decode("latin-1"):
+                return _error(request, 403, "a write from another origin is refused")
+        elif origin == b"null":
+            return _error(request, 403, "a write from another origin is refused")
+        admin = self.proxy.config.admin
+        token = admin.token if admin is not None else None
+        if token is None:
+            return None
+        given = request.getHeader(b"authorization") or b""
+        scheme, _, value = given.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(
+            value.strip(), token.encode("ascii")
+        ):
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="lbproxy"')
+            return _error(request, 401, "a valid bearer token is required")
+        return None
+
+    def _act(self, request: server.Request, pool: Pool, target: ServerState, action: str) -> bytes:
+        if action == "drain":
+            pool.drain(target)
+        elif action == "maint":
+            pool.maintain(target)
+        elif action == "enable":
+            pool.enable(target)
+        else:
+            body = request.content.read() if request.content is not None else b""
+            text = body.decode("ascii", "replace").strip()
+            if not text.isdigit() or not 1 <= int(text) <= MAX_WEIGHT:
+                return _error(
+                    request, 400, f"the weight must be a whole number from 1 to {MAX_WEIGHT}"
+                )
+            if pool.config.algorithm == "round_robin":
+                return _error(request, 409, "pool uses round_robin, which ignores weights")
+            pool.set_weight(target, int(text))
+        return _json(request, 200, server_status(target, self.proxy._reactor.seconds()))
+
+    def _dashboard(self, request: server.Request) -> bytes:
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        request.setHeader(b"X-Frame-Options", b"DENY")
+        request.setHeader(
+            b"Content-Security-Policy",
+            b"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+            b"connect-src 'self'; frame-ancestors 'none'",
+        )
+        return dashboard_page()
+
+    def _metrics(self, request: server.Request) -> bytes:
+        from lbproxy import metrics
+
+        if self._registry is None:
+            self._registry = metrics.registry(self.proxy)
+        body, content_type = metrics.render(self._registry)
+        request.setHeader(b"Content-Type", content_type.encode("ascii"))
+        return body
+
+
+def dashboard_page() -> bytes:
+    return resources.files("lbproxy").joinpath("dashboard.html").read_bytes()
+
+
+def _json(request: server.Request, code: int, value: Any) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(value, indent=1).encode("utf-8") + b"\n"
+
+
+def _error(request: server.Request, code: int, message: str) -> bytes:
+    return _json(request, code, {"error": message})
+
+
+class _AdminRequest(server.Request):
+    """
+    A request of the admin listener: a body over L{MAX_ADMIN_BODY} (or of
+    unknown length) is answered 413 and the connection closed; the request
+    is never handled.
+    """
+
+    _refused = False
+
+    def gotLength(self, length: Optional[int]) -> None:
+        if length is None or length > MAX_ADMIN_BODY:
+            self._refused = True
+            self.content = _Discard()  # type: ignore[assignment]
+            transport = self.channel.transport
+            if transport is not None:
+                transport.write(
+                    error_response(413, b"Content Too Large", b"admin request bodies are small")
+                )
+                transport.loseConnection()
+            return
+        super().gotLength(length)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._refused:
+            super().requestReceived(command, path, version)
+
+
+class _Discard:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _AdminSite(server.Site):
+    noisy = False
+    displayTracebacks = False
+
+    def log(self, request: http.Request) -> None:
+        pass
+
+
+def admin_site(proxy: ProxyService) -> server.Site:
+    return _AdminSite(AdminResource(proxy), requestFactory=_AdminRequest)
+
+
+__all__: List[str] = ["AdminResource", "admin_site", "status"]
