@@ -6,8 +6,9 @@ readiness protocol.
    a configuration that cannot be used is refused with one log line and the
    running one stays.
  - SIGUSR1: reopen the access log (after logrotate moved it).
- - SIGTERM (Twisted's own handler stops the reactor, which stops the
-   service): the graceful stop of L{ProxyService.stopService}.
+ - SIGTERM: stop the reactor, which stops the service: the graceful stop of
+   L{ProxyService.stopService}; then the process exits with status 0.
+   (Twisted's own handler would make twistd end by the signal, status 143.)
  - C{$NOTIFY_SOCKET}: C{READY=1} once listening, C{RELOADING=1} and C{READY=1}
    around a reload, C{STOPPING=1} when stopping: systemd's C{Type=notify},
    spoken directly (one datagram each), without libsystemd.
@@ -72,7 +73,18 @@ class ProcessControl(Service):
 
     def startService(self) -> None:
         super().startService()
-        handlers = {signal.SIGHUP: self.reload, signal.SIGUSR1: self.reopen_logs}
+        # twistd starts the service before the reactor runs, and the reactor
+        # installs its own signal handlers as it starts: ours go in after.
+        self.reactor.callWhenRunning(self._running)
+
+    def _running(self) -> None:
+        if not self.running:
+            return
+        handlers = {
+            signal.SIGHUP: self.reload,
+            signal.SIGUSR1: self.reopen_logs,
+            signal.SIGTERM: self.stop,
+        }
         for number, action in handlers.items():
             self._previous[number] = signal.signal(number, self._deferred(action))
         notify(f"READY=1\nSTATUS={self.proxy.config.summary()}\nMAINPID={os.getpid()}")
@@ -105,6 +117,11 @@ class ProcessControl(Service):
             return
         log.info("reloaded {summary}", summary=config.summary())
         notify(f"READY=1\nSTATUS={config.summary()}")
+
+    def stop(self) -> None:
+        log.info("SIGTERM: stopping")
+        if self.reactor.running:
+            self.reactor.stop()
 
     def reopen_logs(self) -> None:
         access_log = self.proxy.access_log

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import List
+from typing import List, Optional
 
 from twisted.application.service import IServiceMaker
 from twisted.internet import defer, error, protocol, reactor, task
@@ -78,9 +78,12 @@ def installed_env() -> dict:
     return env
 
 
-def run(test: unittest.TestCase, *argv: str) -> _Process:
+def run(test: unittest.TestCase, *argv: str, env: Optional[dict] = None) -> _Process:
     proc = _Process()
-    transport = reactor.spawnProcess(proc, argv[0], list(argv), env=installed_env())
+    environment = installed_env()
+    environment.update(env or {})
+    transport = reactor.spawnProcess(proc, argv[0], list(argv), env=environment)
+    proc.transport = transport  # type: ignore[attr-defined]
     proc.pid = transport.pid  # type: ignore[attr-defined]
 
     def stop() -> defer.Deferred[int]:
