@@ -361,3 +361,21 @@ class ErrorTests(unittest.TestCase):
             f"{path}: [pool:a] servers: line 1: 'http://h': weight must be a whole number "
             "from 1 to 1000, got '-1'",
         )
+
+
+class DocumentationTests(unittest.TestCase):
+    def test_every_key_is_in_the_example_file_and_the_readme(self) -> None:
+        from lbproxy.config import _ADMIN_KEYS, _POOL_KEYS, _PROXY_KEYS
+
+        with open(os.path.join(REPO, "etc", "lbproxy.ini")) as f:
+            example = f.read()
+        with open(os.path.join(REPO, "README.md")) as f:
+            readme = f.read()
+        for section, keys in (
+            ("[proxy]", _PROXY_KEYS),
+            ("[admin]", _ADMIN_KEYS),
+            ("[pool:NAME]", _POOL_KEYS),
+        ):
+            for key in keys:
+                self.assertRegex(example, rf"(?m)^;?{key} =", key)
+                self.assertIn(f"| `{section}` | `{key}` |", readme, key)
