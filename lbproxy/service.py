@@ -102,9 +102,7 @@ class ProxyService(service.MultiService):
         self.admin_port: Optional[IListeningPort] = None
         self.access_log: Optional[accesslog.AccessLog] = None
         self.reloads = {"ok": 0, "refused": 0}
-        from lbproxy.admin import admin_site
-
-        self.admin_site = admin_site(self)
+        self._admin_site: Optional[Any] = None
         # The first configuration: pools and wiring now; listeners and the
         # log file in privilegedStartService.
         plan = _Plan(config)
@@ -171,7 +169,7 @@ class ProxyService(service.MultiService):
             if admin is not None and (
                 running_admin is None or running_admin.listen != admin.listen
             ):
-                plan.admin_port = self._listen(admin.listen, self.admin_site, "[admin] listen")
+                plan.admin_port = self._listen(admin.listen, self.admin_site(), "[admin] listen")
             if config.access_log is not None and (
                 self.access_log is None
                 or self.access_log.path != config.access_log
@@ -264,6 +262,14 @@ class ProxyService(service.MultiService):
             if self.access_log is not None:
                 self.access_log.close()
             self.access_log = plan.access_log
+
+    def admin_site(self) -> Any:
+        """The admin listener's site, made (and its module imported) when first needed."""
+        if self._admin_site is None:
+            from lbproxy.admin import admin_site
+
+            self._admin_site = admin_site(self)
+        return self._admin_site
 
     def reload(self, config: ProxyConfig) -> None:
         """
