@@ -11,12 +11,16 @@ may change while it runs.
 Every write needs C{Authorization: Bearer TOKEN} when C{[admin] token} is
 set.  A write from a web page of another origin (its C{Origin} header names
 another host) is refused whatever the token, so that a page open in the
-operator's browser cannot drain servers behind their back.
+operator's browser cannot drain servers behind their back.  Without a token
+(a loopback listener), every request must name the listener by an IP address
+or C{localhost} in its C{Host} header: a web page that re-points its own
+domain name at 127.0.0.1 (DNS rebinding) names its domain, and is refused.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
@@ -106,6 +110,8 @@ class AdminResource(Resource):
         if segments and segments[-1] == "" and len(segments) > 1:
             segments.pop()
         method = request.method
+        if not self._host_allowed(request):
+            return _error(request, 403, "name this listener by its IP address or localhost")
         if segments in ([], [""]):
             return self._get_only(request, self._dashboard)
         if segments == ["status"]:
@@ -134,6 +140,24 @@ class AdminResource(Resource):
                 return _error(request, 404, f"no server {server_name!r} in pool {pool_name!r}")
             return self._act(request, pool, target, action)
         return _error(request, 404, "not found")
+
+    def _host_allowed(self, request: server.Request) -> bool:
+        """
+        With a token, any C{Host}; without, an IP address or localhost only
+        (see the module docstring).
+        """
+        admin = self.proxy.config.admin
+        if admin is not None and admin.token is not None:
+            return True
+        host = (request.getHeader(b"host") or b"").decode("latin-1")
+        name = urlsplit(f"//{host}").hostname or ""
+        if name == "localhost":
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
 
     def _get_only(self, request: server.Request, answer: Any) -> bytes:
         if request.method not in (b"GET", b"HEAD"):

@@ -312,6 +312,39 @@ class TokenTests(AdminTestCase):
         self.assertEqual(response.status, 200)
 
 
+class HostTests(AdminTestCase):
+    @defer.inlineCallbacks
+    def test_without_a_token_only_addresses_and_localhost_are_served(self):  # type: ignore[no-untyped-def]
+        a = self.backend("a")
+        self.start_admin(admin_config([f"{a.url} name=a"]))
+        for host, code in (
+            (f"evil.example:{self.admin}", 403),
+            ("rebound.test", 403),
+            (f"localhost:{self.admin}", 200),
+            (f"127.0.0.1:{self.admin}", 200),
+            (f"[::1]:{self.admin}", 200),
+        ):
+            response = yield threads.deferToThread(
+                fetch, self.admin, "GET", "/status", (), None, host
+            )
+            self.assertEqual(response.status, code, host)
+        response = yield threads.deferToThread(
+            fetch, self.admin, "POST", "/pools/test/servers/a/drain", (), None, "evil.example"
+        )
+        self.assertEqual(response.status, 403)
+        server = yield self.server_status("a")
+        self.assertEqual(server["state"], "UP")
+
+    @defer.inlineCallbacks
+    def test_with_a_token_any_host_name(self):  # type: ignore[no-untyped-def]
+        a = self.backend("a")
+        self.start_admin(admin_config([f"{a.url} name=a"], token=TOKEN))
+        response = yield threads.deferToThread(
+            fetch, self.admin, "GET", "/status", (), None, "lb.example.net:9090"
+        )
+        self.assertEqual(response.status, 200)
+
+
 def samples(text: str) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]:
     """Every sample of a metrics text, parsed by prometheus_client, by name and labels."""
     out = {}
