@@ -16,6 +16,7 @@ import sys
 import time
 from typing import IO, Any, Callable, Dict, Optional
 
+import attr
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -47,54 +48,23 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "backslashreplace")
 
 
+@attr.s(frozen=True, slots=True, auto_attribs=True)
 class Entry:
     """What one line says of a request."""
 
-    __slots__ = (
-        "time",
-        "client",
-        "method",
-        "target",
-        "protocol",
-        "status",
-        "bytes",
-        "duration",
-        "server",
-        "attempts",
-        "request_id",
-        "referer",
-        "user_agent",
-    )
-
-    def __init__(
-        self,
-        time: float,
-        client: str,
-        method: bytes,
-        target: bytes,
-        protocol: bytes,
-        status: int,
-        bytes: int,
-        duration: float,
-        server: Optional[str],
-        attempts: int,
-        request_id: bytes,
-        referer: Optional[bytes],
-        user_agent: Optional[bytes],
-    ) -> None:
-        self.time = time
-        self.client = client
-        self.method = method
-        self.target = target
-        self.protocol = protocol
-        self.status = status
-        self.bytes = bytes
-        self.duration = duration
-        self.server = server
-        self.attempts = attempts
-        self.request_id = request_id
-        self.referer = referer
-        self.user_agent = user_agent
+    time: float
+    client: str
+    method: bytes
+    target: bytes
+    protocol: bytes
+    status: int
+    sent: int
+    duration: float
+    server: Optional[str]
+    attempts: int
+    request_id: bytes
+    referer: Optional[bytes]
+    user_agent: Optional[bytes]
 
 
 class _LocalTime:
@@ -126,7 +96,7 @@ def combined(entry: Entry, clock: Callable[[float], str]) -> str:
     referer = _quoted(entry.referer) if entry.referer is not None else "-"
     agent = _quoted(entry.user_agent) if entry.user_agent is not None else "-"
     return (
-        f'{entry.client} - - [{clock(entry.time)}] "{request}" {entry.status} {entry.bytes} '
+        f'{entry.client} - - [{clock(entry.time)}] "{request}" {entry.status} {entry.sent} '
         f'"{referer}" "{agent}" {entry.duration:.3f} {entry.server or "-"} {entry.attempts} '
         f"{_quoted(entry.request_id) or '-'}\n"
     )
@@ -142,7 +112,7 @@ def as_json(entry: Entry, clock: Callable[[float], str]) -> str:
         "target": _text(entry.target),
         "protocol": _text(entry.protocol),
         "status": entry.status,
-        "bytes": entry.bytes,
+        "bytes": entry.sent,
         "duration": round(entry.duration, 6),
         "server": entry.server,
         "attempts": entry.attempts,

@@ -361,7 +361,7 @@ def _entry(request: ProxyRequest, status: int, duration: float, now: float) -> a
         target=request.uri,
         protocol=request.clientproto,
         status=status,
-        bytes=request.sentLength,
+        sent=request.sentLength,
         duration=duration,
         server=server.name if server is not None else None,
         attempts=request.attempts,

@@ -33,7 +33,7 @@ def entry(**changes: object) -> Entry:
         target=b"/a?b=1",
         protocol=b"HTTP/1.1",
         status=200,
-        bytes=12,
+        sent=12,
         duration=0.0123,
         server="b1",
         attempts=1,

@@ -121,6 +121,10 @@ class OperationsTestCase(unittest.TestCase):
             made.append(backend)
         return made
 
+    def twistd(self, path: str, **env: str):  # type: ignore[no-untyped-def]
+        """`twistd -n lbproxy -c PATH` as a subprocess, with C{env} added."""
+        return run(self, tool("twistd"), "-n", "--pidfile=", "lbproxy", "-c", path, env=env)
+
     def notifications(self) -> Tuple[str, _Notifications]:
         path = os.path.join(self.dir, "notify")
         receiver = _Notifications()
@@ -142,16 +146,7 @@ class SignalTests(OperationsTestCase):
         notify_path, receiver = self.notifications()
         port = _free_port()
         path = self.write(config_with_port([a.url], port))
-        proc = run(
-            self,
-            tool("twistd"),
-            "-n",
-            "--pidfile=",
-            "lbproxy",
-            "-c",
-            path,
-            env={"NOTIFY_SOCKET": notify_path},
-        )
+        proc = self.twistd(path, NOTIFY_SOCKET=notify_path)
         yield wait_until(lambda: "READY=1" in receiver.states())
         # READY=1 is sent once the proxy listens: it serves at once.
         response = yield threads.deferToThread(fetch, port)
@@ -183,7 +178,7 @@ class SignalTests(OperationsTestCase):
             ["a", "b", "c", "d"],
         ]
         path = self.write(config_with_port([url[n] for n in layouts[0]], port))
-        proc = run(self, tool("twistd"), "-n", "--pidfile=", "lbproxy", "-c", path)
+        proc = self.twistd(path)
         yield proc.wait_for(rb"listening on")
         stop = threading.Event()
         loading = threads.deferToThread(load_loop, port, stop)
@@ -219,7 +214,7 @@ class SignalTests(OperationsTestCase):
         port = _free_port()
         text = config_with_port([f"{a.url} name=a"], port)
         path = self.write(text)
-        proc = run(self, tool("twistd"), "-n", "--pidfile=", "lbproxy", "-c", path)
+        proc = self.twistd(path)
         yield proc.wait_for(rb"listening on")
         self.write(text.replace("name=a", "weight=heavy"))
         proc.transport.signalProcess("HUP")
@@ -237,7 +232,7 @@ class SignalTests(OperationsTestCase):
         (a,) = self.backends("a", handler=held_handler)
         port = _free_port()
         path = self.write(config_with_port([a.url], port))
-        proc = run(self, tool("twistd"), "-n", "--pidfile=", "lbproxy", "-c", path)
+        proc = self.twistd(path)
         yield proc.wait_for(rb"listening on")
         pending = threads.deferToThread(fetch, port, "GET", "/slow")
         yield wait_until(lambda: a.held)
@@ -263,7 +258,7 @@ class SignalTests(OperationsTestCase):
                 [f"{a.url} name=a"], port, access_log=log_path, access_log_format="json"
             )
         )
-        proc = run(self, tool("twistd"), "-n", "--pidfile=", "lbproxy", "-c", path)
+        proc = self.twistd(path)
         yield proc.wait_for(rb"listening on")
         yield threads.deferToThread(fetch, port, "GET", "/first")
         os.rename(log_path, log_path + ".1")
@@ -322,7 +317,7 @@ class SystemdTests(OperationsTestCase):
         )
         out, err, code = yield getProcessOutputAndValue(tool("lbproxy"), ["check", path])
         self.assertEqual(code, 0, err)
-        proc = run(self, tool("twistd"), "-n", "--pidfile=", "lbproxy", "-c", path)
+        proc = self.twistd(path)
         code = yield proc.exited
         self.assertEqual(code, 1)
         self.assertIn(
