@@ -220,6 +220,9 @@ class WriteActionTests(AdminTestCase):
                 },
             )
         )
+        yield wait_until(lambda: any(s.uri == b"/health" for s in a.seen))
+        server = yield self.server_status("a")
+        self.assertEqual(server["last_health_check"], "status 200")
         response = yield self.admin_call("POST", "/pools/test/servers/a/maint")
         self.assertEqual(json.loads(response.body)["state"], "MAINT")
         checks_before = [s for s in a.seen if s.uri == b"/health"]

@@ -379,3 +379,93 @@ class DocumentationTests(unittest.TestCase):
             for key in keys:
                 self.assertRegex(example, rf"(?m)^;?{key} =", key)
                 self.assertIn(f"| `{section}` | `{key}` |", readme, key)
+
+
+class OperationsKeysTests(unittest.TestCase):
+    def test_defaults(self) -> None:
+        config = parse(GOOD, "t.ini")
+        self.assertIsNone(config.admin)
+        self.assertIsNone(config.access_log)
+        self.assertEqual(config.access_log_format, "combined")
+        self.assertEqual(config.shutdown_timeout, 30.0)
+
+    def test_access_log_and_shutdown_timeout(self) -> None:
+        text = GOOD.replace(
+            "pool = web",
+            "pool = web\naccess_log = -\naccess_log_format = json\nshutdown_timeout = 5s",
+        )
+        config = parse(text, "t.ini")
+        self.assertEqual((config.access_log, config.access_log_format), ("-", "json"))
+        self.assertEqual(config.shutdown_timeout, 5.0)
+        self.assertIsNone(
+            parse(GOOD.replace("pool = web", "pool = web\naccess_log = off")).access_log
+        )
+        self.assertEqual(
+            error(GOOD.replace("pool = web", "pool = web\naccess_log_format = apache")),
+            "t.ini: [proxy] access_log_format: must be combined or json, got 'apache'",
+        )
+
+    def test_admin_on_loopback_or_unix_needs_no_token(self) -> None:
+        for listen in (
+            "tcp:9090:interface=127.0.0.1",
+            "tcp:9090:interface=127.0.0.2",
+            r"tcp6:9090:interface=\:\:1",
+            "tcp:9090:interface=localhost",
+            "unix:/run/lbproxy-admin.sock",
+        ):
+            config = parse(GOOD + f"[admin]\nlisten = {listen}\n", "t.ini")
+            assert config.admin is not None
+            self.assertEqual((config.admin.listen, config.admin.token), (listen, None))
+
+    def test_admin_reachable_from_elsewhere_needs_a_token(self) -> None:
+        for listen in (
+            "tcp:9090",
+            "tcp:9090:interface=0.0.0.0",
+            "tcp:9090:interface=10.0.0.2",
+            "systemd:domain=INET:name=admin",
+        ):
+            self.assertEqual(
+                error(GOOD + f"[admin]\nlisten = {listen}\n"),
+                f"t.ini: [admin] token: {listen!r} is reachable from other machines: set a "
+                "token, or listen on a loopback address (interface=127.0.0.1)",
+            )
+        token = "x" * 20
+        config = parse(GOOD + f"[admin]\nlisten = tcp:9090\ntoken = {token}\n", "t.ini")
+        assert config.admin is not None
+        self.assertEqual(config.admin.token, token)
+
+    def test_admin_errors(self) -> None:
+        self.assertEqual(error(GOOD + "[admin]\n"), "t.ini: [admin] listen: is required")
+        self.assertTrue(
+            error(
+                GOOD + "[admin]\nlisten = tcp:9090:interface=127.0.0.1\ntoken = short\n"
+            ).startswith("t.ini: [admin] token: must be at least 16 characters")
+        )
+        self.assertEqual(
+            error(
+                GOOD
+                + "[admin]\nlisten = tcp:1:interface=127.0.0.1\n    tcp:2:interface=127.0.0.1\n"
+            ),
+            "t.ini: [admin] listen: takes one endpoint",
+        )
+        self.assertTrue(
+            error(GOOD + "[admin]\nlisten = tcp:9090:interface=127.0.0.1\nport = 1\n").startswith(
+                "t.ini: [admin] port: unknown key (known: listen, token)"
+            )
+        )
+
+    def test_systemd_endpoints_are_checked_by_form_only(self) -> None:
+        config = parse(
+            GOOD.replace("tcp:8080:interface=127.0.0.1", "systemd:domain=INET6:name=http")
+        )
+        self.assertEqual(config.listen, ("systemd:domain=INET6:name=http",))
+        parse(GOOD.replace("tcp:8080:interface=127.0.0.1", "systemd:domain=INET:index=0"))
+        for bad in (
+            "systemd:domain=INET",
+            "systemd:domain=IPX:index=0",
+            "systemd:domain=INET:index=x",
+        ):
+            self.assertIn(
+                "is not a valid endpoint: write systemd:domain=INET:name=NAME (or index=N)",
+                error(GOOD.replace("tcp:8080:interface=127.0.0.1", bad)),
+            )

@@ -9,6 +9,7 @@ systemd-analyze.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import shutil
@@ -271,6 +272,21 @@ class SignalTests(OperationsTestCase):
             self.assertIn('"target":"/first"', f.read())
         with open(log_path) as f:
             self.assertIn('"target":"/second"', f.read())
+
+    @defer.inlineCallbacks
+    def test_access_log_to_standard_output(self):  # type: ignore[no-untyped-def]
+        (a,) = self.backends("a")
+        port = _free_port()
+        path = self.write(
+            config_with_port([f"{a.url} name=a"], port, access_log="-", access_log_format="json")
+        )
+        proc = self.twistd(path)
+        yield proc.wait_for(rb"listening on")
+        yield threads.deferToThread(fetch, port, "GET", "/to-stdout")
+        # A line of its own on standard output, not wrapped in a twistd log line.
+        match = yield proc.wait_for(rb'(?m)^\{"time":[^\n]*"target":"/to-stdout"[^\n]*\}$')
+        record = json.loads(match.group(0))
+        self.assertEqual((record["status"], record["server"]), (200, "a"))
 
 
 class SystemdTests(OperationsTestCase):
