@@ -183,7 +183,9 @@ class ReloadTests(ProxyTestCase):
         )
         assert self.proxy.admin_port is not None
         admin = self.proxy.admin_port.getHost().port
-        response = yield threads.deferToThread(fetch, admin, "GET", "/status")
+        response = yield threads.deferToThread(
+            fetch, admin, "GET", "/status", (), None, f"{HOST}:{admin}"
+        )
         self.assertEqual(response.status, 200)
         yield self.send(1)
         self.reload(text)
