@@ -422,3 +422,17 @@ def wait_until(condition: Callable[[], object], timeout: float = CLIENT_TIMEOUT)
             return
         yield task.deferLater(reactor, 0.01, lambda: None)
     raise AssertionError(f"still false after {timeout:g}s: {condition}")
+
+
+def refused(port: int) -> bool:
+    """
+    Whether a connection to the port on loopback is refused (or reset: it
+    was queued on a listening socket that then closed).  A port stops
+    listening a reactor turn after it is told to, so wait on this with
+    L{wait_until}.
+    """
+    try:
+        socket.create_connection((HOST, port), timeout=CLIENT_TIMEOUT).close()
+    except (ConnectionRefusedError, ConnectionResetError):
+        return True
+    return False

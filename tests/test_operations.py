@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import tempfile
 import threading
 import time
@@ -32,6 +31,7 @@ from tests.support import (
     fetch,
     held_handler,
     proxy_config,
+    refused,
     wait_until,
 )
 from tests.test_twistd import _free_port, run, tool
@@ -87,18 +87,6 @@ def load_loop(port: int, stop: threading.Event, seconds: float = 60.0) -> Tuple[
     if conn is not None:
         conn.close()
     return ok, errors
-
-
-def refused(port: int) -> bool:
-    """
-    Whether a connection to the port on loopback is refused (or reset: it
-    was queued on a listening socket that then closed).
-    """
-    try:
-        socket.create_connection((HOST, port), timeout=CLIENT_TIMEOUT).close()
-    except (ConnectionRefusedError, ConnectionResetError):
-        return True
-    return False
 
 
 class OperationsTestCase(unittest.TestCase):

@@ -20,6 +20,7 @@ from tests.support import (
     fetch,
     held_handler,
     proxy_config,
+    refused,
     wait_until,
 )
 
@@ -121,8 +122,7 @@ class ReloadTests(ProxyTestCase):
         response = yield threads.deferToThread(fetch, new_port)
         self.assertEqual(response.body, b"a\n")
         # The old listener is closed to new connections...
-        with self.assertRaises(ConnectionRefusedError):
-            socket.create_connection((HOST, old_port), timeout=CLIENT_TIMEOUT).close()
+        yield wait_until(lambda: refused(old_port))
         # ...but the connection it accepted is still served.
         body = yield threads.deferToThread(get)
         self.assertEqual(body, b"a\n")
@@ -229,8 +229,7 @@ class GracefulStopTests(ProxyTestCase):
         data = yield threads.deferToThread(idle.recv, 10)
         self.assertEqual(data, b"")
         self.assertFalse(stopped.called)
-        with self.assertRaises(ConnectionRefusedError):
-            socket.create_connection((HOST, self.port), timeout=CLIENT_TIMEOUT).close()
+        yield wait_until(lambda: refused(self.port))
         a.held[0].callback(b"done")
         response = yield pending
         self.assertEqual((response.status, response.body), (200, b"done"))
