@@ -140,10 +140,10 @@ class ProxyService(service.MultiService):
         try:
             endpoint = serverFromString(self._reactor, description)
             endpoint.listen(factory).addBoth(outcome.append)
-        except KeyError as e:
-            outcome.append(Failure(ValueError(f"systemd passed no socket named {e}")))
-        except (IndexError, ValueError) as e:
-            outcome.append(Failure(ValueError(f"systemd passed no such socket ({e})")))
+        except (KeyError, IndexError) as e:
+            # Twisted's systemd endpoint looks the socket up as it parses.
+            missing = f"named {e}" if isinstance(e, KeyError) else "at that index"
+            outcome.append(Failure(ValueError(f"systemd passed no socket {missing}")))
         if not outcome or isinstance(outcome[0], Failure):
             reason = outcome[0].getErrorMessage() if outcome else "no answer"
             raise StartError(
@@ -293,13 +293,14 @@ class ProxyService(service.MultiService):
         """
         server = request.server
         method = method_label(request.method)
+        now = self._reactor.seconds()
         if server is not None:
-            server.stats.record(method, status_class(status), duration, self._reactor.seconds())
+            server.stats.record(method, status_class(status), duration, now)
         elif request.pool is not None:
             request.pool.stats.record_unrouted(method, status_class(status))
         access_log = self.access_log
         if access_log is not None:
-            access_log.write(_entry(request, status, duration, self._reactor.seconds()))
+            access_log.write(_entry(request, status, duration, now))
 
     # -- starting and stopping ------------------------------------------------
 

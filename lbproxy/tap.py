@@ -64,10 +64,14 @@ def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
     from lbproxy.process import ProcessControl
-    from lbproxy.service import ProxyService
+    from lbproxy.service import ProxyService, StartError
 
     config: ProxyConfig = options["proxy_config"]
-    proxy = ProxyService(config, reactor)
+    try:
+        proxy = ProxyService(config, reactor)
+    except StartError as e:
+        # A tls_ca_file that cannot be loaded: one line, exit status 1.
+        raise SystemExit(str(e)) from None
     if options["demo"]:
         for demo in demo_services(config):
             demo.setServiceParent(proxy)

@@ -332,6 +332,19 @@ class SystemdTests(OperationsTestCase):
         self.assertNotIn(b"Traceback", proc.output)
 
     @defer.inlineCallbacks
+    def test_unloadable_tls_ca_file_is_one_line(self):  # type: ignore[no-untyped-def]
+        ca = self.write(
+            "-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n",
+            "ca.pem",
+        )
+        path = self.write(proxy_config(["https://127.0.0.1:1"], pool={"tls_ca_file": ca}))
+        proc = self.twistd(path)
+        code = yield proc.exited
+        self.assertEqual(code, 1)
+        self.assertIn(f"{path}: [pool:test] tls_ca_file: cannot load it:".encode(), proc.output)
+        self.assertNotIn(b"Traceback", proc.output)
+
+    @defer.inlineCallbacks
     def test_units_pass_systemd_analyze_verify(self):  # type: ignore[no-untyped-def]
         analyze = shutil.which("systemd-analyze")
         if analyze is None:
