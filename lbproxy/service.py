@@ -232,6 +232,8 @@ class ProxyService(service.MultiService):
         site.timeOut = config.keepalive_timeout
         site.max_connections = config.max_connections
         self.connections.maxPersistentPerHost = config.backend_keepalive
+        # Twisted's pool cannot keep zero idle connections: it keeps none at all.
+        self.connections.persistent = config.backend_keepalive > 0
         self.connections.cachedConnectionTimeout = config.backend_keepalive_timeout  # type: ignore[assignment]
         via = config.via.encode("ascii") if config.via is not None else None
         self.resource.forwarder = Forwarder(
