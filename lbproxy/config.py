@@ -381,7 +381,8 @@ _POOL_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
     "health_check": (parse_health_check, None),
     "health_host": (parse_host_header, None),
     "health_interval": (parse_positive_duration, 2.0),
-    "health_timeout": (parse_positive_duration, 1.0),
+    # Default: the shorter of 1s and health_interval (see _parse).
+    "health_timeout": (parse_positive_duration, None),
     "health_rise": (parse_int(1, 100), 2),
     "health_fall": (parse_int(1, 100), 3),
     "health_expect": (parse_status_range, (200, 399)),
@@ -481,6 +482,10 @@ def _parse(text: str, path: str) -> ProxyConfig:
     for section in parser.sections():
         if section.startswith("pool:"):
             values = _section_values(parser, section, _POOL_KEYS)
+            if values["health_timeout"] is None:
+                # A short interval brings the default timeout down with it; a
+                # longer timeout written out is fine (checks never overlap).
+                values["health_timeout"] = min(1.0, float(values["health_interval"]))  # type: ignore[arg-type]
             name = section[len("pool:") :]
             pool = PoolConfig(name=name, **values)  # type: ignore[arg-type]
             if pool.algorithm == "round_robin":
@@ -492,12 +497,6 @@ def _parse(text: str, path: str) -> ProxyConfig:
                             section=section,
                             key="servers",
                         )
-            if pool.health_timeout > pool.health_interval:
-                raise ConfigError(
-                    "must not be longer than health_interval",
-                    section=section,
-                    key="health_timeout",
-                )
             if all(server.backup for server in pool.servers):
                 raise ConfigError(
                     "every server is a backup: at least one must not be",

@@ -5,6 +5,7 @@ Configuration parsing: values, defaults, and every error message.
 from __future__ import annotations
 
 import os
+from typing import Tuple
 
 from twisted.trial import unittest
 
@@ -251,10 +252,6 @@ class ErrorTests(unittest.TestCase):
                 "t.ini: [pool:a] fail_on_5xx: must be yes or no, got 'maybe'",
             ),
             (
-                "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\nhealth_timeout = 3s\n",
-                "t.ini: [pool:a] health_timeout: must not be longer than health_interval",
-            ),
-            (
                 "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h backup\n",
                 "t.ini: [pool:a] servers: every server is a backup: at least one must not be",
             ),
@@ -361,6 +358,23 @@ class ErrorTests(unittest.TestCase):
             f"{path}: [pool:a] servers: line 1: 'http://h': weight must be a whole number "
             "from 1 to 1000, got '-1'",
         )
+
+
+class HealthTimeoutTests(unittest.TestCase):
+    def timeouts(self, keys: str) -> Tuple[float, float]:
+        pool = parse(f"[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\n{keys}").pools["a"]
+        return pool.health_interval, pool.health_timeout
+
+    def test_default_timeout_follows_a_short_interval(self) -> None:
+        self.assertEqual(self.timeouts(""), (2.0, 1.0))
+        self.assertEqual(self.timeouts("health_interval = 200ms\n"), (0.2, 0.2))
+        self.assertEqual(self.timeouts("health_interval = 10s\n"), (10.0, 1.0))
+
+    def test_timeout_longer_than_the_interval_is_accepted(self) -> None:
+        self.assertEqual(
+            self.timeouts("health_interval = 200ms\nhealth_timeout = 5s\n"), (0.2, 5.0)
+        )
+        self.assertEqual(self.timeouts("health_timeout = 3s\n"), (2.0, 3.0))
 
 
 class DocumentationTests(unittest.TestCase):

@@ -126,11 +126,8 @@ class QuietProcessTests(unittest.TestCase):
             f.write(
                 proxy_config(
                     [backend.url],
-                    pool={
-                        "health_check": "GET /healthz",
-                        "health_interval": "50ms",
-                        "health_timeout": "50ms",
-                    },
+                    # The default health_timeout follows the short interval.
+                    pool={"health_check": "GET /healthz", "health_interval": "50ms"},
                 )
             )
         proc = run(self, tool("twistd"), "-n", "--pidfile=", "lbproxy", "-c", path)
@@ -140,3 +137,38 @@ class QuietProcessTests(unittest.TestCase):
         yield wait_until(lambda: len(backend.seen) >= 45)
         self.assertEqual(proc.output.count(b"\n"), before, proc.output.decode())
         self.assertNotIn(b"factory", proc.output)
+
+
+class OverlapTests(unittest.TestCase):
+    def test_a_timeout_longer_than_the_interval_never_overlaps_checks(self) -> None:
+        clock = Clock()
+        pool = make_pool(
+            ["http://a:1 name=a"],
+            clock,
+            health_check="GET /healthz",
+            health_interval="1s",
+            health_timeout="3s",
+        )
+        started: List[float] = []
+        running: List[Deferred[Tuple[bool, str]]] = []
+
+        def never_answers(server: ServerState) -> Deferred[Tuple[bool, str]]:
+            self.assertEqual([d for d in running if not d.called], [], "checks overlap")
+            started.append(clock.seconds())
+            d: Deferred[Tuple[bool, str]] = Deferred()
+            running.append(d)
+            return d
+
+        checker = HealthChecker(pool, never_answers, clock)
+        checker.startService()
+        self.addCleanup(checker.stopService)
+        for _ in range(200):
+            clock.advance(0.1)
+        # One check every timeout + interval (+-10%): 3.9 to 4.1 s apart, seen
+        # in steps of 0.1 s.
+        gaps = [b - a for a, b in zip(started, started[1:])]
+        self.assertEqual(len(started), 5, started)
+        for gap in gaps:
+            self.assertTrue(3.85 <= gap <= 4.25, gaps)
+        self.assertEqual(pool.servers[0].last_check, "no answer within 3s")
+        self.assertFalse(pool.servers[0].up)
