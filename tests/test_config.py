@@ -177,7 +177,7 @@ class ErrorTests(unittest.TestCase):
             ),
             (
                 "[proxy]\nlisten = tcp:1\nlistn = 2\n",
-                "t.ini: [proxy] listn: unknown key (known: listen, pool, via, backend_keepalive, "
+                "t.ini: [proxy] listn: unknown key (did you mean listen? known: listen, pool, via, backend_keepalive, "
                 "backend_keepalive_timeout, max_header_size, max_headers, max_body_size, "
                 "client_header_timeout, client_body_timeout, keepalive_timeout, max_connections, access_log, access_log_format, shutdown_timeout)",
             ),
@@ -358,6 +358,47 @@ class ErrorTests(unittest.TestCase):
             f"{path}: [pool:a] servers: line 1: 'http://h': weight must be a whole number "
             "from 1 to 1000, got '-1'",
         )
+
+
+class SuggestionTests(unittest.TestCase):
+    def test_misspelt_keys_sections_and_options_get_a_suggestion(self) -> None:
+        base = "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\n"
+        for text, expected in (
+            (
+                base + "health_intervall = 2s\n",
+                "[pool:a] health_intervall: unknown key (did you mean health_interval? known: algorithm,",
+            ),
+            (
+                base + "helth_check = GET /\n",
+                "[pool:a] helth_check: unknown key (did you mean health_check? known:",
+            ),
+            (
+                base.replace("listen =", "vai = x\nlisten ="),
+                "[proxy] vai: unknown key (did you mean via? known:",
+            ),
+            (
+                base + "[admn]\nlisten = tcp:1\n",
+                "[admn] unknown section (did you mean [admin]? known:",
+            ),
+            (
+                base + "[pools:b]\nservers = http://h\n",
+                "[pools:b] unknown section (did you mean [pool:b]? known:",
+            ),
+            (
+                base.replace("[proxy]", "[proxi]"),
+                "[proxi] unknown section (did you mean [proxy]? known:",
+            ),
+            (
+                base.replace("http://h", "http://h wieght=2"),
+                "[pool:a] servers: line 1: 'http://h': unknown option 'wieght' (did you mean weight? known:",
+            ),
+            (base + "zzz = 1\n", "[pool:a] zzz: unknown key (known: algorithm,"),
+        ):
+            with self.assertRaises(ConfigError) as caught:
+                parse(text, "t.ini")
+            self.assertTrue(
+                str(caught.exception).startswith("t.ini: " + expected), str(caught.exception)
+            )
 
 
 class HealthTimeoutTests(unittest.TestCase):
