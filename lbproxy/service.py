@@ -23,6 +23,7 @@ from lbproxy.pool import Pool, ServerState
 from lbproxy.resource import ProxyResource
 from lbproxy.site import ProxyRequest, ProxySite
 from lbproxy.stats import method_label, status_class
+from lbproxy.values import describe_address
 
 log = Logger()
 
@@ -32,13 +33,6 @@ class StartError(Exception):
     A configuration that parsed but cannot be applied (a port that cannot be
     listened on, a log file that cannot be opened); the text is one line.
     """
-
-
-def _describe(address: Any) -> str:
-    host = getattr(address, "host", None)
-    if host is not None:
-        return f"{host}:{address.port}"
-    return str(getattr(address, "name", address))
 
 
 def server_key(config: ServerConfig) -> Tuple[str, str, str, int]:
@@ -250,7 +244,7 @@ class ProxyService(service.MultiService):
                 self.ports.pop(description).stopListening()
         for description, port in plan.ports.items():
             self.ports[description] = port
-            log.info("lbproxy listening on {address}", address=_describe(port.getHost()))
+            log.info("lbproxy listening on {address}", address=describe_address(port.getHost()))
         if plan.admin_port is not None or config.admin is None:
             if self.admin_port is not None:
                 self.admin_port.stopListening()
@@ -258,7 +252,7 @@ class ProxyService(service.MultiService):
             if self.admin_port is not None:
                 log.info(
                     "lbproxy admin listening on {address}",
-                    address=_describe(self.admin_port.getHost()),
+                    address=describe_address(self.admin_port.getHost()),
                 )
         if plan.access_log is not None or config.access_log is None:
             if self.access_log is not None:

@@ -463,3 +463,56 @@ class MetricsTests(AdminTestCase):
         self.assertEqual(values[key], 1)
         state = ("lbproxy_server_state", (("pool", "test"), ("server", "a"), ("state", "DRAINING")))
         self.assertEqual(values[state], 1)
+
+
+class AuditTests(AdminTestCase):
+    @defer.inlineCallbacks
+    def test_every_write_is_logged_with_who_and_what_changed(self):  # type: ignore[no-untyped-def]
+        from tests.test_health import capture_log
+
+        a, b = self.backend("a"), self.backend("b")
+        self.start_admin(
+            admin_config(
+                [f"{a.url} name=a", f"{b.url} name=b weight=2"],
+                token=TOKEN,
+                algorithm="weighted_round_robin",
+            )
+        )
+        lines = capture_log(self)
+        auth = [("Authorization", f"Bearer {TOKEN}")]
+        for method, target, body in (
+            ("POST", "/pools/test/servers/a/drain", None),
+            ("POST", "/pools/test/servers/a/maint", None),
+            ("POST", "/pools/test/servers/a/enable", None),
+            ("PUT", "/pools/test/servers/b/weight", b"5"),
+        ):
+            response = yield self.admin_call(method, target, body, headers=auth)
+            self.assertEqual(response.status, 200, response.body)
+        response = yield self.admin_call("POST", "/pools/test/servers/b/drain")
+        self.assertEqual(response.status, 401)
+        who = rf"by {HOST}:\d+"
+        expected = [
+            rf"^admin: drain test/a {who} with the token: UP -> DRAINING$",
+            rf"^admin: maint test/a {who} with the token: DRAINING -> MAINT$",
+            rf"^admin: enable test/a {who} with the token: MAINT -> UP$",
+            rf"^admin: weight test/b {who} with the token: weight 2 -> 5$",
+            rf"^admin: drain test/b {who} refused \(401\)$",
+        ]
+        self.assertEqual(len(lines), len(expected), lines)
+        for line, pattern in zip(lines, expected):
+            self.assertRegex(line, pattern)
+
+    @defer.inlineCallbacks
+    def test_without_a_token_the_log_says_so(self):  # type: ignore[no-untyped-def]
+        from tests.test_health import capture_log
+
+        a = self.backend("a")
+        self.start_admin(admin_config([f"{a.url} name=a"]))
+        lines = capture_log(self)
+        response = yield self.admin_call("POST", "/pools/test/servers/a/drain")
+        self.assertEqual(response.status, 200)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertRegex(
+            lines[0],
+            rf"^admin: drain test/a by {HOST}:\d+ \(no token configured\): UP -> DRAINING$",
+        )
