@@ -63,9 +63,9 @@ def server_status(server: ServerState, now: float) -> Dict[str, Any]:
         "effective_weight": server.weight / WEIGHT_SCALE,
         "in_flight": server.active,
         "max_connections": server.config.max_connections,
-        "requests": stats.served,
-        "failures": stats.failures,
-        "connect_failures": stats.connect_failures,
+        "requests_served": stats.served,
+        "failed_attempts": stats.failures,
+        "failed_connects": stats.connect_failures,
         "last_health_check": server.last_check or None,
         "requests_last_minute": stats.recent.count(now),
         "latency_ms": {"p50": _ms(p50), "p99": _ms(p99)},
@@ -78,7 +78,7 @@ def pool_status(pool: Pool, active: bool, now: float) -> Dict[str, Any]:
         "algorithm": pool.config.algorithm,
         "takes_requests": active,
         "queue_length": pool.queue_length,
-        "retries": pool.stats.retries,
+        "retries_made": pool.stats.retries,
         "servers": [server_status(s, now) for s in pool.servers],
     }
 
