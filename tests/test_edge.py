@@ -13,6 +13,7 @@ from typing import Dict, List, Tuple
 from twisted.internet import defer, threads
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
+from twisted.trial import unittest
 from twisted.web._newclient import RequestGenerationFailed
 from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
@@ -520,3 +521,52 @@ class BackendAgentTests(ProxyTestCase):
         self.assertEqual(response.code, 200)
         body = yield readBody(response)
         self.assertEqual(body, b"ok")
+
+
+class RuleTableTests(unittest.SynchronousTestCase):
+    """The pure rules of L{lbproxy.headers}, as tables."""
+
+    def test_parse_authority(self) -> None:
+        for value, expected in [
+            (b"x", (b"x", None)),
+            (b"X.test:8080", (b"X.test", 8080)),
+            (b"[::1]:1", (b"[::1]", 1)),
+            (b"a-b_c~d!$&'()*+,;=", (b"a-b_c~d!$&'()*+,;=", None)),
+            (b"x:65535", (b"x", 65535)),
+            (b"", None),
+            (b"x:", None),
+            (b"x:0", None),
+            (b"x:65536", None),
+            (b"x:+80", None),
+            (b"x: 80", None),
+            (b"u@x", None),
+            (b"%78", None),
+            (b"[::1]:", None),
+            (b"[::g]", None),
+            (b"[fe80::1%eth0]", None),
+        ]:
+            self.assertEqual(rules.parse_authority(value), expected, value)
+
+    def test_absolute_target(self) -> None:
+        for target, expected in [
+            (b"http://x/a?b", (b"http", b"x", b"/a?b")),
+            (b"HTTPS://x:1", (b"https", b"x:1", b"/")),
+            (b"http://x?q/r", (b"http", b"x", b"/?q/r")),
+            (b"/a", None),
+            (b"ftp://x/", None),
+            (b"http:x", None),
+        ]:
+            self.assertEqual(rules.absolute_target(target), expected, target)
+
+    def test_same_authority(self) -> None:
+        self.assertTrue(rules.same_authority(b"X:80", b"x", b"http"))
+        self.assertTrue(rules.same_authority(b"x", b"x:443", b"https"))
+        self.assertFalse(rules.same_authority(b"x", b"x:443", b"http"))
+        self.assertFalse(rules.same_authority(b"x", b"y", b"http"))
+        self.assertFalse(rules.same_authority(b"x:", b"x", b"http"))
+
+    def test_field_lines(self) -> None:
+        self.assertIsNone(rules.field_line_problem(b"X-A: a\tb \x80\xff"))
+        self.assertIsNone(rules.field_line_problem(b"X-A:"))
+        for line in [b"X-A: \x7f", b"X-A: a\x00", b"X A: b", b": b", b"X-A", b"X\x80: b"]:
+            self.assertIsNotNone(rules.field_line_problem(line), line)
