@@ -52,11 +52,15 @@ def normalize(request: ProxyRequest) -> None:
     Make an absolute-form request origin-form, as a backend expects it: the
     target's path and query go on as C{request.target}, its authority as
     the C{Host} header (RFC 9112 section 3.2.2), which C{X-Forwarded-Host}
-    then repeats.  The channel has checked the target's form and authority.
+    then repeats.  An OPTIONS request for C{http://host} (no path) becomes
+    C{OPTIONS *}.  The channel has checked the target's form and authority.
     """
     absolute = rules.absolute_target(request.uri)
     if absolute is not None:
         _, authority, origin = absolute
+        if request.method == b"OPTIONS" and request.uri.endswith(b"://" + authority):
+            # RFC 9112 section 3.2.4: OPTIONS of the whole server.
+            origin = b"*"
         request.target = origin
         request.requestHeaders.setRawHeaders(b"Host", [authority])
 

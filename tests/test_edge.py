@@ -262,6 +262,8 @@ class HostTests(EdgeCase):
             (b"GET HTTP://x HTTP/1.1\nHost: x:80\n", b"GET / HTTP/1.1", b"x"),
             (b"GET https://x?q HTTP/1.1\nHost: x:443\n", b"GET /?q HTTP/1.1", b"x"),
             (b"GET http://[::1]:81/ HTTP/1.1\nHost: [::1]:81\n", b"GET / HTTP/1.1", b"[::1]:81"),
+            (b"OPTIONS http://x:81 HTTP/1.1\nHost: x:81\n", b"OPTIONS * HTTP/1.1", b"x:81"),
+            (b"OPTIONS http://x/ HTTP/1.1\nHost: x\n", b"OPTIONS / HTTP/1.1", b"x"),
             # HTTP/1.0 may leave Host out: it comes from the target.
             (b"GET http://x.test/p HTTP/1.0\n", b"GET /p HTTP/1.1", b"x.test"),
         ]  # fmt: skip
