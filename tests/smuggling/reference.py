@@ -46,14 +46,13 @@ _UNRESERVED_SUBDELIMS = frozenset(
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+# A chunk line: the size, then extensions.  The proxy discards extensions,
+# so their finer grammar cannot change what a backend receives; what the
+# reference holds them to is what could move the end of the line for another
+# parser: no control bytes, and every quote closed (a quote-aware parser
+# reads a quoted-string past a CRLF).
 _CHUNK_LINE = re.compile(
-    rb"([0-9A-Fa-f]+)((?:[ \t]*;[ \t]*"
-    + _TOKEN
-    + rb"(?:[ \t]*=[ \t]*(?:"
-    + _TOKEN
-    + rb"|"
-    + _QUOTED
-    + rb"))?)*)"
+    rb"([0-9A-Fa-f]+)((?:[ \t]*;(?:[^\"\x00-\x08\x0a-\x1f\x7f]|" + _QUOTED + rb")*)*)"
 )
 _VERSION = re.compile(rb"HTTP/1\.[01]")
 # Larger numbers are refused, not parsed: a parser that overflows reads them
@@ -112,6 +111,9 @@ class Reading:
     incomplete: bool = False
     closed: bool = False
     rest: bytes = b""
+    #: After a close: how the C{rest} reads.  A server must not act on
+    #: these (RFC 9112 section 9.6); if it does, it must read them so.
+    after_close: Tuple[Message, ...] = ()
 
     @property
     def persistent(self) -> bool:
@@ -151,7 +153,9 @@ def parse(data: bytes, as_backend: bool = False) -> Reading:
             return Reading(tuple(messages), incomplete=True)
         messages.append(message)
         if _closes(message):
-            return Reading(tuple(messages), closed=True, rest=data[pos:])
+            rest = data[pos:]
+            after = parse(rest, as_backend).messages
+            return Reading(tuple(messages), closed=True, rest=rest, after_close=after)
 
 
 def _closes(message: Message) -> bool:
@@ -345,6 +349,8 @@ def same_requests(
         problems.append("the backend received %d requests, the client sent %d" % (len(got), len(expected)))
     for i, (e, g) in enumerate(zip(expected, got)):
         for what in ("method", "path", "authority", "body"):
+            if what == "authority" and not e.authority:
+                continue  # an HTTP/1.0 request without one: the proxy names the server
             if getattr(e, what) != getattr(g, what):
                 problems.append("request %d: %s differs" % (i + 1, what))
     return problems
