@@ -167,7 +167,7 @@ def _closes(message: Message) -> bool:
     return b"keep-alive" not in tokens or b"close" in tokens
 
 
-def _line(data: bytes, pos: int) -> Tuple[bytes, int]:
+def _line(data: bytes, pos: int, where: str) -> Tuple[bytes, int]:
     """The line at C{pos} without its CRLF, and the position after it."""
     end = data.find(b"\r\n", pos)
     stop = len(data) if end < 0 else end
@@ -175,31 +175,31 @@ def _line(data: bytes, pos: int) -> Tuple[bytes, int]:
     if end < 0 and line.endswith(b"\r") and b"\r" not in line[:-1] and b"\n" not in line:
         raise _Incomplete()
     if b"\n" in line:
-        raise Refused("bare LF")
+        raise Refused("bare LF in %s" % where)
     if b"\r" in line:
-        raise Refused("bare CR")
+        raise Refused("bare CR in %s" % where)
     if end < 0:
         raise _Incomplete()
     return line, end + 2
 
 
-def _fields(data: bytes, pos: int) -> Tuple[List[Tuple[bytes, bytes]], int]:
-    """A field section up to and including its empty line."""
+def _fields(data: bytes, pos: int, section: str) -> Tuple[List[Tuple[bytes, bytes]], int]:
+    """A field section (C{"header"} or C{"trailer"}) up to and including its empty line."""
     fields = []
     while True:
-        line, pos = _line(data, pos)
+        line, pos = _line(data, pos, "a %s line" % section)
         if not line:
             return fields, pos
         if line[:1] in (b" ", b"\t"):
-            raise Refused("obs-fold")
+            raise Refused("obs-fold in a %s section" % section)
         name, colon, value = line.partition(b":")
         if not colon:
-            raise Refused("a field line without a colon: %s" % _show(line))
+            raise Refused("a %s line without a colon: %s" % (section, _show(line)))
         if not name or not _TCHAR.issuperset(name):
-            raise Refused("field name is not a token: %s" % _show(name))
+            raise Refused("%s name is not a token: %s" % (section, _show(name)))
         value = value.strip(b" \t")
         if not _FIELD_BYTES.issuperset(value):
-            raise Refused("control byte in the value of %s" % _show(name))
+            raise Refused("control byte in a %s value: %s" % (section, _show(name)))
         fields.append((name, value))
 
 
@@ -255,7 +255,7 @@ def _target(method: bytes, target: bytes) -> Tuple[Optional[bytes], bytes]:
 
 
 def _request(data: bytes, pos: int, as_backend: bool) -> Tuple[Message, int]:
-    line, pos = _line(data, pos)
+    line, pos = _line(data, pos, "the request line")
     parts = line.split(b" ")
     if len(parts) != 3:
         raise Refused("request line is not method SP target SP version: %s" % _show(line[:80]))
@@ -265,7 +265,7 @@ def _request(data: bytes, pos: int, as_backend: bool) -> Tuple[Message, int]:
     if not _VERSION.fullmatch(version):
         raise Refused("version is not HTTP/1.0 or HTTP/1.1: %s" % _show(version))
     authority, path = _target(method, target)
-    headers, pos = _fields(data, pos)
+    headers, pos = _fields(data, pos, "header")
     message = Message(method, target, version, tuple(headers), b"", "none", b"", path)
 
     hosts = message.values(b"host")
@@ -314,7 +314,7 @@ def _request(data: bytes, pos: int, as_backend: bool) -> Tuple[Message, int]:
 def _chunked(data: bytes, pos: int) -> Tuple[bytes, int]:
     parts = []
     while True:
-        line, pos = _line(data, pos)
+        line, pos = _line(data, pos, "a chunk line")
         match = _CHUNK_LINE.fullmatch(line)
         if match is None:
             raise Refused("invalid chunk line: %s" % _show(line[:60]))
@@ -323,7 +323,7 @@ def _chunked(data: bytes, pos: int) -> Tuple[bytes, int]:
             raise Refused("chunk size too large")
         size = int(digits or b"0", 16)
         if size == 0:
-            _, pos = _fields(data, pos)
+            _, pos = _fields(data, pos, "trailer")
             return b"".join(parts), pos
         if len(data) - pos < size + 2:
             if data[pos + size : pos + size + 2] not in (b"", b"\r"):
