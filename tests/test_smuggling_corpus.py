@@ -36,7 +36,11 @@ class ReferenceParserTests(unittest.TestCase):
         )
         self.assertEqual(
             [(m.method, m.path, m.body, m.framing) for m in r.messages],
-            [(b"GET", b"/a", b"", "none"), (b"POST", b"/b", b"abc", "length"), (b"PUT", b"/c", b"abc", "chunked")],
+            [
+                (b"GET", b"/a", b"", "none"),
+                (b"POST", b"/b", b"abc", "length"),
+                (b"PUT", b"/c", b"abc", "chunked"),
+            ],
         )
         self.assertTrue(r.persistent)
 
@@ -67,7 +71,9 @@ class ReferenceParserTests(unittest.TestCase):
             self.assertEqual(r.messages, ())
 
     def test_requests_before_a_refusal_stand(self) -> None:
-        r = self.read(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\nX\x01: v\r\n\r\n")
+        r = self.read(
+            b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\nX\x01: v\r\n\r\n"
+        )
         self.assertEqual([m.path for m in r.messages], [b"/a"])
         self.assertIsNotNone(r.refusal)
 
@@ -84,12 +90,67 @@ class ReferenceParserTests(unittest.TestCase):
         self.assertEqual((len(r.messages), r.closed, r.rest), (1, True, b"X"))
 
     def test_incomplete(self) -> None:
-        self.assertTrue(self.read(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 9\r\n\r\nab").incomplete)
+        self.assertTrue(
+            self.read(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 9\r\n\r\nab").incomplete
+        )
 
     def test_corpus_is_large_and_deterministic(self) -> None:
         sizes = {family: len(p) for family, p in CORPUS.items()}
         self.assertGreater(sum(sizes.values()), 5000, sizes)
         self.assertEqual(payloads.corpus(), CORPUS)
+
+
+class OracleTests(unittest.TestCase):
+    """The judgement, on what a backend could have received."""
+
+    def case(self, data: bytes) -> harness.Case:
+        (case,) = harness.prepare([payloads.Payload("test", "test", data)])
+        case.answer = harness.Answer([(200, {b"x-target-hex": b"2f"})], "all answered")
+        return case
+
+    def forwarded(self, *raws: bytes) -> List[harness.Forwarded]:
+        return [harness.Forwarded(1, "127.0.0.1", raw) for raw in raws]
+
+    def test_faithful_forwarding_passes(self) -> None:
+        case = self.case(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab")
+        case.answer = harness.Answer(
+            [(200, {b"x-target-hex": b"2f"}), (200, {b"x-target-hex": b"2f5f5f70726f62655f5f"})],
+            "all answered",
+        )
+        fwd = self.forwarded(
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+            harness.PROBE,
+        )
+        self.assertEqual(harness.judge(case, fwd), [])
+
+    def test_a_smuggled_request_fails(self) -> None:
+        case = self.case(
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nX"
+        )
+        fwd = self.forwarded(
+            b"POST / HTTP/1.1\r\nHost: h\r\n\r\n", b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n"
+        )
+        problems = harness.judge(case, fwd)
+        self.assertIn("the backend received 2 requests, the client sent 0", problems)
+
+    def test_ambiguous_forwarding_fails(self) -> None:
+        case = self.case(b"GET http://a/ HTTP/1.1\r\nHost: b\r\n\r\n")
+        problems = harness.judge(case, self.forwarded(b"GET http://a/ HTTP/1.1\r\nHost: b\r\n\r\n"))
+        self.assertIn("disagree", problems[0])
+        for raw in (
+            b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x0bb\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na",
+        ):
+            self.assertIn(
+                "not strictly valid", harness.judge(self.case(raw), self.forwarded(raw))[0]
+            )
+
+    def test_a_changed_body_or_a_bad_gateway_fails(self) -> None:
+        case = self.case(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab")
+        fwd = self.forwarded(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nac")
+        self.assertIn("request 1: body differs", harness.judge(case, fwd))
+        case.answer = harness.Answer([(502, {})], "closed by the proxy")
+        self.assertTrue(any("502" in p for p in harness.judge(case, [])))
 
 
 class SmugglingCorpusTests(ProxyTestCase):
@@ -121,7 +182,7 @@ class SmugglingCorpusTests(ProxyTestCase):
         failures: List[str] = []
         causes: Dict[str, int] = {}
         for source in set(received) - known:
-            failures.append("bytes from no payload (source %s): %r" % (source, received[source]))
+            failures.append(f"bytes from no payload (source {source}): {received[source]!r}")
         for case in cases:
             problems = harness.judge(case, received.get(case.source, []))
             if problems:
@@ -131,11 +192,12 @@ class SmugglingCorpusTests(ProxyTestCase):
         if failures:
             shown = "\n\n".join(failures[:SHOWN])
             rest = [f.splitlines()[0] for f in failures[SHOWN:]]
-            more = "\n\nand %d more:\n%s" % (len(rest), "\n".join(rest)) if rest else ""
-            tally = "\n".join("  %5d  %s" % (n, k) for k, n in sorted(causes.items(), key=lambda kv: -kv[1]))
+            more = "\n\nand {} more:\n{}".format(len(rest), "\n".join(rest)) if rest else ""
+            ranked = sorted(causes.items(), key=lambda kv: -kv[1])
+            tally = "\n".join(f"  {n:5}  {k}" for k, n in ranked)
             self.fail(
-                "%d of %d %s payloads were handled unsafely, by cause:\n%s\n\n%s%s"
-                % (len(failures), len(cases), family, tally, shown, more)
+                f"{len(failures)} of {len(cases)} {family} payloads were handled unsafely,"
+                f" by cause:\n{tally}\n\n{shown}{more}"
             )
 
 
@@ -144,10 +206,8 @@ def _family_test(family: str) -> Callable[[SmugglingCorpusTests], object]:
         return self.check_family(family)
 
     test.__name__ = "test_" + family.replace("-", "_")
-    test.__doc__ = "The %s family (%d payloads) is refused or forwarded unambiguously." % (
-        family,
-        len(CORPUS[family]),
-    )
+    size = len(CORPUS[family])
+    test.__doc__ = f"The {family} family ({size} payloads) is refused or forwarded unambiguously."
     return test
 
 

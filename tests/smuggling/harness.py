@@ -42,7 +42,7 @@ _XFF = re.compile(rb"\r\nx-forwarded-for:([^\r\n]*)", re.IGNORECASE)
 
 def source_address(index: int) -> str:
     """The loopback address payload C{index} connects from."""
-    return "127.%d.%d.%d" % (10 + index // 62500, (index // 250) % 250 + 1, index % 250 + 1)
+    return f"127.{10 + index // 62500}.{(index // 250) % 250 + 1}.{index % 250 + 1}"
 
 
 # -- The recording backend ---------------------------------------------------------
@@ -273,7 +273,7 @@ class _ClientFactory(protocol.ClientFactory):
         return _Client(self.data, self.expected, self.done)
 
     def clientConnectionFailed(self, connector, reason):  # type: ignore[no-untyped-def]
-        self.done.callback(Answer(ended="connection failed: %s" % reason.getErrorMessage()))
+        self.done.callback(Answer(ended=f"connection failed: {reason.getErrorMessage()}"))
 
 
 # -- Running and judging ----------------------------------------------------------------
@@ -354,15 +354,15 @@ def judge(case: Case, forwarded: List[Forwarded]) -> List[str]:
             reading = reference.parse(f.raw, as_backend=True)
             if not reading.incomplete or reading.messages:
                 why = reading.refusal or "more than one request"
-                problems.append("a cut-off forwarded request is not valid (%s): %s" % (why, _clip(f.raw)))
+                problems.append(f"a cut-off forwarded request is not valid ({why}): {_clip(f.raw)}")
             continue
         if not f.framed:
-            problems.append("the backend received bytes it cannot frame: %s" % _clip(f.raw))
+            problems.append(f"the backend received bytes it cannot frame: {_clip(f.raw)}")
             continue
         reading = reference.parse(f.raw, as_backend=True)
         if reading.refusal is not None or reading.incomplete or len(reading.messages) != 1:
             why = reading.refusal or "not exactly one whole request"
-            problems.append("a forwarded request is not strictly valid (%s): %s" % (why, _clip(f.raw)))
+            problems.append(f"a forwarded request is not strictly valid ({why}): {_clip(f.raw)}")
             continue
         got.append(reading.messages[0])
     problems += reference.same_requests(expected.messages + expected.after_close, got)
@@ -375,23 +375,26 @@ def judge(case: Case, forwarded: List[Forwarded]) -> List[str]:
         # forwarded: twisted.web takes a header line only once the next one
         # has come, so a head spoiled at its very end waits for more.)
         problems.append(
-            "the proxy neither answered everything nor closed in %gs: it waits for bytes"
-            " that the reference says are not coming" % PAYLOAD_TIMEOUT
+            f"the proxy neither answered everything nor closed in {PAYLOAD_TIMEOUT:g}s: it waits for bytes"
+            " that the reference says are not coming"
         )
     elif answer.ended.startswith("connection failed"):
         problems.append(answer.ended)
     for status in statuses:
         if status >= 500 and status not in REFUSAL_STATUSES:
-            problems.append("the proxy answered %d: the client's bytes failed a forward" % status)
+            problems.append(f"the proxy answered {status}: the client's bytes failed a forward")
     refusals = [s for s in statuses if s in REFUSAL_STATUSES]
     if len(got) < len(expected.messages) and not refusals and answer.ended != "closed by the proxy":
-        problems.append("%d requests never reached the backend and nothing refused them" % (len(expected.messages) - len(got)))
+        problems.append(
+            f"{len(expected.messages) - len(got)} requests never reached the backend"
+            " and nothing refused them"
+        )
     for i, (status, headers) in enumerate(answer.responses):
         if status != 200 or i >= len(expected.messages):
             continue
         echoed = binascii.unhexlify(headers.get(b"x-target-hex", b""))
         if _target_path(echoed) != expected.messages[i].path:
-            problems.append("response %d answers %r, not request %d" % (i + 1, echoed, i + 1))
+            problems.append(f"response {i + 1} answers {echoed!r}, not request {i + 1}")
     if problems:
         problems.append(_diff(expected, got))
     return problems

@@ -150,12 +150,14 @@ def te_obfuscation() -> Iterator[Tuple[str, bytes]]:
     for first in dupes:
         for second in dupes:
             lines = [b"Transfer-Encoding: " + first, b"Transfer-Encoding: " + second]
-            yield f"two TE {first!r} {second!r}", request(
-                [HOST] + lines, body=CHUNKED_BODY
-            ) + SMUGGLED
+            yield (
+                f"two TE {first!r} {second!r}",
+                request([HOST] + lines, body=CHUNKED_BODY) + SMUGGLED,
+            )
             body = b"0\r\n\r\n" + SMUGGLED
-            yield f"two TE + CL {first!r} {second!r}", request(
-                [HOST, _cl(len(body))] + lines, body=body
+            yield (
+                f"two TE + CL {first!r} {second!r}",
+                request([HOST, _cl(len(body))] + lines, body=body),
             )
 
 
@@ -223,8 +225,9 @@ def content_length() -> Iterator[Tuple[str, bytes]]:
             lines = [b"Content-Length: " + first, b"Content-Length: " + second]
             yield f"two CL {first!r} {second!r}", request([HOST] + lines, body=BODY + SMUGGLED)
             lines = [b"Content-Length: " + first, b"content-length:" + second]
-            yield f"two CL, second lower {first!r} {second!r}", request(
-                [HOST] + lines, body=BODY + SMUGGLED
+            yield (
+                f"two CL, second lower {first!r} {second!r}",
+                request([HOST] + lines, body=BODY + SMUGGLED),
             )
 
 
@@ -242,9 +245,10 @@ def cl_te() -> Iterator[Tuple[str, bytes]]:
                     lines = [_cl(n), b"Transfer-Encoding: " + te]
                     if order == "TE first":
                         lines.reverse()
-                    yield f"{body_name}, CL {n}, TE {te!r}, {order}", request(
-                        [HOST] + lines, body=body
-                    ) + SMUGGLED
+                    yield (
+                        f"{body_name}, CL {n}, TE {te!r}, {order}",
+                        request([HOST] + lines, body=body) + SMUGGLED,
+                    )
 
 
 # -- Chunked bodies ----------------------------------------------------------
@@ -371,9 +375,7 @@ def chunked() -> Iterator[Tuple[str, bytes]]:
     many = b"".join(b"1\r\n%c\r\n" % c for c in b"hello world")
     yield "many one-byte chunks", _chunked(many + b"0\r\n\r\n")
     yield "empty chunked body", _chunked(b"0\r\n\r\n")
-    yield "chunk holds a request", _chunked(
-        b"%x\r\n%s\r\n0\r\n\r\n" % (len(SMUGGLED), SMUGGLED)
-    )
+    yield "chunk holds a request", _chunked(b"%x\r\n%s\r\n0\r\n\r\n" % (len(SMUGGLED), SMUGGLED))
 
 
 # -- Names, values, line endings, folding -------------------------------------
@@ -383,22 +385,27 @@ def header_names() -> Iterator[Tuple[str, bytes]]:
     for byte in NON_TOKEN:
         for where in ("before", "inside", "after"):
 
-            def put(name: bytes) -> bytes:
+            def put(name: bytes, where: str = where, byte: bytes = byte) -> bytes:
                 if where == "before":
                     return byte + name
                 if where == "after":
                     return name + byte
                 return name[:4] + byte + name[4:]
 
-            yield f"X-Test {where} {_show(byte)}", request(
-                [HOST, put(b"X-Test") + b": v", _cl(5)], body=BODY
-            ) + SMUGGLED
-            body = b"0\r\n\r\n" + SMUGGLED
-            yield f"TE {where} {_show(byte)}", request(
-                [HOST, _cl(len(body)), put(b"Transfer-Encoding") + b": chunked"], body=body
+            yield (
+                f"X-Test {where} {_show(byte)}",
+                request([HOST, put(b"X-Test") + b": v", _cl(5)], body=BODY) + SMUGGLED,
             )
-            yield f"CL {where} {_show(byte)}", request(
-                [HOST, put(b"Content-Length") + b": 5"], body=BODY + SMUGGLED
+            body = b"0\r\n\r\n" + SMUGGLED
+            yield (
+                f"TE {where} {_show(byte)}",
+                request(
+                    [HOST, _cl(len(body)), put(b"Transfer-Encoding") + b": chunked"], body=body
+                ),
+            )
+            yield (
+                f"CL {where} {_show(byte)}",
+                request([HOST, put(b"Content-Length") + b": 5"], body=BODY + SMUGGLED),
             )
     yield "empty name", request([HOST, b": v"])
     yield "colon only", request([HOST, b":"])
@@ -418,11 +425,15 @@ def header_values() -> Iterator[Tuple[str, bytes]]:
             yield f"X-Test {where} {shown}", request([HOST, b"X-Test: " + value])
         # The classic: a hidden framing header after a control byte.
         body = b"0\r\n\r\n" + SMUGGLED
-        yield f"hidden TE after {shown}", request(
-            [HOST, _cl(len(body)), b"X: X" + byte + b"Transfer-Encoding: chunked"], body=body
+        yield (
+            f"hidden TE after {shown}",
+            request(
+                [HOST, _cl(len(body)), b"X: X" + byte + b"Transfer-Encoding: chunked"], body=body
+            ),
         )
-        yield f"hidden CL after {shown}", request(
-            [HOST, b"X: X" + byte + b"Content-Length: 5"], body=BODY + SMUGGLED
+        yield (
+            f"hidden CL after {shown}",
+            request([HOST, b"X: X" + byte + b"Content-Length: 5"], body=BODY + SMUGGLED),
         )
         yield f"Host with {shown}", request([b"Host: example.test" + byte])
         yield f"User-Agent with {shown}", request([HOST, b"User-Agent: a" + byte + b"b"])
@@ -461,13 +472,21 @@ def obs_fold() -> Iterator[Tuple[str, bytes]]:
         f = _show(fold)
         yield f"X-Test folded {f}", request([HOST, b"X-Test: a" + fold + b"b"])
         body = b"0\r\n\r\n" + SMUGGLED
-        yield f"TE folded {f}", request(
-            [HOST, _cl(len(body)), b"Transfer-Encoding:" + fold + b"chunked"], body=body
+        yield (
+            f"TE folded {f}",
+            request([HOST, _cl(len(body)), b"Transfer-Encoding:" + fold + b"chunked"], body=body),
         )
-        yield f"TE list folded {f}", request(
-            [HOST, _cl(len(body)), b"Transfer-Encoding: identity" + fold + b",chunked"], body=body
+        yield (
+            f"TE list folded {f}",
+            request(
+                [HOST, _cl(len(body)), b"Transfer-Encoding: identity" + fold + b",chunked"],
+                body=body,
+            ),
         )
-        yield f"CL folded {f}", request([HOST, b"Content-Length:" + fold + b"5"], body=BODY + SMUGGLED)
+        yield (
+            f"CL folded {f}",
+            request([HOST, b"Content-Length:" + fold + b"5"], body=BODY + SMUGGLED),
+        )
         yield f"Host folded {f}", request([b"Host: example" + fold + b".test"])
         yield f"first line folded {f}", request([fold[2:] + b"X-Test: a", HOST])
         yield f"fold after request line {f}", b"GET / HTTP/1.1" + fold + b"Host: x\r\n\r\n"
@@ -526,9 +545,10 @@ def request_line() -> Iterator[Tuple[str, bytes]]:
         yield f"method {_show(method)}", request([HOST], method=method) + SMUGGLED
     for version in VERSIONS:
         yield f"version {_show(version)}", request([HOST], method=b"GET", version=version)
-        yield f"version {_show(version)} with body", request(
-            [HOST, _cl(5)], version=version, body=BODY
-        ) + SMUGGLED
+        yield (
+            f"version {_show(version)} with body",
+            request([HOST, _cl(5)], version=version, body=BODY) + SMUGGLED,
+        )
     for byte in ODD_BYTES + TARGET_SPECIALS:
         shown = _show(byte)
         yield f"target /{shown}", request([HOST], method=b"GET", target=b"/" + byte)
@@ -617,8 +637,14 @@ def host() -> Iterator[Tuple[str, bytes]]:
     for value in HOST_VALUES:
         shown = _show(value)
         yield f"Host {shown!r}", request([b"Host: " + value], method=b"GET")
-        yield f"HTTP/1.0 Host {shown!r}", request([b"Host: " + value], method=b"GET", version=b"HTTP/1.0")
-        yield f"Host {shown!r} with body", request([b"Host: " + value, _cl(5)], body=BODY) + SMUGGLED
+        yield (
+            f"HTTP/1.0 Host {shown!r}",
+            request([b"Host: " + value], method=b"GET", version=b"HTTP/1.0"),
+        )
+        yield (
+            f"Host {shown!r} with body",
+            request([b"Host: " + value, _cl(5)], body=BODY) + SMUGGLED,
+        )
     yield "no Host", request([], method=b"GET")
     yield "no Host, HTTP/1.0", request([], method=b"GET", version=b"HTTP/1.0")
     for first, second in (
@@ -629,8 +655,9 @@ def host() -> Iterator[Tuple[str, bytes]]:
     ):
         lines = [b"Host: " + first, b"Host: " + second]
         yield f"two Host {first!r} {second!r}", request(lines, method=b"GET")
-        yield f"two Host {first!r} {second!r}, second lower", request(
-            [lines[0], b"host: " + second], method=b"GET"
+        yield (
+            f"two Host {first!r} {second!r}, second lower",
+            request([lines[0], b"host: " + second], method=b"GET"),
         )
     yield "Host list", request([b"Host: example.test, other.test"], method=b"GET")
     absolute = [
@@ -691,15 +718,22 @@ def pipelining() -> Iterator[Tuple[str, bytes]]:
     yield "LF between requests", PIECES["GET"] + b"\n" + PIECES["GET"]
     inner = PIECES["POST-CL"]
     yield "request in a CL body", request([HOST, _cl(len(inner))], body=inner) + PIECES["GET"]
-    yield "request in a chunk", request(
-        [HOST, b"Transfer-Encoding: chunked"], body=b"%x\r\n%s\r\n0\r\n\r\n" % (len(inner), inner)
-    ) + PIECES["GET"]
-    yield "GET with a body hiding a request", request(
-        [HOST, _cl(len(SMUGGLED))], method=b"GET", body=SMUGGLED
-    ) + PIECES["GET"]
-    yield "HEAD with a body hiding a request", request(
-        [HOST, _cl(len(SMUGGLED))], method=b"HEAD", body=SMUGGLED
-    ) + PIECES["GET"]
+    yield (
+        "request in a chunk",
+        request(
+            [HOST, b"Transfer-Encoding: chunked"],
+            body=b"%x\r\n%s\r\n0\r\n\r\n" % (len(inner), inner),
+        )
+        + PIECES["GET"],
+    )
+    yield (
+        "GET with a body hiding a request",
+        request([HOST, _cl(len(SMUGGLED))], method=b"GET", body=SMUGGLED) + PIECES["GET"],
+    )
+    yield (
+        "HEAD with a body hiding a request",
+        request([HOST, _cl(len(SMUGGLED))], method=b"HEAD", body=SMUGGLED) + PIECES["GET"],
+    )
 
 
 def http10() -> Iterator[Tuple[str, bytes]]:
@@ -738,39 +772,62 @@ def expect() -> Iterator[Tuple[str, bytes]]:
         line = b"Expect: " + value
         shown = _show(value)
         yield f"{shown} CL", request([HOST, line, _cl(5)], body=BODY) + SMUGGLED
-        yield f"{shown} chunked", request(
-            [HOST, line, b"Transfer-Encoding: chunked"], body=CHUNKED_BODY
-        ) + SMUGGLED
+        yield (
+            f"{shown} chunked",
+            request([HOST, line, b"Transfer-Encoding: chunked"], body=CHUNKED_BODY) + SMUGGLED,
+        )
         yield f"{shown} no body", request([HOST, line], method=b"GET") + SMUGGLED
-    yield "two Expect", request([HOST, b"Expect: 100-continue", b"Expect: 100-continue", _cl(5)], body=BODY)
+    yield (
+        "two Expect",
+        request([HOST, b"Expect: 100-continue", b"Expect: 100-continue", _cl(5)], body=BODY),
+    )
     body = b"0\r\n\r\n" + SMUGGLED
-    yield "Expect with CL and TE", request(
-        [HOST, b"Expect: 100-continue", _cl(len(body)), b"Transfer-Encoding: chunked"], body=body
+    yield (
+        "Expect with CL and TE",
+        request(
+            [HOST, b"Expect: 100-continue", _cl(len(body)), b"Transfer-Encoding: chunked"],
+            body=body,
+        ),
     )
 
 
 def upgrade() -> Iterator[Tuple[str, bytes]]:
     h2c = [b"Upgrade: h2c", b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA"]
-    yield "h2c upgrade", request([HOST, b"Connection: Upgrade, HTTP2-Settings"] + h2c, method=b"GET") + SMUGGLED
+    yield (
+        "h2c upgrade",
+        request([HOST, b"Connection: Upgrade, HTTP2-Settings"] + h2c, method=b"GET") + SMUGGLED,
+    )
     yield "h2c upgrade without Connection", request([HOST] + h2c, method=b"GET") + SMUGGLED
-    yield "h2c upgrade with a body", request(
-        [HOST, b"Connection: Upgrade, HTTP2-Settings", _cl(5)] + h2c, body=BODY
-    ) + SMUGGLED
-    yield "websocket upgrade", request(
-        [
-            HOST,
-            b"Connection: Upgrade",
-            b"Upgrade: websocket",
-            b"Sec-WebSocket-Version: 13",
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-        ],
-        method=b"GET",
-    ) + SMUGGLED
-    yield "Connection: Upgrade alone", request([HOST, b"Connection: Upgrade"], method=b"GET") + SMUGGLED
-    yield "Upgrade: h2", request([HOST, b"Connection: Upgrade", b"Upgrade: h2"], method=b"GET") + SMUGGLED
-    yield "Upgrade with control byte", request(
-        [HOST, b"Connection: Upgrade", b"Upgrade: h2c\x0b"], method=b"GET"
-    ) + SMUGGLED
+    yield (
+        "h2c upgrade with a body",
+        request([HOST, b"Connection: Upgrade, HTTP2-Settings", _cl(5)] + h2c, body=BODY) + SMUGGLED,
+    )
+    yield (
+        "websocket upgrade",
+        request(
+            [
+                HOST,
+                b"Connection: Upgrade",
+                b"Upgrade: websocket",
+                b"Sec-WebSocket-Version: 13",
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            ],
+            method=b"GET",
+        )
+        + SMUGGLED,
+    )
+    yield (
+        "Connection: Upgrade alone",
+        request([HOST, b"Connection: Upgrade"], method=b"GET") + SMUGGLED,
+    )
+    yield (
+        "Upgrade: h2",
+        request([HOST, b"Connection: Upgrade", b"Upgrade: h2"], method=b"GET") + SMUGGLED,
+    )
+    yield (
+        "Upgrade with control byte",
+        request([HOST, b"Connection: Upgrade", b"Upgrade: h2c\x0b"], method=b"GET") + SMUGGLED,
+    )
     yield "HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
     yield "HTTP/2 preface then 1.1", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + PIECES["GET"]
 
@@ -794,9 +851,10 @@ def connection() -> Iterator[Tuple[str, bytes]]:
         line = b"Connection: " + value
         shown = _show(value)
         yield f"{shown} CL", request([HOST, line, _cl(5), b"X-Test: t"], body=BODY) + SMUGGLED
-        yield f"{shown} chunked", request(
-            [HOST, line, b"Transfer-Encoding: chunked"], body=CHUNKED_BODY
-        ) + SMUGGLED
+        yield (
+            f"{shown} chunked",
+            request([HOST, line, b"Transfer-Encoding: chunked"], body=CHUNKED_BODY) + SMUGGLED,
+        )
 
 
 # -- Byte-level mutation of seeds -------------------------------------------------
@@ -818,7 +876,10 @@ def mutation_cl() -> Iterator[Tuple[str, bytes]]:
 
 
 def mutation_chunked() -> Iterator[Tuple[str, bytes]]:
-    seed = request([HOST, b"Transfer-Encoding: chunked"], body=b"5;e=v\r\nhello\r\n0\r\n\r\n") + SMUGGLED
+    seed = (
+        request([HOST, b"Transfer-Encoding: chunked"], body=b"5;e=v\r\nhello\r\n0\r\n\r\n")
+        + SMUGGLED
+    )
     return _mutations(seed, len(seed) - len(SMUGGLED))
 
 

@@ -88,12 +88,11 @@ class Message:
 
     def describe(self) -> str:
         """One line for a diff: the parts that must survive the proxy."""
-        return "%s %s authority=%s framing=%s body=%r" % (
-            _show(self.method),
-            _show(self.path),
-            _show(self.authority),
-            self.framing if self.body else "-",
-            self.body[:60] + (b"..." if len(self.body) > 60 else b""),
+        body = self.body[:60] + (b"..." if len(self.body) > 60 else b"")
+        framing = self.framing if self.body else "-"
+        return (
+            f"{_show(self.method)} {_show(self.path)} authority={_show(self.authority)}"
+            f" framing={framing} body={body!r}"
         )
 
 
@@ -127,7 +126,7 @@ class Reading:
         elif self.incomplete:
             lines.append("INCOMPLETE")
         elif self.closed:
-            lines.append("CLOSE (%d bytes never read)" % len(self.rest))
+            lines.append(f"CLOSE ({len(self.rest)} bytes never read)")
         return "\n".join(lines)
 
 
@@ -175,9 +174,9 @@ def _line(data: bytes, pos: int, where: str) -> Tuple[bytes, int]:
     if end < 0 and line.endswith(b"\r") and b"\r" not in line[:-1] and b"\n" not in line:
         raise _Incomplete()
     if b"\n" in line:
-        raise Refused("bare LF in %s" % where)
+        raise Refused(f"bare LF in {where}")
     if b"\r" in line:
-        raise Refused("bare CR in %s" % where)
+        raise Refused(f"bare CR in {where}")
     if end < 0:
         raise _Incomplete()
     return line, end + 2
@@ -187,19 +186,19 @@ def _fields(data: bytes, pos: int, section: str) -> Tuple[List[Tuple[bytes, byte
     """A field section (C{"header"} or C{"trailer"}) up to and including its empty line."""
     fields = []
     while True:
-        line, pos = _line(data, pos, "a %s line" % section)
+        line, pos = _line(data, pos, f"a {section} line")
         if not line:
             return fields, pos
         if line[:1] in (b" ", b"\t"):
-            raise Refused("obs-fold in a %s section" % section)
+            raise Refused(f"obs-fold in a {section} section")
         name, colon, value = line.partition(b":")
         if not colon:
-            raise Refused("a %s line without a colon: %s" % (section, _show(line)))
+            raise Refused(f"a {section} line without a colon: {_show(line)}")
         if not name or not _TCHAR.issuperset(name):
-            raise Refused("%s name is not a token: %s" % (section, _show(name)))
+            raise Refused(f"{section} name is not a token: {_show(name)}")
         value = value.strip(b" \t")
         if not _FIELD_BYTES.issuperset(value):
-            raise Refused("control byte in a %s value: %s" % (section, _show(name)))
+            raise Refused(f"control byte in a {section} value: {_show(name)}")
         fields.append((name, value))
 
 
@@ -221,7 +220,9 @@ def valid_host(value: bytes) -> bool:
     if not _UNRESERVED_SUBDELIMS.union(b"%").issuperset(host):
         return False
     for i, c in enumerate(host):
-        if c == 0x25 and not (_HEX.issuperset(host[i + 1 : i + 3]) and len(host[i + 1 : i + 3]) == 2):
+        if c == 0x25 and not (
+            _HEX.issuperset(host[i + 1 : i + 3]) and len(host[i + 1 : i + 3]) == 2
+        ):
             return False
     return True
 
@@ -229,12 +230,12 @@ def valid_host(value: bytes) -> bool:
 def _target(method: bytes, target: bytes) -> Tuple[Optional[bytes], bytes]:
     """The authority (absolute form) or L{None}, and the origin-form path."""
     if not target or not _VCHAR.issuperset(target):
-        raise Refused("request target byte outside visible ASCII: %s" % _show(target))
+        raise Refused(f"request target byte outside visible ASCII: {_show(target)}")
     if method == b"CONNECT":
         raise Refused("CONNECT: what follows would be a tunnel")
     if target == b"*":
         if method != b"OPTIONS":
-            raise Refused("* target with %s" % _show(method))
+            raise Refused(f"* target with {_show(method)}")
         return None, target
     if target.startswith(b"/"):
         return None, target
@@ -247,23 +248,23 @@ def _target(method: bytes, target: bytes) -> Tuple[Optional[bytes], bytes]:
             if b"@" in authority:
                 raise Refused("userinfo in the target")
             if b"#" in authority or not valid_host(authority):
-                raise Refused("invalid authority in the target: %s" % _show(authority))
+                raise Refused(f"invalid authority in the target: {_show(authority)}")
             if not path.startswith(b"/"):
                 path = b"/" + path
             return authority.lower(), path
-    raise Refused("invalid request target form: %s" % _show(target))
+    raise Refused(f"invalid request target form: {_show(target)}")
 
 
 def _request(data: bytes, pos: int, as_backend: bool) -> Tuple[Message, int]:
     line, pos = _line(data, pos, "the request line")
     parts = line.split(b" ")
     if len(parts) != 3:
-        raise Refused("request line is not method SP target SP version: %s" % _show(line[:80]))
+        raise Refused(f"request line is not method SP target SP version: {_show(line[:80])}")
     method, target, version = parts
     if not method or not _TCHAR.issuperset(method):
-        raise Refused("method is not a token: %s" % _show(method))
+        raise Refused(f"method is not a token: {_show(method)}")
     if not _VERSION.fullmatch(version):
-        raise Refused("version is not HTTP/1.0 or HTTP/1.1: %s" % _show(version))
+        raise Refused(f"version is not HTTP/1.0 or HTTP/1.1: {_show(version)}")
     authority, path = _target(method, target)
     headers, pos = _fields(data, pos, "header")
     message = Message(method, target, version, tuple(headers), b"", "none", b"", path)
@@ -274,7 +275,7 @@ def _request(data: bytes, pos: int, as_backend: bool) -> Tuple[Message, int]:
     if version == b"HTTP/1.1" and not hosts:
         raise Refused("HTTP/1.1 without Host")
     if hosts and not valid_host(hosts[0]):
-        raise Refused("invalid Host: %s" % _show(hosts[0]))
+        raise Refused(f"invalid Host: {_show(hosts[0])}")
     if authority is None:
         authority = hosts[0].lower() if hosts else b""
     elif as_backend and hosts and hosts[0].lower() != authority:
@@ -290,7 +291,9 @@ def _request(data: bytes, pos: int, as_backend: bool) -> Tuple[Message, int]:
         listed = [c.strip(b" \t").lower() for v in codings for c in v.split(b",")]
         listed = [c for c in listed if c]
         if listed != [b"chunked"]:
-            raise Refused("transfer codings other than exactly chunked: %s" % _show(b",".join(listed)))
+            raise Refused(
+                "transfer codings other than exactly chunked: " + _show(b",".join(listed))
+            )
         body, pos = _chunked(data, pos)
         framing = "chunked"
     elif lengths:
@@ -298,7 +301,7 @@ def _request(data: bytes, pos: int, as_backend: bool) -> Tuple[Message, int]:
             raise Refused("more than one Content-Length")
         value = lengths[0]
         if not value.isdigit() or not value.isascii():
-            raise Refused("Content-Length is not 1*DIGIT: %s" % _show(value))
+            raise Refused(f"Content-Length is not 1*DIGIT: {_show(value)}")
         if len(value.lstrip(b"0")) > MAX_DECIMAL_DIGITS:
             raise Refused("Content-Length too large")
         n = int(value)
@@ -317,7 +320,7 @@ def _chunked(data: bytes, pos: int) -> Tuple[bytes, int]:
         line, pos = _line(data, pos, "a chunk line")
         match = _CHUNK_LINE.fullmatch(line)
         if match is None:
-            raise Refused("invalid chunk line: %s" % _show(line[:60]))
+            raise Refused(f"invalid chunk line: {_show(line[:60])}")
         digits = match.group(1).lstrip(b"0")
         if len(digits) > MAX_HEX_DIGITS:
             raise Refused("chunk size too large")
@@ -335,9 +338,7 @@ def _chunked(data: bytes, pos: int) -> Tuple[bytes, int]:
         pos += size + 2
 
 
-def same_requests(
-    expected: Sequence[Message], got: Sequence[Message]
-) -> List[str]:
+def same_requests(expected: Sequence[Message], got: Sequence[Message]) -> List[str]:
     """
     The differences that matter between requests the reference read from a
     client and requests a backend received: count, method, origin-form
@@ -346,11 +347,13 @@ def same_requests(
     """
     problems = []
     if len(got) > len(expected):
-        problems.append("the backend received %d requests, the client sent %d" % (len(got), len(expected)))
+        problems.append(
+            f"the backend received {len(got)} requests, the client sent {len(expected)}"
+        )
     for i, (e, g) in enumerate(zip(expected, got)):
         for what in ("method", "path", "authority", "body"):
             if what == "authority" and not e.authority:
                 continue  # an HTTP/1.0 request without one: the proxy names the server
             if getattr(e, what) != getattr(g, what):
-                problems.append("request %d: %s differs" % (i + 1, what))
+                problems.append(f"request {i + 1}: {what} differs")
     return problems
