@@ -78,10 +78,20 @@ def error_response(code: int, phrase: bytes, detail: bytes) -> bytes:
 class StrictChunkedDecoder(http._ChunkedTransferDecoder):
     """
     twisted.web's chunked decoder, which also holds trailer fields to the
-    rules of header fields (L{rules.field_line_problem}).  Trailers are
+    rules of header fields (L{rules.field_line_problem}) and chunk
+    extensions to their grammar (L{rules.chunk_extension_problem}).  Trailers are
     read and dropped, never forwarded; one that breaks the rules is still
     refused, as twisted.web refuses control bytes in chunk extensions.
     """
+
+    def _dataReceived_CHUNK_LENGTH(self) -> bool:
+        end = self._buffer.find(b"\r\n", self._start)
+        if end > 0:
+            semicolon = self._buffer.find(b";", 0, end)
+            if semicolon >= 0 and rules.chunk_extension_problem(bytes(self._buffer[semicolon:end])):
+                raise http._MalformedChunkedDataError("invalid chunk extension")
+        more: bool = super()._dataReceived_CHUNK_LENGTH()
+        return more
 
     def _dataReceived_TRAILER(self) -> bool:
         end = self._buffer.find(b"\r\n", self._start)

@@ -244,6 +244,68 @@ def field_line_problem(line: bytes) -> Optional[bytes]:
     return None
 
 
+_BWS = b" \t"
+
+
+def chunk_extension_problem(ext: bytes) -> Optional[bytes]:
+    """
+    Why the extensions of a chunk line must be refused, or L{None}.
+
+    C{ext} is what follows the chunk size, from its first C{;} on (RFC 9112
+    section 7.1.1): C{*( BWS ";" BWS name [ BWS "=" BWS ( token /
+    quoted-string ) ] )}.  Extensions are dropped, never forwarded, but a
+    parser further on may read an unclosed quote or a stray byte differently,
+    so only that grammar passes.
+    """
+    i, end = 0, len(ext)
+    while i < end:
+        while i < end and ext[i] in _BWS:
+            i += 1
+        if i == end:
+            return None
+        if ext[i] != 0x3B:  # ";"
+            return b"a chunk extension without its ';'"
+        i += 1
+        while i < end and ext[i] in _BWS:
+            i += 1
+        start = i
+        while i < end and ext[i] in TOKEN_BYTES:
+            i += 1
+        if i == start:
+            return b"a chunk extension name that is not a token"
+        j = i
+        while j < end and ext[j] in _BWS:
+            j += 1
+        if j == end or ext[j] != 0x3D:  # "="
+            i = j
+            continue
+        i = j + 1
+        while i < end and ext[i] in _BWS:
+            i += 1
+        if i < end and ext[i] == 0x22:  # '"'
+            i += 1
+            while i < end and ext[i] != 0x22:
+                byte = ext[i]
+                if byte == 0x5C:  # a backslash quotes the next byte
+                    i += 1
+                    if i == end:
+                        break
+                    byte = ext[i]
+                if byte != 0x09 and (byte < 0x20 or byte == 0x7F):
+                    return b"a control byte in a chunk extension"
+                i += 1
+            if i >= end:
+                return b"an unclosed quote in a chunk extension"
+            i += 1
+        else:
+            start = i
+            while i < end and ext[i] in TOKEN_BYTES:
+                i += 1
+            if i == start:
+                return b"a chunk extension value that is neither token nor quoted"
+    return None
+
+
 def parse_authority(value: bytes) -> Optional[Tuple[bytes, Optional[int]]]:
     """
     The host and port of C{uri-host [":" port]} (RFC 9110 section 7.2, RFC

@@ -245,7 +245,7 @@ class ChunkLineTests(ProxyTestCase):
         answer, _ = yield threads.deferToThread(
             exchange,
             self.port,
-            self.chunked(b"5;name=v\xe9\r\nhello\r\n0\r\nX-Trailer: caf\xe9\tok\r\n\r\n"),
+            self.chunked(b'5;name="v\xe9";x=1\r\nhello\r\n0\r\nX-Trailer: caf\xe9\tok\r\n\r\n'),
         )
         self.assertEqual(status(answer), 200, answer)
         [seen] = self.origin.seen
