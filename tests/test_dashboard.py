@@ -294,7 +294,6 @@ class DashboardBrowserTests(ProxyTestCase):
 
     def _screenshot(self, driver: Any) -> str:
         from selenium.webdriver.common.by import By
-
         from selenium.webdriver.support.ui import WebDriverWait
 
         driver.find_element(By.CSS_SELECTOR, 'button[data-range="60"]').click()
