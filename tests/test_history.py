@@ -6,15 +6,17 @@ admin listener serves.  Time is a L{task.Clock}.
 
 from __future__ import annotations
 
+import json
 import sys
 
-from twisted.internet import task
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
 from lbproxy.config import parse
 from lbproxy.history import MAX_EVENTS, SPAN, EventLog, Timeline, history
 from lbproxy.pool import Pool, ServerState
 from lbproxy.stats import WINDOW_BOUNDS, PoolStats, ServerStats
+from tests.support import HOST, ProxyTestCase, Response, fetch, proxy_config
 
 
 def bucket(seconds: float) -> int:
@@ -258,3 +260,58 @@ class StatsHistoryTests(unittest.TestCase):
         self.assertEqual(server.timeline.series(7, 7)["3xx"], [1])
         self.assertEqual(pool.timeline.series(7, 7)["3xx"], [1])
         self.assertEqual(server.recent.count(8.0), 1)
+
+
+class HistoryEndpointTests(ProxyTestCase):
+    """C{GET /history} on a live proxy's admin listener, over real sockets."""
+
+    def admin_get(self, target: str, method: str = "GET") -> defer.Deferred[Response]:
+        return threads.deferToThread(fetch, self.admin, method, target, host=f"{HOST}:{self.admin}")
+
+    @defer.inlineCallbacks
+    def test_history_adds_up_to_status_and_shows_a_drain(self):  # type: ignore[no-untyped-def]
+        a, b = self.backend("a"), self.backend("b")
+        text = proxy_config([f"{a.url} name=a", f"{b.url} name=b"])
+        text += f"[admin]\nlisten = tcp:0:interface={HOST}\n"
+        proxy = self.start_proxy(text)
+        assert proxy.admin_port is not None
+        self.admin = proxy.admin_port.getHost().port
+        for _ in range(10):
+            yield self.fetch("GET", "/")
+        drained = yield self.admin_get("/pools/test/servers/b/drain", "POST")
+        self.assertEqual(drained.status, 200)
+        status = json.loads((yield self.admin_get("/status")).body)
+        served = {s["name"]: s["requests"] for s in status["pools"][0]["servers"]}
+        self.assertEqual(served, {"a": 5, "b": 5})
+        # The last second of traffic is in the history once it is over.
+        yield task.deferLater(reactor, 1.0 - reactor.seconds() % 1 + 0.01, lambda: None)
+        response = yield self.admin_get("/history")
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.header("Content-Type"), ["application/json"])
+        answer = json.loads(response.body)
+        (pool,) = answer["pools"]
+        self.assertEqual(sum(pool["series"]["2xx"]), 10)
+        self.assertEqual(
+            {s["name"]: sum(s["series"]["2xx"]) for s in pool["servers"]}, {"a": 5, "b": 5}
+        )
+        self.assertTrue(any(v is not None for v in pool["series"]["p50_ms"]))
+        self.assertEqual([(e["server"], e["event"]) for e in pool["events"]], [("b", "drained")])
+        # Nothing new since the last second: empty series, no events.
+        again = json.loads((yield self.admin_get(f"/history?since={answer['last']}")).body)
+        self.assertLessEqual(len(again["pools"][0]["series"]["2xx"]), 1)
+        self.assertEqual(sum(again["pools"][0]["series"]["2xx"]), 0)
+        self.assertEqual(again["pools"][0]["events"], [])
+
+    @defer.inlineCallbacks
+    def test_a_bad_since_is_400_and_writes_are_405(self):  # type: ignore[no-untyped-def]
+        a = self.backend("a")
+        text = proxy_config([f"{a.url} name=a"]) + f"[admin]\nlisten = tcp:0:interface={HOST}\n"
+        proxy = self.start_proxy(text)
+        assert proxy.admin_port is not None
+        self.admin = proxy.admin_port.getHost().port
+        for bad in ("abc", "-5", "1.5", "9" * 20):
+            response = yield self.admin_get(f"/history?since={bad}")
+            self.assertEqual(response.status, 400, bad)
+            self.assertIn(b"since must be", response.body)
+        response = yield self.admin_get("/history", "POST")
+        self.assertEqual(response.status, 405)
