@@ -4,6 +4,8 @@ may change while it runs.
 
  - C{GET /}: the dashboard, one self-contained HTML page.
  - C{GET /status}: JSON of every pool and server.
+ - C{GET /history[?since=SECOND]}: JSON of the last 15 minutes, second by
+   second, and the servers' state changes (L{lbproxy.history}).
  - C{GET /metrics}: Prometheus text format (L{lbproxy.metrics}).
  - C{POST /pools/POOL/servers/SERVER/drain|enable|maint} and
    C{PUT /pools/POOL/servers/SERVER/weight} (body: a whole number).
@@ -33,6 +35,7 @@ from twisted.web.resource import Resource
 from lbproxy import __version__
 from lbproxy.channel import error_response
 from lbproxy.config import MAX_WEIGHT
+from lbproxy.history import history
 from lbproxy.pool import WEIGHT_SCALE, Pool, ServerState
 from lbproxy.values import describe_address
 
@@ -120,6 +123,8 @@ class AdminResource(Resource):
             return self._get_only(request, self._dashboard)
         if segments == ["status"]:
             return self._get_only(request, lambda r: _json(r, 200, status(self.proxy)))
+        if segments == ["history"]:
+            return self._get_only(request, self._history)
         if segments == ["metrics"]:
             return self._get_only(request, self._metrics)
         if len(segments) == 5 and segments[0] == "pools" and segments[2] == "servers":
@@ -255,6 +260,19 @@ class AdminResource(Resource):
             b"connect-src 'self'; frame-ancestors 'none'",
         )
         return dashboard_page()
+
+    def _history(self, request: server.Request) -> bytes:
+        since: Optional[int] = None
+        given = request.args.get(b"since") if request.args else None
+        if given:
+            text = given[0].decode("ascii", "replace")
+            if not text.isdigit() or len(text) > 12:
+                return _error(request, 400, "since must be a second (a whole number)")
+            since = int(text)
+        proxy = self.proxy
+        answer = history(proxy.pools.values(), proxy._reactor.seconds(), proxy.started_at, since)
+        request.setHeader(b"Content-Type", b"application/json")
+        return json.dumps(answer, separators=(",", ":")).encode("utf-8") + b"\n"
 
     def _metrics(self, request: server.Request) -> bytes:
         from lbproxy import metrics

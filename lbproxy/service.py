@@ -5,7 +5,7 @@ to the same running service, and a graceful stop.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -205,7 +205,8 @@ class ProxyService(service.MultiService):
                 servers.append(state)
             running = self.pools.get(name)
             if running is None:
-                self.pools[name] = Pool(pool_config, servers, reactor)
+                pool = self.pools[name] = Pool(pool_config, servers, reactor)
+                pool.on_change = _event_recorder(pool, reactor)
             else:
                 running.reconfigure(pool_config, servers)
         for name in list(self.pools):
@@ -289,11 +290,15 @@ class ProxyService(service.MultiService):
         """
         server = request.server
         method = method_label(request.method)
+        klass = status_class(status)
         now = self._reactor.seconds()
+        pool = request.pool
         if server is not None:
-            server.stats.record(method, status_class(status), duration, now)
-        elif request.pool is not None:
-            request.pool.stats.record_unrouted(method, status_class(status))
+            server.stats.record(method, klass, duration, now)
+        elif pool is not None:
+            pool.stats.record_unrouted(method, klass)
+        if pool is not None:
+            pool.stats.record(klass, duration, now)
         access_log = self.access_log
         if access_log is not None:
             access_log.write(_entry(request, status, duration, now))
@@ -343,6 +348,16 @@ class ProxyService(service.MultiService):
         drained.addCallback(finish)
         stopping.append(drained)
         return DeferredList(stopping)
+
+
+def _event_recorder(pool: Pool, reactor: Any) -> Callable[[ServerState, str, str], None]:
+    """Write the state changes of C{pool}'s servers in its event log, with the time."""
+    events = pool.stats.events
+
+    def record(server: ServerState, what: str, detail: str) -> None:
+        events.add(reactor.seconds(), server.name, what, detail)
+
+    return record
 
 
 def _entry(request: ProxyRequest, status: int, duration: float, now: float) -> accesslog.Entry:
