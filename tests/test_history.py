@@ -284,7 +284,7 @@ class HistoryEndpointTests(ProxyTestCase):
         drained = yield self.admin_get("/pools/test/servers/b/drain", "POST")
         self.assertEqual(drained.status, 200)
         status = json.loads((yield self.admin_get("/status")).body)
-        served = {s["name"]: s["requests"] for s in status["pools"][0]["servers"]}
+        served = {s["name"]: s["requests_served"] for s in status["pools"][0]["servers"]}
         self.assertEqual(served, {"a": 5, "b": 5})
         # The last second of traffic is in the history once it is over.
         yield task.deferLater(reactor, 1.0 - reactor.seconds() % 1 + 0.01, lambda: None)
