@@ -289,8 +289,10 @@ def _announces_unsent_body(parser: HTTPClientParser) -> bool:
     framing = parser.connHeaders
     if framing.hasHeader(b"transfer-encoding"):
         return True
-    lengths = framing.getRawHeaders(b"content-length") or parser.headers.getRawHeaders(
-        b"content-length", []
+    lengths = (
+        framing.getRawHeaders(b"content-length")
+        or parser.headers.getRawHeaders(b"content-length")
+        or []
     )
     return any(part.strip().lstrip(b"0") for value in lengths for part in value.split(b","))
 
