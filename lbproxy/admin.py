@@ -23,9 +23,10 @@ import hmac
 import ipaddress
 import json
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
+from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
@@ -33,6 +34,7 @@ from lbproxy import __version__
 from lbproxy.channel import error_response
 from lbproxy.config import MAX_WEIGHT
 from lbproxy.pool import WEIGHT_SCALE, Pool, ServerState
+from lbproxy.values import describe_address
 
 if TYPE_CHECKING:
     from lbproxy.service import ProxyService
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
 MAX_ADMIN_BODY = 1024
 
 ACTIONS = ("drain", "enable", "maint")
+
+log = Logger()
 
 
 def _ms(seconds: Optional[float]) -> Optional[float]:
@@ -59,9 +63,9 @@ def server_status(server: ServerState, now: float) -> Dict[str, Any]:
         "effective_weight": server.weight / WEIGHT_SCALE,
         "in_flight": server.active,
         "max_connections": server.config.max_connections,
-        "requests": stats.served,
-        "failures": stats.failures,
-        "connect_failures": stats.connect_failures,
+        "requests_served": stats.served,
+        "failed_attempts": stats.failures,
+        "failed_connects": stats.connect_failures,
         "last_health_check": server.last_check or None,
         "requests_last_minute": stats.recent.count(now),
         "latency_ms": {"p50": _ms(p50), "p99": _ms(p99)},
@@ -74,7 +78,7 @@ def pool_status(pool: Pool, active: bool, now: float) -> Dict[str, Any]:
         "algorithm": pool.config.algorithm,
         "takes_requests": active,
         "queue_length": pool.queue_length,
-        "retries": pool.stats.retries,
+        "retries_made": pool.stats.retries,
         "servers": [server_status(s, now) for s in pool.servers],
     }
 
@@ -131,6 +135,14 @@ class AdminResource(Resource):
                 return _error(request, 405, f"use {allowed.decode()}")
             refusal = self._refuse_write(request)
             if refusal is not None:
+                log.warn(
+                    "admin: {action} {pool}/{server} by {client} refused ({code})",
+                    action=action,
+                    pool=pool_name,
+                    server=server_name,
+                    client=describe_address(request.getClientAddress()),
+                    code=request.code,
+                )
                 return refusal
             pool = self.proxy.pools.get(pool_name)
             if pool is None:
@@ -188,6 +200,7 @@ class AdminResource(Resource):
         return None
 
     def _act(self, request: server.Request, pool: Pool, target: ServerState, action: str) -> bytes:
+        before = (target.state, target.base_weight)
         if action == "drain":
             pool.drain(target)
         elif action == "maint":
@@ -204,7 +217,34 @@ class AdminResource(Resource):
             if pool.config.algorithm == "round_robin":
                 return _error(request, 409, "pool uses round_robin, which ignores weights")
             pool.set_weight(target, int(text))
+        self._audit(request, pool, target, action, before)
         return _json(request, 200, server_status(target, self.proxy._reactor.seconds()))
+
+    def _audit(
+        self,
+        request: server.Request,
+        pool: Pool,
+        target: ServerState,
+        action: str,
+        before: Tuple[str, int],
+    ) -> None:
+        """Log a write action: what, by whom, and what it changed."""
+        admin = self.proxy.config.admin
+        if action == "weight":
+            change = f"weight {before[1]} -> {target.base_weight}"
+        else:
+            change = f"{before[0]} -> {target.state}"
+        log.info(
+            "admin: {action} {pool}/{server} by {client} {credential}: {change}",
+            action=action,
+            pool=pool.name,
+            server=target.name,
+            client=describe_address(request.getClientAddress()),
+            credential="with the token"
+            if admin is not None and admin.token is not None
+            else "(no token configured)",
+            change=change,
+        )
 
     def _dashboard(self, request: server.Request) -> bytes:
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")

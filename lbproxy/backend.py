@@ -52,6 +52,7 @@ from twisted.web.client import (
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
 
+from lbproxy import headers as rules
 from lbproxy.config import PoolConfig, ServerConfig
 
 log = Logger()
@@ -335,12 +336,42 @@ class BackendAgent(Agent):
         @returns: A Deferred that fires with the response, as from
             C{IAgent.request}.
         """
+        problem = unsendable(method, target, headers)
+        if problem is not None:
+            return fail(UnsendableRequest(problem))
         try:
             return self._requestWithEndpoint(
                 route.key, route.endpoint, method, route.uri, headers, body, target
             )
+        except ValueError as e:
+            return fail(UnsendableRequest(str(e)))
         except Exception:
             return fail()
+
+
+class UnsendableRequest(Exception):
+    """
+    The request holds what Twisted's HTTP client refuses to send: the
+    client's failure, found before any server was contacted.
+    """
+
+
+def unsendable(method: bytes, target: bytes, headers: Headers) -> Optional[str]:
+    """
+    Why Twisted's HTTP client would refuse to send a request, or L{None}: a
+    method that is not a token, a target that is not visible ASCII
+    (C{_ensureValidMethod}, C{_ensureValidURI}), more than one C{Host}
+    (C{BadHeaders}).  The front refuses these before; this keeps them, should
+    one get through, from costing a backend connection or counting against
+    a server.
+    """
+    if not rules.is_token(method):
+        return "invalid method"
+    if not rules.is_visible_ascii(target):
+        return "invalid request target"
+    if len(headers.getRawHeaders(b"host", ())) > 1:
+        return "more than one Host header"
+    return None
 
 
 def tls_policy(pool: PoolConfig) -> IPolicyForHTTPS:

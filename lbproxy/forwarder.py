@@ -27,13 +27,18 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import RequestNotSent, ResponseDone, _WrapperException
+from twisted.web._newclient import (
+    RequestGenerationFailed,
+    RequestNotSent,
+    ResponseDone,
+    _WrapperException,
+)
 from twisted.web.http import NO_BODY_CODES, PotentialDataLoss, datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from lbproxy import headers as rules
-from lbproxy.backend import BackendAgent
+from lbproxy.backend import BackendAgent, UnsendableRequest
 from lbproxy.body import StreamedBody
 from lbproxy.pool import Pool, ServerState
 
@@ -56,6 +61,24 @@ def was_not_sent(failure: Failure) -> bool:
         return True
     if isinstance(failure.value, _WrapperException):
         return any(reason.check(*_TLS_FAILURES) for reason in failure.value.reasons)
+    return False
+
+
+def is_client_error(failure: Failure) -> bool:
+    """
+    Whether a failed attempt failed because of the request itself: Twisted's
+    client would not send it (L{UnsendableRequest}), or could not generate
+    it (C{RequestGenerationFailed}: its headers, or the body that the client
+    was sending).  Such a failure is the client's: answered 400, never
+    retried, never counted against the server.  An attempt cancelled while
+    its body was being sent also ends as C{RequestGenerationFailed}: that
+    one is not the request's fault.
+    """
+    if failure.check(UnsendableRequest):
+        return True
+    if failure.check(RequestGenerationFailed):
+        reasons = cast(RequestGenerationFailed, failure.value).reasons
+        return not any(reason.check(CancelledError) for reason in reasons)
     return False
 
 
@@ -258,7 +281,7 @@ class _Exchange:
         else:
             self._request_sent()
         pending = self.forwarder.agent.send(
-            server.route, request.method, request.uri, self.outgoing, body
+            server.route, request.method, request.target, self.outgoing, body
         )
         self.pending = pending
         pending.addCallbacks(self._got_response, self._attempt_failed)
@@ -342,6 +365,11 @@ class _Exchange:
         if self.client_gone:
             return
         name = server.name if server is not None else "?"
+        if not self.idle_expired and not self.timed_out and is_client_error(failure):
+            log.info("request not forwarded: {cause}", cause=describe(failure))
+            self.request.server = None
+            self._respond_error(400, b"Bad Request", b"the request cannot be forwarded", close=True)
+            return
         if server is not None and not self.idle_expired:
             self.pool.record_failure(server)
         if self.idle_expired:

@@ -23,6 +23,7 @@ from lbproxy.pool import Pool, ServerState
 from lbproxy.resource import ProxyResource
 from lbproxy.site import ProxyRequest, ProxySite
 from lbproxy.stats import method_label, status_class
+from lbproxy.values import describe_address
 
 log = Logger()
 
@@ -32,13 +33,6 @@ class StartError(Exception):
     A configuration that parsed but cannot be applied (a port that cannot be
     listened on, a log file that cannot be opened); the text is one line.
     """
-
-
-def _describe(address: Any) -> str:
-    host = getattr(address, "host", None)
-    if host is not None:
-        return f"{host}:{address.port}"
-    return str(getattr(address, "name", address))
 
 
 def server_key(config: ServerConfig) -> Tuple[str, str, str, int]:
@@ -232,6 +226,8 @@ class ProxyService(service.MultiService):
         site.timeOut = config.keepalive_timeout
         site.max_connections = config.max_connections
         self.connections.maxPersistentPerHost = config.backend_keepalive
+        # Twisted's pool cannot keep zero idle connections: it keeps none at all.
+        self.connections.persistent = config.backend_keepalive > 0
         self.connections.cachedConnectionTimeout = config.backend_keepalive_timeout  # type: ignore[assignment]
         via = config.via.encode("ascii") if config.via is not None else None
         self.resource.forwarder = Forwarder(
@@ -248,7 +244,7 @@ class ProxyService(service.MultiService):
                 self.ports.pop(description).stopListening()
         for description, port in plan.ports.items():
             self.ports[description] = port
-            log.info("lbproxy listening on {address}", address=_describe(port.getHost()))
+            log.info("lbproxy listening on {address}", address=describe_address(port.getHost()))
         if plan.admin_port is not None or config.admin is None:
             if self.admin_port is not None:
                 self.admin_port.stopListening()
@@ -256,7 +252,7 @@ class ProxyService(service.MultiService):
             if self.admin_port is not None:
                 log.info(
                     "lbproxy admin listening on {address}",
-                    address=_describe(self.admin_port.getHost()),
+                    address=describe_address(self.admin_port.getHost()),
                 )
         if plan.access_log is not None or config.access_log is None:
             if self.access_log is not None:
