@@ -446,10 +446,25 @@ class _Exchange:
 
     def body_received(self, data: bytes) -> None:
         self.last_byte = self.clock.seconds()
-        if not self.client_gone:
+        if data and not self.client_gone:
+            # The first write sends the status line and headers: from then
+            # on the response cannot be replaced.
             self.request.write(data)
 
     def body_finished(self, reason: Failure) -> None:
+        """
+        The response body ended: completely, or cut short by the server
+        (broken framing, a close before the end, a stall past idle_timeout).
+
+        A response cut short is the server's failure (passive health).  What
+        the client sees depends on whether a byte of the response has been
+        written to its connection yet (the status line and headers go with the
+        first body byte, or with the end of an empty body).  If one has, the
+        response is truncated visibly (L{ProxyRequest.cut_short}), as nginx
+        does.  If none has, the response can still be replaced: the request
+        goes to the next server when it may be sent again (L{_may_retry}),
+        else the client gets a 502 (504 for a stall).
+        """
         self.relay = None
         self._stop_timer()
         server = self.server
@@ -457,24 +472,47 @@ class _Exchange:
         if self.client_gone:
             return
         request = self.request
-        request.exchange = None
         if request.producer is not None:
             request.unregisterProducer()
         if reason.check(ResponseDone, PotentialDataLoss):
+            request.exchange = None
             request.finish()
             return
         if server is not None:
             self.pool.record_failure(server)
-        if self.idle_expired:
+        name = server.name if server is not None else "?"
+        stalled, self.idle_expired = self.idle_expired, False
+        if stalled:
             cause = f"no body byte for {self.forwarder.idle_timeout:g}s"
         else:
             cause = describe(reason)
+        if request.startedWriting:
+            request.exchange = None
+            log.warn(
+                "server {server}: response body cut short, closing the client connection: {cause}",
+                server=name,
+                cause=cause,
+            )
+            request.cut_short()
+            return
+        if self._may_retry(reason):
+            log.warn(
+                "server {server}: response failed before its first byte: {cause}; trying again",
+                server=name,
+                cause=cause,
+            )
+            self.pool.stats.retries += 1
+            self._try_next()
+            return
         log.warn(
-            "server {server}: response body cut short, closing the client connection: {cause}",
-            server=server.name if server is not None else "?",
+            "server {server}: response failed before its first byte: {cause}",
+            server=name,
             cause=cause,
         )
-        request.cut_short()
+        if stalled:
+            self._respond_error(504, b"Gateway Timeout", b"the server did not answer in time")
+        else:
+            self._respond_error(502, b"Bad Gateway", b"the server failed to answer")
 
     # -- the client side ---------------------------------------------------
 
