@@ -689,6 +689,11 @@ def run_proxy(name: str, start, args, backends: Backends, workdir: str) -> Dict[
         # The sum of each process's high-water mark: the tree's peak so far
         # (exact for one process; nginx's master adds its own small peak).
         result["peak_rss_mib"] = memory_kib(proc.pid, "VmHWM") / 1024
+        access_log = os.path.join(workdir, f"access-{port}.log")
+        if os.path.exists(access_log):  # lbproxy's, evidence that it was on
+            time.sleep(1.5)  # written at least once a second
+            with open(access_log, "rb") as f:
+                result["access_log_lines"] = sum(1 for _ in f)
         log(
             f"   {result['cpu_us_per_request'] or 0:.1f} us/request, {result['rps']:.0f} req/s,"
             f" proxy CPU {result['proxy_cpu_pct']:.0f}%,"
