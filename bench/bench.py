@@ -48,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
@@ -133,10 +133,12 @@ def wait_listening(port: int, proc: subprocess.Popen, seconds: float = 30.0) -> 
         if port in listening_ports(process_tree(proc.pid)):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"{proc.args[3]} does not listen on {port} after {seconds} s")
+    raise RuntimeError(f"process {proc.pid} does not listen on {port} after {seconds} s")
 
 
-def start_listening(start, count: int = 1) -> Tuple[subprocess.Popen, List[int]]:  # type: ignore[no-untyped-def]
+def start_listening(
+    start: Callable[[List[int]], subprocess.Popen], count: int = 1
+) -> Tuple[subprocess.Popen, List[int]]:
     """
     Start a server with C{start(ports)} on C{count} free ports and wait until
     it listens on them; on a shared machine another program may take a port
@@ -148,7 +150,7 @@ def start_listening(start, count: int = 1) -> Tuple[subprocess.Popen, List[int]]
             port = free_port()
             if port not in ports:
                 ports.append(port)
-        proc: subprocess.Popen = start(ports)
+        proc = start(ports)
         try:
             for port in ports:
                 wait_listening(port, proc)
@@ -870,8 +872,9 @@ def main() -> int:
         finally:
             backends.stop()
 
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     record = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": date,
         "machine": {
             "cpus": os.cpu_count(),
             "cpu": _cpu_model(),
@@ -907,7 +910,7 @@ def main() -> int:
     }
     before = previous_result()
     os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, record["date"].replace(":", "") + ".json")  # type: ignore[union-attr]
+    path = os.path.join(RESULTS, date.replace(":", "") + ".json")
     with open(path, "w") as f:
         json.dump(record, f, indent=2)
     log("")

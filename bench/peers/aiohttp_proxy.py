@@ -11,6 +11,7 @@ its fastest, not a feature match for lbproxy.
 
 import itertools
 import sys
+from typing import AsyncIterator, Optional
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -38,6 +39,7 @@ def make_app(backends: "list[str]") -> web.Application:
     async def forward(request: web.Request) -> web.StreamResponse:
         url = URL(next(targets) + request.raw_path, encoded=True)
         body = request.content.iter_chunked(CHUNK) if request.body_exists else None
+        response: Optional[web.StreamResponse] = None
         try:
             async with request.app[SESSION].request(
                 request.method,
@@ -54,9 +56,11 @@ def make_app(backends: "list[str]") -> web.Application:
                 await response.write_eof()
                 return response
         except ClientError:
+            if response is not None and response.prepared:
+                raise  # cut short: aiohttp closes the client's connection
             return web.Response(status=502, text="bad gateway\n")
 
-    async def session(app: web.Application):  # type: ignore[no-untyped-def]
+    async def session(app: web.Application) -> AsyncIterator[None]:
         connector = TCPConnector(limit=0, keepalive_timeout=60)
         app[SESSION] = ClientSession(
             connector=connector,
