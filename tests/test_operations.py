@@ -231,6 +231,9 @@ class SignalTests(OperationsTestCase):
         path = self.write(text)
         proc = self.twistd(path)
         yield proc.wait_for(rb"listening on")
+        # "listening on" is logged before the reactor runs and the signal
+        # handlers go in; a served request means they are in.
+        yield threads.deferToThread(fetch, port)
         self.write(text.replace("name=a", "weight=heavy"))
         proc.transport.signalProcess("HUP")
         match = yield proc.wait_for(rb"reload refused[^\n]*\n")
