@@ -115,7 +115,10 @@ class ServerContexts:
         for protocol in self.protocols:
             if protocol in offered:
                 return protocol
-        raise NoCommonProtocol("no protocol in common (ALPN)")
+        # Raised here, kept by pyOpenSSL and raised again out of the
+        # handshake, where Twisted reads it as OpenSSL's own (a list of
+        # (library, function, reason)).
+        raise NoCommonProtocol([("SSL routines", "", "no application protocol in common")])
 
 
 @implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)

@@ -293,7 +293,7 @@ def load_certificate(
     key_path = str(values["key"] or cert_path)
     chain = _load_chain(cert_path, where)
     key = _load_key(key_path, where)
-    if _public_der(key) != _public_der(chain[0].public_key()):
+    if _public_der(key.public_key()) != _public_der(chain[0].public_key()):
         raise TLSProblem(
             f"the key in {key_path!r} does not match the certificate in {cert_path!r} "
             f"(the first certificate of the file must be the server's own)",
