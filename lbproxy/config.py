@@ -492,7 +492,7 @@ def _parse(text: str, path: str) -> ProxyConfig:
         if kind in ("pool", "tls") and sep:
             if not _NAME.match(name):
                 raise ConfigError(
-                    f"a {kind} section's name is made of letters, digits and -._", section=section
+                    f"a {kind} name is made of letters, digits and -._", section=section
                 )
             continue
         choices = ["proxy", "admin"]
