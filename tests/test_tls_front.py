@@ -469,6 +469,10 @@ class ConfigErrorTests(unittest.TestCase):
             (None, "b"),
         ):
             self.assertEqual(tls.choose(name).section, section, name)
+        # Without default = yes, the first section is the default.
+        first = config.parse(self.text(self.files.section("a") + self.files.section("b"))).tls
+        assert first is not None
+        self.assertEqual(first.choose(b"other.test").section, "a")
 
     def test_listen_form(self) -> None:
         self.assertEqual(parse_tls_listen("tls:443").port, 443)
