@@ -15,6 +15,7 @@ import re
 import shutil
 import socket
 import ssl
+import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from cryptography import x509
@@ -314,6 +315,26 @@ class TLSFrontTests(ProxyTestCase):
         client, status, _ = yield self.client("a.example.test")
         self.assertEqual((client.cert, status), (der(self.files.certs["a"]), 200))
         self.assertEqual(self.web.seen[-1].header(b"x-forwarded-proto"), [b"https"])
+
+    @defer.inlineCallbacks
+    def test_a_stalled_handshake_is_closed_after_keepalive_timeout(self):  # type: ignore[no-untyped-def]
+        text = self.config_text().replace("[proxy]\n", "[proxy]\nkeepalive_timeout = 500ms\n")
+        self.start_proxy(text)
+
+        def stall() -> Tuple[bytes, float]:
+            with socket.create_connection((HOST, self.port), timeout=CLIENT_TIMEOUT) as s:
+                started = time.monotonic()
+                s.sendall(b"\x16\x03\x01")  # the start of a ClientHello, and no more
+                try:
+                    data = s.recv(100)
+                except ConnectionResetError:  # aborted: closed all the same
+                    data = b""
+                return data, time.monotonic() - started
+
+        data, waited = yield threads.deferToThread(stall)
+        self.assertEqual(data, b"")
+        # Closed by the timeout, not at once.
+        self.assertGreater(waited, 0.4)
 
     def test_plain_and_tls_listeners_side_by_side(self) -> None:
         text = self.config_text(f"tcp:0:interface={HOST}\n    tls:0:interface={HOST}")
