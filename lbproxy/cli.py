@@ -105,6 +105,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         except ConfigError as e:
             print(e, file=sys.stderr)
             return 1
+        for warning in config.tls.warnings if config.tls is not None else ():
+            print(f"{args.file}: warning: {warning}", file=sys.stderr)
         print(config.summary())
         return 0
     if args.command == "init":

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import attr
 
+from lbproxy.tlsconfig import TLSConfig, TLSProblem, build, is_tls_listen, parse_names, parse_path
 from lbproxy.values import (
     is_local_endpoint,
     parse_access_log,
@@ -213,6 +214,7 @@ class ProxyConfig:
     access_log_format: str = "combined"
     shutdown_timeout: float = 30.0
     admin: Optional[AdminConfig] = None
+    tls: Optional[TLSConfig] = None
 
     def active_pool(self) -> PoolConfig:
         return self.pools[self.pool]
@@ -380,6 +382,13 @@ _ADMIN_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
     "token": (parse_token, None),
 }
 
+_TLS_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
+    "cert": (parse_path, _REQUIRED),
+    "key": (parse_path, None),
+    "names": (parse_names, None),
+    "default": (parse_bool, False),
+}
+
 _POOL_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
     "algorithm": (parse_algorithm, "weighted_round_robin"),
     "servers": (parse_servers, _REQUIRED),
@@ -480,17 +489,20 @@ def _parse(text: str, path: str) -> ProxyConfig:
         if section in ("proxy", "admin"):
             continue
         kind, sep, name = section.partition(":")
-        if kind == "pool" and sep:
+        if kind in ("pool", "tls") and sep:
             if not _NAME.match(name):
-                raise ConfigError("a pool name is made of letters, digits and -._", section=section)
+                raise ConfigError(
+                    f"a {kind} name is made of letters, digits and -._", section=section
+                )
             continue
         choices = ["proxy", "admin"]
-        if sep and difflib.get_close_matches(kind, ["pool"], cutoff=0.6):
-            choices.append(f"pool:{name}")
+        for known in difflib.get_close_matches(kind, ["pool", "tls"], cutoff=0.6) if sep else []:
+            choices.append(f"{known}:{name}")
         close = difflib.get_close_matches(section, choices, n=1, cutoff=0.6)
         hint = f"did you mean [{close[0]}]? " if close else ""
         raise ConfigError(
-            f"unknown section ({hint}known: [proxy], [admin], [pool:NAME])", section=section
+            f"unknown section ({hint}known: [proxy], [admin], [pool:NAME], [tls:NAME])",
+            section=section,
         )
     if not parser.has_section("proxy"):
         raise ConfigError("the [proxy] section is missing")
@@ -549,9 +561,39 @@ def _parse(text: str, path: str) -> ProxyConfig:
                 section="admin",
                 key="token",
             )
+        if is_tls_listen(admin.listen):
+            raise ConfigError(
+                "the admin listener cannot be tls: (use an ssl: endpoint)",
+                section="admin",
+                key="listen",
+            )
         proxy["admin"] = admin
+    proxy["tls"] = _parse_tls(parser, proxy["listen"])  # type: ignore[arg-type]
     limits = FrontLimits(**{key: proxy.pop(key) for key in _LIMIT_KEYS})  # type: ignore[arg-type]
     return ProxyConfig(path=path, pools=pools, limits=limits, **proxy)  # type: ignore[arg-type]
+
+
+def _parse_tls(parser: configparser.ConfigParser, listen: Tuple[str, ...]) -> Optional[TLSConfig]:
+    """The [tls:NAME] sections, read with their files; none without a tls: listener."""
+    sections = [s for s in parser.sections() if s.startswith("tls:")]
+    tls_listen = [d for d in listen if is_tls_listen(d)]
+    if not sections:
+        if tls_listen:
+            raise ConfigError(
+                f"{tls_listen[0]} needs a [tls:NAME] section with its certificate",
+                section="proxy",
+                key="listen",
+            )
+        return None
+    if not tls_listen:
+        raise ConfigError(
+            "no tls: listener in [proxy] listen serves this certificate", section=sections[0]
+        )
+    values = [(s[len("tls:") :], _section_values(parser, s, _TLS_KEYS)) for s in sections]
+    try:
+        return build(values)
+    except TLSProblem as e:
+        raise ConfigError(str(e), section=e.section, key=e.key) from None
 
 
 def load(path: str) -> ProxyConfig:

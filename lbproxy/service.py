@@ -23,6 +23,8 @@ from lbproxy.pool import Pool, ServerState
 from lbproxy.resource import ProxyResource
 from lbproxy.site import ProxyRequest, ProxySite
 from lbproxy.stats import method_label, status_class
+from lbproxy.tls import ServerContexts, SNIConnectionCreator, server_endpoint
+from lbproxy.tlsconfig import is_tls_listen
 from lbproxy.values import describe_address
 
 log = Logger()
@@ -54,6 +56,7 @@ class _Plan:
         self.ports: Dict[str, IListeningPort] = {}
         self.admin_port: Optional[IListeningPort] = None
         self.access_log: Optional[accesslog.AccessLog] = None
+        self.tls: Optional[ServerContexts] = None
 
     def undo(self) -> None:
         """Give back what was opened for a plan that will not be applied."""
@@ -96,11 +99,14 @@ class ProxyService(service.MultiService):
         self.admin_port: Optional[IListeningPort] = None
         self.access_log: Optional[accesslog.AccessLog] = None
         self.reloads = {"ok": 0, "refused": 0}
+        # The tls: listeners' certificates, swapped whole on reload.
+        self.tls = SNIConnectionCreator()
         self._admin_site: Optional[Any] = None
         # The first configuration: pools and wiring now; listeners and the
         # log file in privilegedStartService.
         plan = _Plan(config)
         self._prepare_pools(plan)
+        self._prepare_tls(plan)
         self._apply_inside(plan)
         self._planned_first: Optional[_Plan] = plan
 
@@ -129,10 +135,23 @@ class ProxyService(service.MultiService):
             if pool_config.health_check is not None:
                 plan.probes[pool_config.name] = http_probe(reactor, pool_config, policy)
 
+    def _prepare_tls(self, plan: _Plan) -> None:
+        """OpenSSL contexts for the certificates of the tls: listeners."""
+        tls = plan.config.tls
+        if tls is None:
+            return
+        try:
+            plan.tls = ServerContexts(tls)
+        except ValueError as e:
+            raise StartError(f"{plan.config.path}: {e}") from None
+
     def _listen(self, description: str, factory: Any, what: str) -> IListeningPort:
         outcome: List[Any] = []
         try:
-            endpoint = serverFromString(self._reactor, description)
+            if is_tls_listen(description):
+                endpoint = server_endpoint(self._reactor, description, self.tls)
+            else:
+                endpoint = serverFromString(self._reactor, description)
             endpoint.listen(factory).addBoth(outcome.append)
         except (KeyError, IndexError) as e:
             # Twisted's systemd endpoint looks the socket up as it parses.
@@ -221,6 +240,10 @@ class ProxyService(service.MultiService):
             checker = HealthChecker(self.pools[name], probe, reactor)
             checker.setServiceParent(self)
             self.checkers[name] = checker
+        # New handshakes get the new certificates; open connections keep theirs.
+        self.tls.use(plan.tls)
+        for warning in config.tls.warnings if config.tls is not None else ():
+            log.warn("{path}: {warning}", path=config.path, warning=warning)
         # The front: new connections get the new limits.
         site = self.site
         site.limits = config.limits
@@ -277,6 +300,7 @@ class ProxyService(service.MultiService):
         """
         plan = _Plan(config)
         self._prepare_pools(plan)
+        self._prepare_tls(plan)
         self._prepare_outside(plan)
         self._apply(plan)
         self.reloads["ok"] += 1

@@ -13,6 +13,7 @@ from typing import Callable, Optional, Tuple
 from twisted.internet.endpoints import serverFromString
 
 from lbproxy.balancing import ALGORITHMS
+from lbproxy.tlsconfig import is_tls_listen, parse_tls_listen
 
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -136,6 +137,10 @@ def parse_endpoint(description: str) -> str:
     does not exist when the configuration is checked elsewhere (C{lbproxy
     check}), so only its form is checked here.
     """
+    if is_tls_listen(description):
+        # TLS for many names (lbproxy.tls); its certificates are [tls:NAME].
+        parse_tls_listen(description)
+        return description
     if description.startswith("systemd:"):
         options = dict(part.partition("=")[::2] for part in description.split(":")[1:])
         unknown = set(options) - {"domain", "index", "name"}

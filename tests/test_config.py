@@ -165,11 +165,11 @@ class ErrorTests(unittest.TestCase):
             ),
             (
                 "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\n[upstream]\n",
-                "t.ini: [upstream] unknown section (known: [proxy], [admin], [pool:NAME])",
+                "t.ini: [upstream] unknown section (known: [proxy], [admin], [pool:NAME], [tls:NAME])",
             ),
             (
                 "[DEFAULT]\nx = 1\n[proxy]\n",
-                "t.ini: [DEFAULT] unknown section (known: [proxy], [admin], [pool:NAME])",
+                "t.ini: [DEFAULT] unknown section (known: [proxy], [admin], [pool:NAME], [tls:NAME])",
             ),
             (
                 "[proxy]\nlisten = tcp:1\n[pool:a b]\nservers = http://h\n",
