@@ -19,6 +19,7 @@ from lbproxy.routing.routes import (
     rewrite_target,
 )
 from lbproxy.routing.rules import (
+    Change,
     HeaderRule,
     apply,
     changes,
@@ -29,6 +30,7 @@ from lbproxy.routing.template import Facts, Template, compile_template
 
 __all__ = [
     "ROUTE_KEYS",
+    "Change",
     "DirectAnswer",
     "Facts",
     "HeaderRule",

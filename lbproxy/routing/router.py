@@ -121,10 +121,11 @@ class _PathIndex:
         self.any_path: Tuple[_Entry, ...] = tuple(e for e in entries if e[1] is None)
         self.by_segment: Dict[bytes, Tuple[_Entry, ...]] = {}
         for segment in segments:
-            chosen = []
-            for route, prefixes, catch, methods, headers in entries:
+            chosen: List[_Entry] = []
+            for entry in entries:
+                route, prefixes, catch, methods, headers = entry
                 if prefixes is None:
-                    chosen.append((route, prefixes, catch, methods, headers))
+                    chosen.append(entry)
                     continue
                 mine = tuple(p for p in prefixes if _first_segment(p) == segment)
                 if mine:

@@ -207,9 +207,7 @@ def parse_redirect(text: str) -> Redirect:
         )
     url = words[1]
     if not url.startswith(("http://", "https://", "{scheme}://", "/")) or url.startswith("//"):
-        raise ValueError(
-            f"{url!r}: the URL starts with http://, https://, {{scheme}}:// or a '/'"
-        )
+        raise ValueError(f"{url!r}: the URL starts with http://, https://, {{scheme}}:// or a '/'")
     return Redirect(int(words[0]), compile_template(url, URL_VARIABLES))
 
 

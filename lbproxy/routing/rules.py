@@ -143,7 +143,9 @@ def apply(pairs: Pairs, rules: Sequence[HeaderRule], facts: Optional[Facts]) -> 
                 result.append((name, [value]))
             else:
                 result[at] = (result[at][0], [value])
-                result = [(n, v) for i, (n, v) in enumerate(result) if i == at or n.lower() != lower]
+                result = [
+                    (n, v) for i, (n, v) in enumerate(result) if i == at or n.lower() != lower
+                ]
         else:
             assert value is not None
             if at is None:
