@@ -159,7 +159,8 @@ class ReloadTests(ProxyTestCase):
         )
         text = text.replace("[pool:test]", "pool = test\n[pool:test]")
         self.reload(
-            text + f"[pool:other]\nservers = {b.url}\n[route:o]\nhost = other.invalid\npool = other\n"
+            text
+            + f"[pool:other]\nservers = {b.url}\n[route:o]\nhost = other.invalid\npool = other\n"
         )
         self.assertEqual(set(self.proxy.pools), {"test", "other"})
         self.assertEqual(self.proxy.pools["test"].config.algorithm, "weighted_round_robin")

@@ -92,15 +92,19 @@ def _route(
     )
 
 
-# An entry of a candidate list: the route, its prefixes (None: any path), the
-# prefix reported when it matches any path, its methods and header matches.
+# An entry of a candidate list: the route, its prefixes (None: any path), its
+# methods and header matches.
 _Entry = Tuple[
     Route,
     Optional[Tuple[bytes, ...]],
-    Optional[bytes],
     Optional[frozenset],
     Tuple[Tuple[bytes, Optional[bytes]], ...],
 ]
+
+
+def _any_path(entry: _Entry) -> bool:
+    prefixes = entry[1]
+    return prefixes is None or b"/" in prefixes
 
 
 def _first_segment(path: bytes) -> bytes:
@@ -115,21 +119,24 @@ class _PathIndex:
 
     def __init__(self, entries: List[_Entry]) -> None:
         segments: Dict[bytes, None] = {}
-        for _, prefixes, _, _, _ in entries:
-            for prefix in prefixes or ():
-                segments[_first_segment(prefix)] = None
-        self.any_path: Tuple[_Entry, ...] = tuple(e for e in entries if e[1] is None)
+        for entry in entries:
+            if not _any_path(entry):
+                for prefix in entry[1] or ():
+                    segments[_first_segment(prefix)] = None
+        self.any_path: Tuple[_Entry, ...] = tuple(e for e in entries if _any_path(e))
         self.by_segment: Dict[bytes, Tuple[_Entry, ...]] = {}
         for segment in segments:
             chosen: List[_Entry] = []
             for entry in entries:
-                route, prefixes, catch, methods, headers = entry
-                if prefixes is None:
+                route, prefixes, methods, headers = entry
+                if prefixes is None or _any_path(entry):
+                    # Its prefixes are kept whole: the first one written
+                    # that matches is the one reported.
                     chosen.append(entry)
                     continue
                 mine = tuple(p for p in prefixes if _first_segment(p) == segment)
                 if mine:
-                    chosen.append((route, mine, catch, methods, headers))
+                    chosen.append((route, mine, methods, headers))
             self.by_segment[segment] = tuple(chosen)
 
 
@@ -154,12 +161,8 @@ class Router:
         entries: List[Tuple[RouteConfig, _Entry]] = []
         for config in routes:
             route = _route(config, config.pool, request_rules, response_rules)
-            paths = tuple(p.encode("ascii") for p in config.paths)
-            if not paths or b"/" in paths:
-                prefixes, catch = None, (b"/" if paths else None)
-            else:
-                prefixes, catch = paths, None
-            entries.append((config, (route, prefixes, catch, config.methods, config.headers)))
+            paths = tuple(p.encode("ascii") for p in config.paths) or None
+            entries.append((config, (route, paths, config.methods, config.headers)))
         self.default: Optional[Route] = (
             _route(None, default_pool, request_rules, response_rules)
             if default_pool is not None
@@ -228,7 +231,8 @@ class Router:
         end = path.find(b"/", 1)
         segment = path[1:end] if end > 0 else path[1:]
         candidates = paths.by_segment.get(segment, paths.any_path)
-        for route, prefixes, matched, methods, headers in candidates:
+        for route, prefixes, methods, headers in candidates:
+            matched = None
             if prefixes is not None:
                 for prefix in prefixes:
                     size = len(prefix)

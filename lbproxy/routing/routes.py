@@ -89,12 +89,7 @@ class RouteConfig:
 
     def matches_everything(self) -> bool:
         """Whether every request matches this route."""
-        return (
-            not self.hosts
-            and all(p == "/" for p in self.paths)
-            and self.methods is None
-            and not self.headers
-        )
+        return not self.hosts and not self.paths and self.methods is None and not self.headers
 
 
 # -- single values --------------------------------------------------------------
