@@ -586,3 +586,25 @@ class CompiledEqualsNaiveTests(unittest.TestCase):
                                 naive_match(config.routes, host, method, target, headers),
                                 (text, host, target, method, headers),
                             )
+
+
+class ReadmeExampleTests(unittest.TestCase):
+    def test_the_readme_example_is_a_valid_configuration(self) -> None:
+        import os
+        import re
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(root, "README.md")) as f:
+            readme = f.read()
+        start = readme.index("\n## Routes and header rules\n")
+        block = re.search(r"```ini\n(.*?)```", readme[start:], re.S)
+        assert block is not None
+        c = parse(block.group(1), "README.md")
+        self.assertEqual([r.name for r in c.routes], ["health", "admin", "api", "static"])
+        self.assertEqual(
+            routing.apply([], c.response_headers, None)[0],
+            (b"Strict-Transport-Security", [b"max-age=63072000; includeSubDomains"]),
+        )
+        found = c.router().match(b"example.com", b"GET", b"/api/users", no_headers)
+        assert found is not None
+        self.assertEqual((found[0].pool, found[0].rewrite_prefix), ("api", b"/"))
