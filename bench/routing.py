@@ -95,10 +95,17 @@ def main(argv: Sequence[str]) -> None:
             route = found[0]
             facts = Facts(b"GET", b"http", host, target, b"192.0.2.1", b"id")
 
-            def match(host: bytes = host, target: bytes = target) -> object:
+            def match(
+                router: Router = router, host: bytes = host, target: bytes = target
+            ) -> object:
                 return router.match(host, b"GET", target, no_headers)
 
-            def match_and_rules(host: bytes = host, target: bytes = target) -> object:
+            def match_and_rules(
+                router: Router = router,
+                host: bytes = host,
+                target: bytes = target,
+                facts: Facts = facts,
+            ) -> object:
                 route = router.match(host, b"GET", target, no_headers)[0]  # type: ignore[index]
                 return changes(route.request_rules, facts)
 
