@@ -95,7 +95,8 @@ def status(proxy: ProxyService) -> Dict[str, Any]:
         "client_connections": proxy.site.open_connections,
         "reloads": dict(proxy.reloads),
         "pools": [
-            pool_status(pool, name == proxy.config.pool, now) for name, pool in proxy.pools.items()
+            pool_status(pool, name in proxy.config.used_pools(), now)
+            for name, pool in proxy.pools.items()
         ],
     }
 

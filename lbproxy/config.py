@@ -19,11 +19,21 @@ import configparser
 import difflib
 import ipaddress
 import re
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 import attr
 
+from lbproxy.routing import (
+    ROUTE_KEYS,
+    HeaderRule,
+    RouteConfig,
+    RouteError,
+    Router,
+    build_route,
+    parse_request_rules,
+    parse_response_rules,
+)
 from lbproxy.tlsconfig import TLSConfig, TLSProblem, build, is_tls_listen, parse_names, parse_path
 from lbproxy.values import (
     is_local_endpoint,
@@ -192,7 +202,11 @@ class ProxyConfig:
     The whole configuration of one lbproxy process.
 
     @ivar listen: Twisted server endpoint descriptions, one per listener.
-    @ivar pool: The name of the pool that takes the requests.
+    @ivar pool: The name of the default pool: it takes the requests no
+        route matches.  L{None}: those get a 404.
+    @ivar routes: The C{[route:NAME]} sections, in file order.
+    @ivar request_headers: The global request header rules.
+    @ivar response_headers: The global response header rules.
     @ivar via: The pseudonym sent in C{Via} headers, or L{None} to send none.
     @ivar backend_keepalive: How many idle connections are kept open to each
         backend server.
@@ -202,8 +216,11 @@ class ProxyConfig:
 
     path: str
     listen: Tuple[str, ...]
-    pool: str
+    pool: Optional[str]
     pools: Mapping[str, PoolConfig]
+    routes: Tuple[RouteConfig, ...] = ()
+    request_headers: Tuple[HeaderRule, ...] = ()
+    response_headers: Tuple[HeaderRule, ...] = ()
     via: Optional[str] = "lbproxy"
     backend_keepalive: int = 100
     backend_keepalive_timeout: float = 1.0
@@ -217,7 +234,19 @@ class ProxyConfig:
     tls: Optional[TLSConfig] = None
 
     def active_pool(self) -> PoolConfig:
+        assert self.pool is not None
         return self.pools[self.pool]
+
+    def used_pools(self) -> FrozenSet[str]:
+        """The pools that take requests: the default one and the routes'."""
+        used = {route.pool for route in self.routes if route.pool is not None}
+        if self.pool is not None:
+            used.add(self.pool)
+        return frozenset(used)
+
+    def router(self) -> Router:
+        """The routes and header rules compiled for matching."""
+        return Router(self.routes, self.pool, self.request_headers, self.response_headers)
 
     def summary(self) -> str:
         """
@@ -228,10 +257,15 @@ class ProxyConfig:
         def count(n: int, word: str) -> str:
             return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
+        if not self.routes:
+            where = f"requests go to pool {self.pool!r}"
+        elif self.pool is None:
+            where = f"{count(len(self.routes), 'route')}, no default pool (404)"
+        else:
+            where = f"{count(len(self.routes), 'route')}, default pool {self.pool!r}"
         return (
             f"{self.path}: ok: {count(len(self.listen), 'listener')}, "
-            f"{count(len(self.pools), 'pool')}, {count(servers, 'server')}; "
-            f"requests go to pool {self.pool!r}"
+            f"{count(len(self.pools), 'pool')}, {count(servers, 'server')}; {where}"
         )
 
 
@@ -375,6 +409,8 @@ _PROXY_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
     "access_log": (parse_access_log, None),
     "access_log_format": (parse_log_format, "combined"),
     "shutdown_timeout": (parse_duration, 30.0),
+    "request_headers": (parse_request_rules, ()),
+    "response_headers": (parse_response_rules, ()),
 }
 
 _ADMIN_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
@@ -489,19 +525,21 @@ def _parse(text: str, path: str) -> ProxyConfig:
         if section in ("proxy", "admin"):
             continue
         kind, sep, name = section.partition(":")
-        if kind in ("pool", "tls") and sep:
+        if kind in ("pool", "tls", "route") and sep:
             if not _NAME.match(name):
                 raise ConfigError(
                     f"a {kind} name is made of letters, digits and -._", section=section
                 )
             continue
         choices = ["proxy", "admin"]
-        for known in difflib.get_close_matches(kind, ["pool", "tls"], cutoff=0.6) if sep else []:
-            choices.append(f"{known}:{name}")
+        if sep:
+            for close_kind in difflib.get_close_matches(kind, ["pool", "tls", "route"], cutoff=0.6):
+                choices.append(f"{close_kind}:{name}")
         close = difflib.get_close_matches(section, choices, n=1, cutoff=0.6)
         hint = f"did you mean [{close[0]}]? " if close else ""
         raise ConfigError(
-            f"unknown section ({hint}known: [proxy], [admin], [pool:NAME], [tls:NAME])",
+            f"unknown section ({hint}known: "
+            "[proxy], [admin], [pool:NAME], [tls:NAME], [route:NAME])",
             section=section,
         )
     if not parser.has_section("proxy"):
@@ -535,8 +573,9 @@ def _parse(text: str, path: str) -> ProxyConfig:
             pools[name] = pool
     if not pools:
         raise ConfigError("no [pool:NAME] section: there is nowhere to send requests")
+    routes = _routes(parser, pools)
     chosen = proxy["pool"]
-    if chosen is None:
+    if chosen is None and not routes:
         if len(pools) > 1:
             raise ConfigError(
                 f"is required when there is more than one pool "
@@ -545,13 +584,21 @@ def _parse(text: str, path: str) -> ProxyConfig:
                 key="pool",
             )
         chosen = next(iter(pools))
-    elif chosen not in pools:
+    elif chosen is not None and chosen not in pools:
         raise ConfigError(
             f"no [pool:{chosen}] section (defined: {', '.join(sorted(pools))})",
             section="proxy",
             key="pool",
         )
     proxy["pool"] = chosen
+    used = {route.pool for route in routes} | {chosen}
+    for name in pools:
+        if name not in used:
+            raise ConfigError(
+                "no route and not [proxy] pool sends requests to this pool: "
+                "route to it or remove it",
+                section=f"pool:{name}",
+            )
     if parser.has_section("admin"):
         admin = AdminConfig(**_section_values(parser, "admin", _ADMIN_KEYS))  # type: ignore[arg-type]
         if admin.token is None and not is_local_endpoint(admin.listen):
@@ -570,7 +617,36 @@ def _parse(text: str, path: str) -> ProxyConfig:
         proxy["admin"] = admin
     proxy["tls"] = _parse_tls(parser, proxy["listen"])  # type: ignore[arg-type]
     limits = FrontLimits(**{key: proxy.pop(key) for key in _LIMIT_KEYS})  # type: ignore[arg-type]
-    return ProxyConfig(path=path, pools=pools, limits=limits, **proxy)  # type: ignore[arg-type]
+    return ProxyConfig(path=path, pools=pools, limits=limits, routes=routes, **proxy)  # type: ignore[arg-type]
+
+
+def _routes(
+    parser: configparser.ConfigParser, pools: Mapping[str, PoolConfig]
+) -> Tuple[RouteConfig, ...]:
+    """The [route:NAME] sections, in file order, each checked alone and
+    against the pools and the routes before it."""
+    routes: List[RouteConfig] = []
+    for section in parser.sections():
+        if not section.startswith("route:"):
+            continue
+        values = _section_values(parser, section, ROUTE_KEYS)
+        try:
+            route = build_route(section[len("route:") :], values, frozenset(parser[section]))
+        except RouteError as e:
+            raise ConfigError(str(e), section=section, key=e.key) from None
+        if route.pool is not None and route.pool not in pools:
+            raise ConfigError(
+                f"no [pool:{route.pool}] section (defined: {', '.join(sorted(pools))})",
+                section=section,
+                key="pool",
+            )
+        if routes and routes[-1].matches_everything():
+            raise ConfigError(
+                f"can never match: [route:{routes[-1].name}] before it matches every request",
+                section=section,
+            )
+        routes.append(route)
+    return tuple(routes)
 
 
 def _parse_tls(parser: configparser.ConfigParser, listen: Tuple[str, ...]) -> Optional[TLSConfig]:

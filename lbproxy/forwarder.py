@@ -17,7 +17,7 @@ in-flight count of the chosen server is released exactly once.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Callable, Iterator, Optional, Set, cast
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Set, cast
 
 from OpenSSL.SSL import Error as SSLError
 from service_identity.exceptions import VerificationError as CertificateVerificationError
@@ -41,6 +41,7 @@ from lbproxy import headers as rules
 from lbproxy.backend import BackendAgent, UnsendableRequest
 from lbproxy.body import StreamedBody
 from lbproxy.pool import Pool, ServerState
+from lbproxy.routing import Change, Facts, Route, changes
 
 if TYPE_CHECKING:
     from lbproxy.site import ProxyRequest
@@ -94,6 +95,20 @@ def describe(failure: Failure) -> str:
     return f"{type(value).__name__}: {text}" if text else type(value).__name__
 
 
+def change_headers(headers: Headers, to_make: Iterable[Change]) -> None:
+    """
+    Make header rules' changes (L{lbproxy.routing.changes}) to Twisted's
+    C{headers} in place.
+    """
+    for action, name, value in to_make:
+        if action == "remove":
+            headers.removeHeader(name)
+        elif action == "set":
+            headers.setRawHeaders(name, [cast(bytes, value)])
+        else:
+            headers.addRawHeader(name, cast(bytes, value))
+
+
 #: Methods whose requests may be sent again after a failure once sent (RFC
 #: 9110 section 9.2.2): doing them twice has the effect of doing them once.
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -130,11 +145,18 @@ class Forwarder:
         self.upload_idle_timeout = min(client_body_timeout, config.idle_timeout)
         self.attempts = config.retries + 1
 
-    def forward(self, request: ProxyRequest) -> None:
+    def forward(
+        self, request: ProxyRequest, route: Optional[Route] = None, facts: Optional[Facts] = None
+    ) -> None:
         """
         Forward C{request} and respond to it; never raises.
+
+        @param route: The request's route: its header rules and C{Host}
+            rewrite are applied.
+        @param facts: What the route's rules read; needed when
+            C{route.needs_facts}.
         """
-        _Exchange(self, request).start()
+        _Exchange(self, request, route, facts).start()
 
 
 class _Exchange:
@@ -147,8 +169,16 @@ class _Exchange:
     tried, the candidates start over after a short, doubling backoff.
     """
 
-    def __init__(self, forwarder: Forwarder, request: ProxyRequest) -> None:
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        request: ProxyRequest,
+        route: Optional[Route] = None,
+        facts: Optional[Facts] = None,
+    ) -> None:
         self.forwarder = forwarder
+        self.route = route
+        self.facts = facts
         self.pool = forwarder.pool
         self.clock = forwarder.clock
         self.request = request
@@ -190,6 +220,16 @@ class _Exchange:
             request_id = os.urandom(16).hex().encode("ascii")
             outgoing.setRawHeaders(b"X-Request-ID", [request_id])
         request.request_id = request_id
+        route = self.route
+        if route is not None:
+            facts = self.facts
+            if facts is not None:
+                facts.client = client
+                facts.request_id = request_id
+            if route.request_rules:
+                change_headers(outgoing, changes(route.request_rules, facts))
+            if route.host_rewrite is not None:
+                outgoing.setRawHeaders(b"Host", [route.host_rewrite])
         request.pool = self.pool
         self.outgoing = outgoing
         request.exchange = self
@@ -423,6 +463,12 @@ class _Exchange:
         relayed = response.headers
         for name in rules.response_removals(relayed.getAllRawHeaders()):
             relayed.removeHeader(name)
+        route = self.route
+        if route is not None and route.response_rules:
+            facts = self.facts
+            if facts is not None:
+                facts.server = server.name.encode("ascii", "replace") if server else b"-"
+            change_headers(relayed, changes(route.response_rules, facts))
         closing = request.responseHeaders.getRawHeaders(b"connection")
         if closing is not None:
             relayed.setRawHeaders(b"Connection", closing)

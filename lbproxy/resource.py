@@ -4,13 +4,17 @@ The proxy as a twisted.web resource: every request of the site comes here.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import os
+from typing import Dict, Optional, Tuple
 
+import attr
+from twisted.web.http import datetimeToString
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from lbproxy import headers as rules
-from lbproxy.forwarder import Forwarder
+from lbproxy.forwarder import Forwarder, change_headers
+from lbproxy.routing import Facts, Route, Router, changes, host_name, rewrite_target
 from lbproxy.site import ProxyRequest
 
 Refusal = Tuple[int, bytes, bytes]
@@ -65,28 +69,101 @@ def normalize(request: ProxyRequest) -> None:
         request.requestHeaders.setRawHeaders(b"Host", [authority])
 
 
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Routes:
+    """
+    The routes of one configuration and the forwarder of each pool they
+    name: replaced as one object when a reloaded configuration is applied,
+    so that a request sees either the old routes or the new ones.
+    """
+
+    router: Router
+    forwarders: Dict[str, Forwarder]
+
+
 class ProxyResource(Resource):
     """
     The root (and only) resource of the proxy's site: it refuses what must
-    not reach a backend and hands everything else to the forwarder.
+    not reach a backend, picks the request's route, answers redirects and
+    direct answers itself and hands everything else to the route's pool's
+    forwarder.
     """
 
     isLeaf = True
 
-    def __init__(self, forwarder: Forwarder) -> None:
+    def __init__(self, forwarder: Optional[Forwarder], routes: Optional[Routes] = None) -> None:
         """
-        @param forwarder: Where requests go; the service replaces it when a
+        @param forwarder: Where requests go when there are no C{routes}.
+        @param routes: The routes; the service replaces them when a
             reloaded configuration is applied.
         """
         super().__init__()
         self.forwarder = forwarder
+        self.routes = routes
 
     def render(self, request: ProxyRequest) -> int:  # type: ignore[override]
         problem = refusal(request)
         if problem is not None:
             code, phrase, detail = problem
             request.respond_error(code, phrase, detail, close=True)
-        else:
-            normalize(request)
+            return NOT_DONE_YET
+        normalize(request)
+        routes = self.routes
+        if routes is None:
+            assert self.forwarder is not None
             self.forwarder.forward(request)
+            return NOT_DONE_YET
+        headers = request.requestHeaders
+        hosts = headers.getRawHeaders(b"host")
+        host = hosts[0] if hosts else None
+        found = routes.router.match(host, request.method, request.target, headers.getRawHeaders)
+        if found is None:
+            request.respond_error(404, b"Not Found", b"no route for this request")
+            return NOT_DONE_YET
+        route, prefix = found
+        facts: Optional[Facts] = None
+        if route.needs_facts:
+            scheme = b"https" if request.isSecure() else b"http"
+            facts = Facts(request.method, scheme, host_name(host), request.target)
+        if route.pool is not None:
+            if route.rewrite_prefix is not None and prefix is not None:
+                request.target = rewrite_target(request.target, prefix, route.rewrite_prefix)
+            routes.forwarders[route.pool].forward(request, route, facts)
+        else:
+            answer(request, route, facts)
         return NOT_DONE_YET
+
+
+def answer(request: ProxyRequest, route: Route, facts: Optional[Facts]) -> None:
+    """
+    Answer a request with its route's redirect or direct answer, with the
+    route's response header rules applied.
+    """
+    request_id = rules.kept_request_id(request.requestHeaders.getRawHeaders(b"x-request-id"))
+    if request_id is None:
+        request_id = os.urandom(16).hex().encode("ascii")
+    request.request_id = request_id
+    headers = request.responseHeaders
+    redirect = route.redirect
+    if redirect is not None:
+        request.setResponseCode(redirect.status)
+        headers.setRawHeaders(b"Location", [redirect.location.render(facts)])
+        body = b""
+    else:
+        assert route.answer is not None
+        request.setResponseCode(route.answer.status, route.answer.phrase)
+        body = route.answer.body
+        if body:
+            headers.setRawHeaders(b"Content-Type", [b"text/plain; charset=utf-8"])
+    if request.code not in (204, 304):
+        headers.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+    headers.setRawHeaders(b"Date", [datetimeToString()])
+    if route.response_rules:
+        if facts is not None:
+            address = request.getClientAddress()
+            facts.client = getattr(address, "host", "unix").encode("ascii", "replace")
+            facts.request_id = request_id
+        change_headers(headers, changes(route.response_rules, facts))
+    if body:
+        request.write(body)
+    request.finish()

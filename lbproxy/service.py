@@ -20,7 +20,7 @@ from lbproxy.config import ProxyConfig, ServerConfig
 from lbproxy.forwarder import Forwarder
 from lbproxy.health import HealthChecker, http_probe
 from lbproxy.pool import Pool, ServerState
-from lbproxy.resource import ProxyResource
+from lbproxy.resource import ProxyResource, Routes
 from lbproxy.site import ProxyRequest, ProxySite
 from lbproxy.stats import method_label, status_class
 from lbproxy.tls import ServerContexts, SNIConnectionCreator, server_endpoint
@@ -92,7 +92,7 @@ class ProxyService(service.MultiService):
         self.agent = BackendAgent(reactor, pool=self.connections)
         self.pools: Dict[str, Pool] = {}
         self.checkers: Dict[str, HealthChecker] = {}
-        self.resource = ProxyResource(None)  # type: ignore[arg-type]
+        self.resource = ProxyResource(None)
         self.site = ProxySite(self.resource, reactor=reactor)
         self.site.request_done = self._request_done
         self.ports: Dict[str, IListeningPort] = {}
@@ -254,9 +254,16 @@ class ProxyService(service.MultiService):
         self.connections.persistent = config.backend_keepalive > 0
         self.connections.cachedConnectionTimeout = config.backend_keepalive_timeout  # type: ignore[assignment]
         via = config.via.encode("ascii") if config.via is not None else None
-        self.resource.forwarder = Forwarder(
-            self.pools[config.pool], self.agent, via, reactor, config.limits.client_body_timeout
-        )
+        # One forwarder per pool that takes requests; the routes and their
+        # forwarders change as one object, so new requests see either the
+        # old routes or the new ones.
+        forwarders = {
+            name: Forwarder(
+                self.pools[name], self.agent, via, reactor, config.limits.client_body_timeout
+            )
+            for name in sorted(config.used_pools())
+        }
+        self.resource.routes = Routes(config.router(), forwarders)
 
     def _apply_outside(self, plan: _Plan) -> None:
         """Listeners, the admin listener and the access log."""

@@ -165,11 +165,11 @@ class ErrorTests(unittest.TestCase):
             ),
             (
                 "[proxy]\nlisten = tcp:1\n[pool:a]\nservers = http://h\n[upstream]\n",
-                "t.ini: [upstream] unknown section (known: [proxy], [admin], [pool:NAME], [tls:NAME])",
+                "t.ini: [upstream] unknown section (known: [proxy], [admin], [pool:NAME], [tls:NAME], [route:NAME])",
             ),
             (
                 "[DEFAULT]\nx = 1\n[proxy]\n",
-                "t.ini: [DEFAULT] unknown section (known: [proxy], [admin], [pool:NAME], [tls:NAME])",
+                "t.ini: [DEFAULT] unknown section (known: [proxy], [admin], [pool:NAME], [tls:NAME], [route:NAME])",
             ),
             (
                 "[proxy]\nlisten = tcp:1\n[pool:a b]\nservers = http://h\n",
@@ -179,7 +179,7 @@ class ErrorTests(unittest.TestCase):
                 "[proxy]\nlisten = tcp:1\nlistn = 2\n",
                 "t.ini: [proxy] listn: unknown key (did you mean listen? known: listen, pool, via, backend_keepalive, "
                 "backend_keepalive_timeout, max_header_size, max_headers, max_body_size, "
-                "client_header_timeout, client_body_timeout, keepalive_timeout, max_connections, access_log, access_log_format, shutdown_timeout)",
+                "client_header_timeout, client_body_timeout, keepalive_timeout, max_connections, access_log, access_log_format, shutdown_timeout, request_headers, response_headers)",
             ),
             ("[proxy]\n[pool:a]\nservers = http://h\n", "t.ini: [proxy] listen: is required"),
             (
@@ -421,6 +421,7 @@ class HealthTimeoutTests(unittest.TestCase):
 class DocumentationTests(unittest.TestCase):
     def test_every_key_is_in_the_example_file_and_the_readme(self) -> None:
         from lbproxy.config import _ADMIN_KEYS, _POOL_KEYS, _PROXY_KEYS
+        from lbproxy.routing import ROUTE_KEYS
 
         with open(os.path.join(REPO, "etc", "lbproxy.ini")) as f:
             example = f.read()
@@ -430,6 +431,7 @@ class DocumentationTests(unittest.TestCase):
             ("[proxy]", _PROXY_KEYS),
             ("[admin]", _ADMIN_KEYS),
             ("[pool:NAME]", _POOL_KEYS),
+            ("[route:NAME]", ROUTE_KEYS),
         ):
             for key in keys:
                 self.assertRegex(example, rf"(?m)^;?{key} =", key)

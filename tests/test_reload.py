@@ -158,7 +158,10 @@ class ReloadTests(ProxyTestCase):
             pool={"health_check": "GET /hc", "health_interval": "50ms", "health_timeout": "50ms"},
         )
         text = text.replace("[pool:test]", "pool = test\n[pool:test]")
-        self.reload(text + f"[pool:other]\nservers = {b.url}\n")
+        self.reload(
+            text
+            + f"[pool:other]\nservers = {b.url}\n[route:o]\nhost = other.invalid\npool = other\n"
+        )
         self.assertEqual(set(self.proxy.pools), {"test", "other"})
         self.assertEqual(self.proxy.pools["test"].config.algorithm, "weighted_round_robin")
         yield wait_until(lambda: any(s.uri == b"/hc" for s in a.seen))
