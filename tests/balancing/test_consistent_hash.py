@@ -11,7 +11,7 @@ from twisted.trial import unittest
 
 from lbproxy.balancing.consistent_hash import ConsistentHash, hash64
 
-from . import S, options, order, servers
+from . import options, order, servers
 
 
 def ring(*names: str, factor: float = 1.25) -> ConsistentHash:

@@ -6,6 +6,7 @@ plugins (a module dropped in a folder of the lbproxy.plugins package).
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import textwrap
 
@@ -126,3 +127,89 @@ class PluginTests(unittest.TestCase):
         with self.assertRaises(ConfigError) as caught:
             parse(CONFIG.format(algorithm="last_listed"), "t.ini")
         self.assertIn("[pool:p] algorithm: must be one of round_robin,", str(caught.exception))
+
+
+class ConfigTests(unittest.TestCase):
+    def pool(self, algorithm: str, extra: str = "") -> str:
+        return CONFIG.format(algorithm=algorithm) + extra
+
+    def error(self, text: str) -> str:
+        with self.assertRaises(ConfigError) as caught:
+            parse(text, "t.ini")
+        return str(caught.exception)
+
+    def test_defaults(self) -> None:
+        pool = parse(self.pool("round_robin"), "t.ini").pools["p"]
+        self.assertEqual(
+            (str(pool.hash_key), pool.hash_balance_factor, pool.ewma_decay, pool.sticky_cookie),
+            ("client_address", 1.25, 10.0, None),
+        )
+
+    def test_algorithm_keys(self) -> None:
+        pool = parse(
+            self.pool(
+                "consistent_hash",
+                "hash_key = cookie:sid\nhash_balance_factor = 2\nsticky_cookie = srv\n",
+            ),
+            "t.ini",
+        ).pools["p"]
+        self.assertEqual(
+            (str(pool.hash_key), pool.hash_balance_factor, pool.sticky_cookie),
+            ("cookie:sid", 2.0, "srv"),
+        )
+        pool = parse(self.pool("peak_ewma", "ewma_decay = 500ms\n"), "t.ini").pools["p"]
+        self.assertEqual(pool.ewma_decay, 0.5)
+
+    def test_errors(self) -> None:
+        table = [
+            (
+                self.pool("round_robin", "hash_key = path\n"),
+                "t.ini: [pool:p] hash_key: has no effect with algorithm = round_robin "
+                "(it is read by consistent_hash)",
+            ),
+            (
+                self.pool("least_connections", "ewma_decay = 5s\n"),
+                "t.ini: [pool:p] ewma_decay: has no effect with algorithm = least_connections "
+                "(it is read by peak_ewma)",
+            ),
+            (
+                self.pool("peak_ewma", "hash_balance_factor = 2\n"),
+                "t.ini: [pool:p] hash_balance_factor: has no effect with algorithm = peak_ewma "
+                "(it is read by consistent_hash)",
+            ),
+            (
+                self.pool("consistent_hash", "hash_balance_factor = 1\n"),
+                "t.ini: [pool:p] hash_balance_factor: must be a number above 1 and at most 100, "
+                "such as 1.25, got '1'",
+            ),
+            (
+                self.pool("consistent_hash", "hash_key = url\n"),
+                "t.ini: [pool:p] hash_key: must be client_address, header:NAME, cookie:NAME "
+                "or path, got 'url'",
+            ),
+            (
+                self.pool("round_robin", "sticky_cookie = a b\n"),
+                "t.ini: [pool:p] sticky_cookie: must be a name of letters, digits and "
+                "!#$%&'*+-.^_`|~, got 'a b'",
+            ),
+            (
+                self.pool("consistent_hash").replace("name=b", "name=b weight=2"),
+                "t.ini: [pool:p] servers: line 2: weight=2 has no effect with "
+                "algorithm = consistent_hash (use weighted_round_robin)",
+            ),
+        ]
+        for text, expected in table:
+            self.assertEqual(self.error(text), expected)
+
+
+class PurityTests(unittest.TestCase):
+    def test_balancing_imports_neither_the_reactor_nor_twisted_web(self) -> None:
+        code = (
+            "import sys, lbproxy.balancing, lbproxy.balancing.registry as r; r.names(); "
+            "bad = [m for m in sys.modules if m == 'twisted.internet.reactor' "
+            "or m.startswith('twisted.web')]; print(bad)"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        self.assertEqual(out.strip(), "[]")
