@@ -7,7 +7,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
-from typing import Iterator, List, Optional, Sequence, Set
+from typing import AbstractSet, Iterator, List, Optional, Sequence
 
 from lbproxy.balancing.interface import BalancerOptions, Server
 from lbproxy.balancing.walk import Algorithm, Balancer, failover
@@ -67,7 +67,7 @@ class ConsistentHash(Balancer):
     def candidates(self, key: Optional[bytes], now: float) -> Iterator[Server]:
         start: List[int] = []
 
-        def pick(tried: Set[int]) -> int:
+        def pick(tried: AbstractSet[int]) -> int:
             if not start:
                 # Drawn on the first read only: an unread walk moves nothing.
                 start.append(self.start(key) if self._points else 0)
@@ -75,7 +75,7 @@ class ConsistentHash(Balancer):
 
         return failover(self.servers, pick)
 
-    def walk(self, tried: Set[int], start: int) -> int:
+    def walk(self, tried: AbstractSet[int], start: int) -> int:
         """The first server clockwise from C{start} for the next attempt."""
         servers = self.servers
         capacity = self.capacity()

@@ -4,7 +4,7 @@ Least connections: the fewest requests in flight relative to weight.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Set
+from typing import AbstractSet, Optional, Sequence
 
 from lbproxy.balancing.interface import BalancerOptions, Server
 from lbproxy.balancing.walk import Algorithm, Balancer, lighter
@@ -22,7 +22,7 @@ class LeastConnections(Balancer):
         super().__init__(servers, options)
         self._next = 0
 
-    def pick(self, tried: Set[int], key: Optional[bytes], now: float) -> int:
+    def pick(self, tried: AbstractSet[int], key: Optional[bytes], now: float) -> int:
         servers = self.servers
         count = len(servers)
         start = self._next

@@ -5,7 +5,7 @@ Peak EWMA: latency-aware balancing, as Finagle and Linkerd define it.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Set
+from typing import AbstractSet, Dict, List, Optional, Sequence
 
 from lbproxy.balancing.interface import BalancerOptions, Server
 from lbproxy.balancing.walk import Algorithm, Balancer, two_choices
@@ -52,7 +52,7 @@ class PeakEwma(Balancer):
             return PENALTY if active else 0.0
         return cost * (active + 1)
 
-    def pick(self, tried: Set[int], key: Optional[bytes], now: float) -> int:
+    def pick(self, tried: AbstractSet[int], key: Optional[bytes], now: float) -> int:
         return two_choices(self.servers, tried, self.options.random, lambda i: self.load(i, now))
 
     def observe(self, server: Server, latency: float, now: float) -> None:

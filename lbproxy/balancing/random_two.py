@@ -4,7 +4,7 @@ The power of two choices on requests in flight.
 
 from __future__ import annotations
 
-from typing import Optional, Set
+from typing import AbstractSet, Optional
 
 from lbproxy.balancing.walk import Algorithm, Balancer, two_choices
 
@@ -19,7 +19,7 @@ class RandomTwo(Balancer):
     draws again among the servers not yet tried.
     """
 
-    def pick(self, tried: Set[int], key: Optional[bytes], now: float) -> int:
+    def pick(self, tried: AbstractSet[int], key: Optional[bytes], now: float) -> int:
         servers = self.servers
         return two_choices(servers, tried, self.options.random, lambda i: servers[i].active)
 

@@ -4,7 +4,7 @@ Round robin: a strict cycle over the usable servers, ignoring weights.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Set
+from typing import AbstractSet, Optional, Sequence
 
 from lbproxy.balancing.interface import BalancerOptions, Server
 from lbproxy.balancing.walk import Algorithm, Balancer
@@ -21,7 +21,7 @@ class RoundRobin(Balancer):
         super().__init__(servers, options)
         self._next = 0
 
-    def pick(self, tried: Set[int], key: Optional[bytes], now: float) -> int:
+    def pick(self, tried: AbstractSet[int], key: Optional[bytes], now: float) -> int:
         servers = self.servers
         count = len(servers)
         start = self._next

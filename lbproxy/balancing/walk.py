@@ -11,7 +11,18 @@ an algorithm's state moves only as far as the caller reads.
 from __future__ import annotations
 
 import random
-from typing import Callable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
+from typing import (
+    AbstractSet,
+    Any,
+    Callable,
+    FrozenSet,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+)
 
 import attr
 from twisted.plugin import IPlugin
@@ -26,25 +37,33 @@ from lbproxy.balancing.interface import (
 
 S = TypeVar("S", bound=Server)
 
-#: "The best untried server" given the indexes tried so far: an index, or -1.
-Pick = Callable[[Set[int]], int]
+#: "The best untried server": called with the indexes tried so far (then
+#: any further arguments given to L{failover}); returns an index, or -1.
+Pick = Callable[..., int]
+
+#: What the first pick of a request has tried.
+NOTHING: FrozenSet[int] = frozenset()
 
 
-def failover(servers: Sequence[S], pick: Pick) -> Iterator[S]:
+def failover(servers: Sequence[S], pick: Pick, *args: Any) -> Iterator[S]:
     """
-    The candidates of one request: C{pick}'s answers in turn, each leaving
-    out the servers already offered, until it has none.
+    The candidates of one request: C{pick(tried, *args)}'s answers in turn,
+    each leaving out the servers already offered, until it has none.
     """
-    tried: Set[int] = set()
+    index = pick(NOTHING, *args)
+    if index < 0:
+        return
+    yield servers[index]
+    tried = {index}
     while True:
-        index = pick(tried)
+        index = pick(tried, *args)
         if index < 0:
             return
         tried.add(index)
         yield servers[index]
 
 
-def untried(servers: Sequence[Server], tried: Set[int]) -> List[int]:
+def untried(servers: Sequence[Server], tried: AbstractSet[int]) -> List[int]:
     """The indexes of the usable servers not offered yet."""
     return [i for i, s in enumerate(servers) if s.usable and i not in tried]
 
@@ -59,7 +78,7 @@ def lighter(load_a: float, weight_a: int, load_b: float, weight_b: int) -> bool:
 
 def two_choices(
     servers: Sequence[Server],
-    tried: Set[int],
+    tried: AbstractSet[int],
     rng: random.Random,
     load: Callable[[int], float],
 ) -> int:
@@ -88,12 +107,12 @@ class Balancer:
         self.servers = list(servers)
         self.options = options
 
-    def pick(self, tried: Set[int], key: Optional[bytes], now: float) -> int:
+    def pick(self, tried: AbstractSet[int], key: Optional[bytes], now: float) -> int:
         """The index of the best server not in C{tried}, or -1."""
         raise NotImplementedError
 
     def candidates(self, key: Optional[bytes], now: float) -> Iterator[Server]:
-        return failover(self.servers, lambda tried: self.pick(tried, key, now))
+        return failover(self.servers, self.pick, key, now)
 
     def observe(self, server: Server, latency: float, now: float) -> None:
         pass

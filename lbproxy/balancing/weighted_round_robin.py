@@ -4,7 +4,7 @@ nginx's smooth weighted round robin.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Set
+from typing import AbstractSet, Optional, Sequence
 
 from lbproxy.balancing.interface import BalancerOptions, Server
 from lbproxy.balancing.walk import Algorithm, Balancer
@@ -27,7 +27,7 @@ class SmoothWeightedRoundRobin(Balancer):
         super().__init__(servers, options)
         self._current = [0] * len(self.servers)
 
-    def pick(self, tried: Set[int], key: Optional[bytes], now: float) -> int:
+    def pick(self, tried: AbstractSet[int], key: Optional[bytes], now: float) -> int:
         current = self._current
         best = -1
         total = 0
