@@ -1,26 +1,32 @@
 #!/usr/bin/env python3
 """
-lbproxy against nginx and HAProxy, on this machine, in one run.
+lbproxy against nginx, HAProxy and a plain aiohttp proxy, on this machine, in one run.
 
-    python3 bench/bench.py [--install] [--duration 15] [--warmup 10] [--only NAME ...]
+    python3 bench/bench.py [--install] [--duration 10] [--warmup 10] [--quick] [--only NAME ...]
 
 Three nginx backends (each answers a 10-byte body) sit behind each proxy in
-turn: nginx as a proxy, HAProxy, lbproxy on CPython and lbproxy on PyPy, all
-balancing round robin with keep-alive to the backends.  Each proxy runs alone
-on CPU 0 (taskset); wrk and the backends share CPU 1.  Every proxy gets the
-same warm-up run and then the same measured wrk run (50 connections).  Then
-a 300 MiB download and a 300 MiB upload go through each proxy, and 10,000
-idle keep-alive client connections are opened to it.
+turn: nginx as a proxy, HAProxy, a streaming aiohttp (+uvloop) proxy written
+for the bench (bench/peers/aiohttp_proxy.py, on CPython), and lbproxy on
+CPython and on PyPy with every feature on (see LBPROXY_CONFIG), all balancing
+round robin with keep-alive to the backends.  Each proxy runs alone on CPU 0
+(taskset); wrk, the backends and this script share CPU 1.  Every proxy gets
+the same warm-up run and then the same measured wrk run (50 connections).
+Then a 300 MiB download and a 300 MiB upload go through each proxy, and
+10,000 idle keep-alive client connections are opened to it.
 
-Reported per proxy: requests/s, p50 and p99 latency, errors, peak RSS, the
-ratio of requests/s to nginx in the same run (the figure to quote: the
-machine is shared and noisy), download and upload MiB/s with the RSS growth
-they caused, and the RSS cost of an idle client connection.  Results go to
+Reported per proxy, cost first: CPU time of the proxy's process tree during
+the measured run divided by the requests it served (µs per request), then
+requests/s, p50 and p99 latency, peak RSS, the proxy's CPU use and the load
+core's, errors, download and upload MiB/s with the RSS growth they caused,
+and the RSS cost of an idle client connection.  When the load core was
+saturated, requests/s is a floor set by the load side and only CPU per
+request compares (docs/performance.md).  Results go to
 bench/results/<time>.json, and the run is compared with the previous one.
 
 Everything runs on 127.0.0.1.  Only the standard library is used here;
 lbproxy runs from the virtual environments .venv (CPython) and .venv-pypy
-(PyPy), which are created when missing.
+(PyPy), which are created when missing, and the aiohttp peer from
+bench/.venv-peer, which --install creates.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import glob
 import json
 import os
 import platform
+import random
 import re
 import resource
 import shutil
@@ -41,16 +48,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
+PEER = os.path.join(ROOT, "bench", "peers", "aiohttp_proxy.py")
+PEER_VENV = os.path.join(ROOT, "bench", ".venv-peer")
+PEER_PACKAGES = ["aiohttp", "uvloop"]
 HOST = "127.0.0.1"
 PROXY_CPU = "0"
 LOAD_CPU = "1"
 BODY = "0123456789"
 BIG = 300 * 1024 * 1024
 IDLE_CONNECTIONS = 10_000
+CONNECTIONS = 50
+#: The load core is saturated when it was busy this much of the measured run
+#: (by anything: wrk, the backends, or other work on the machine).  Then the
+#: proxy was not the bottleneck and its requests/s is a floor.
+SATURATED_PCT = 90.0
+TICK = os.sysconf("SC_CLK_TCK")
 # HAProxy needs two descriptors per connection and will not start when that
 # exceeds the process's hard limit (20,000 on the machines we measure on).
 HAPROXY_MAXCONN = 9_900
@@ -69,23 +85,82 @@ def log(text: str) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """
+    A port nothing listens on, below the ephemeral range: other programs on a
+    shared machine take ports from that range (port 0) all the time, and
+    outgoing connections do too.
+    """
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+    for _ in range(1000):
+        port = random.randrange(10_000, max(low, 10_001))
+        with socket.socket() as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def listening_ports(pids: List[int]) -> List[int]:
+    """The TCP ports these processes listen on (IPv4), from /proc."""
+    inodes = set()
+    for p in pids:
+        try:
+            for fd in os.listdir(f"/proc/{p}/fd"):
+                target = os.readlink(f"/proc/{p}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    ports = []
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                ports.append(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def wait_listening(port: int, proc: subprocess.Popen, seconds: float = 30.0) -> None:
+    """Wait until this process (or a child of it), not another program, listens on C{port}."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        if port in listening_ports(process_tree(proc.pid)):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"process {proc.pid} does not listen on {port} after {seconds} s")
+
+
+def start_listening(
+    start: Callable[[List[int]], subprocess.Popen], count: int = 1
+) -> Tuple[subprocess.Popen, List[int]]:
+    """
+    Start a server with C{start(ports)} on C{count} free ports and wait until
+    it listens on them; on a shared machine another program may take a port
+    first, and then the server starts again on others (three tries).
+    """
+    for attempt in range(3):
+        ports: List[int] = []
+        while len(ports) < count:
+            port = free_port()
+            if port not in ports:
+                ports.append(port)
+        proc = start(ports)
         try:
-            with socket.create_connection((HOST, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port} after {seconds} s")
+            for port in ports:
+                wait_listening(port, proc)
+            return proc, ports
+        except RuntimeError as e:
+            stop(proc)
+            if attempt == 2:
+                raise
+            log(f"   {e}; again on other ports")
+    raise AssertionError("unreachable")
 
 
 def process_tree(pid: int) -> List[int]:
@@ -99,6 +174,42 @@ def process_tree(pid: int) -> List[int]:
         if int(fields[1]) == pid:
             pids.extend(process_tree(int(path.split("/")[2])))
     return pids
+
+
+def cpu_seconds(pids: List[int]) -> float:
+    """CPU time (user + system) of these processes and their reaped children."""
+    ticks = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone: its time is in its parent's reaped-children fields
+        # utime, stime, cutime, cstime (fields 14-17 of proc(5)).
+        ticks += sum(int(v) for v in fields[11:15])
+    return ticks / TICK
+
+
+def core_ticks() -> Dict[str, Tuple[int, int]]:
+    """Busy and total ticks of each CPU since boot, from /proc/stat."""
+    cores: Dict[str, Tuple[int, int]] = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *values = line.split()
+            if not name.startswith("cpu") or name == "cpu":
+                continue
+            # user nice system idle iowait irq softirq steal (guest is in user).
+            v = [int(x) for x in values[:8]]
+            cores[name[3:]] = (v[0] + v[1] + v[2] + v[5] + v[6] + v[7], sum(v))
+    return cores
+
+
+def busy_pct(
+    before: Dict[str, Tuple[int, int]], after: Dict[str, Tuple[int, int]], cpu: str
+) -> float:
+    busy = after[cpu][0] - before[cpu][0]
+    total = after[cpu][1] - before[cpu][1]
+    return 100.0 * busy / total if total else 0.0
 
 
 def memory_kib(pid: int, field: str) -> int:
@@ -145,6 +256,34 @@ def ensure_venv(interpreter: str, path: str) -> str:
     return twistd
 
 
+def peer_python(install: bool) -> Optional[str]:
+    """The Python of bench/.venv-peer when aiohttp imports there (created with --install)."""
+    python = os.path.join(PEER_VENV, "bin", "python")
+
+    def ready() -> bool:
+        if not os.path.exists(python):
+            return False
+        return subprocess.run([python, "-c", "import aiohttp"], capture_output=True).returncode == 0
+
+    if not ready() and install:
+        log(f"installing {' '.join(PEER_PACKAGES)} into {os.path.relpath(PEER_VENV, ROOT)}")
+        subprocess.run([sys.executable, "-m", "venv", PEER_VENV], check=True)
+        pip = [python, "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, "aiohttp"], check=True)
+        if subprocess.run([*pip, "uvloop"]).returncode != 0:
+            log("uvloop did not install: the peer runs on asyncio's own loop")
+    return python if ready() else None
+
+
+def module_version(python: str, module: str) -> str:
+    out = subprocess.run(
+        [python, "-c", f"import {module}; print({module}.__version__)"],
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip() if out.returncode == 0 else "not installed"
+
+
 def version_of(argv: List[str]) -> str:
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
@@ -162,7 +301,6 @@ class Backends:
     """Three nginx backends in one nginx process on CPU 1."""
 
     def __init__(self, workdir: str) -> None:
-        self.ports = [free_port() for _ in range(3)]
         os.chmod(workdir, 0o755)  # nginx's workers are not root
         self.big_file = os.path.join(workdir, "big.bin")
         self.warm_file = os.path.join(workdir, "warm.bin")
@@ -172,16 +310,21 @@ class Backends:
                 for _ in range(size >> 20):
                     f.write(block)
             os.chmod(path, 0o644)
+        self.workdir = workdir
+        self.proc, self.ports = start_listening(self._start, 3)
+
+    def _start(self, ports: List[int]) -> subprocess.Popen:
+        workdir = self.workdir
         servers = "\n".join(
             f"""
     server {{
-        listen {HOST}:{port} reuseport;
+        listen {HOST}:{port};
         location = / {{ return 200 "{BODY}"; }}
         location = /big {{ alias {self.big_file}; }}
         location = /warm {{ alias {self.warm_file}; }}
         location = /upload {{ client_max_body_size 0; return 200 "{BODY}"; }}
     }}"""
-            for port in self.ports
+            for port in ports
         )
         conf = os.path.join(workdir, "backends.conf")
         with open(conf, "w") as f:
@@ -198,9 +341,7 @@ http {{
 }}
 """
             )
-        self.proc = subprocess.Popen(["taskset", "-c", LOAD_CPU, "nginx", "-c", conf])
-        for port in self.ports:
-            wait_listening(port, self.proc)
+        return subprocess.Popen(["taskset", "-c", LOAD_CPU, "nginx", "-c", conf])
 
     def stop(self) -> None:
         stop(self.proc)
@@ -258,6 +399,8 @@ def start_haproxy(workdir: str, port: int, backends: List[int]) -> subprocess.Po
             f"""
 global
     nbthread 1
+    # Alone on its port, as the other proxies are (it shares it by default).
+    noreuseport
     maxconn {HAPROXY_MAXCONN}
 defaults
     mode http
@@ -286,17 +429,43 @@ backend pool
 LBPROXY_ENV = {"PYPY_GC_NURSERY": "96MB", "PYPY_GC_MIN": "192MB"}
 
 
+#: lbproxy's configuration in the bench: every feature on, as a deployment
+#: runs it.  The access log is written to a file (combined format, buffered),
+#: active health checks run on every server (GET / every 2 s), the admin
+#: listener (dashboard, /status, /metrics) is up, and every other key keeps
+#: its default, as the demo's configuration does: weighted round robin (equal
+#: weights, so a strict rotation), passive checks, retries, Via and
+#: X-Request-ID.  Only two keys leave their defaults, for the parts of the
+#: bench after the measured run: max_body_size = 0 for the 300 MiB upload and
+#: max_connections = 20000 for the 10,000 idle connections and the transfers
+#: after them.
+LBPROXY_CONFIG = """\
+[proxy]
+listen = tcp:{port}:interface=127.0.0.1:backlog=1024
+access_log = {access_log}
+max_connections = 20000
+max_body_size = 0
+
+[admin]
+listen = tcp:{admin_port}:interface=127.0.0.1
+
+[pool:bench]
+servers =
+{servers}
+health_check = GET /
+"""
+
+
 def start_lbproxy(twistd: str, workdir: str, port: int, backends: List[int]) -> subprocess.Popen:
     conf = os.path.join(workdir, f"lbproxy-{port}.ini")
-    servers = "\n".join(f"    http://{HOST}:{p}" for p in backends)
     with open(conf, "w") as f:
         f.write(
-            f"[proxy]\nlisten = tcp:{port}:interface={HOST}:backlog=1024\n"
-            "backend_keepalive_timeout = 60s\n"
-            # Room for the 10,000 idle connections and the transfers after
-            # them, and for the 300 MiB upload.
-            "max_connections = 20000\nmax_body_size = 0\n"
-            f"[pool:bench]\nalgorithm = round_robin\nservers =\n{servers}\n"
+            LBPROXY_CONFIG.format(
+                port=port,
+                admin_port=free_port(),
+                access_log=os.path.join(workdir, f"access-{port}.log"),
+                servers="\n".join(f"    http://{HOST}:{p}" for p in backends),
+            )
         )
     return subprocess.Popen(
         [
@@ -316,6 +485,21 @@ def start_lbproxy(twistd: str, workdir: str, port: int, backends: List[int]) -> 
     )
 
 
+def start_peer(python: str, workdir: str, port: int, backends: List[int]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            PROXY_CPU,
+            python,
+            PEER,
+            str(port),
+            *(f"http://{HOST}:{p}" for p in backends),
+        ],
+        cwd=workdir,
+    )
+
+
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -330,8 +514,9 @@ def stop(proc: subprocess.Popen) -> None:
 # Measurements
 
 
-def wrk(port: int, seconds: int, connections: int = 50) -> Dict[str, float]:
-    out = subprocess.run(
+def wrk(port: int, seconds: int, connections: int = CONNECTIONS) -> Dict[str, float]:
+    """One wrk run: requests, rate, latency, errors, and wrk's own CPU time."""
+    proc = subprocess.Popen(
         [
             "taskset",
             "-c",
@@ -345,12 +530,30 @@ def wrk(port: int, seconds: int, connections: int = 50) -> Dict[str, float]:
             "10s",
             f"http://{HOST}:{port}/",
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=seconds + 60,
-        check=True,
-    ).stdout
-    result: Dict[str, float] = {}
+    )
+    # Reap wrk ourselves: wait4 gives its CPU time, which /proc no longer has
+    # once it has exited.  Its output is a few lines, well within a pipe.
+    deadline = time.monotonic() + seconds + 60
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            proc.kill()
+        time.sleep(0.05)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = proc.stdout.read(), proc.stderr.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk exited with {proc.returncode}: {err.strip()}")
+    result: Dict[str, float] = {"wrk_cpu_s": usage.ru_utime + usage.ru_stime}
+    match = re.search(r"(\d+) requests in", out)
+    result["requests"] = int(match.group(1)) if match else 0
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
     result["rps"] = float(match.group(1)) if match else 0.0
     for name, key in (("50%", "p50_ms"), ("99%", "p99_ms")):
@@ -366,6 +569,41 @@ def wrk(port: int, seconds: int, connections: int = 50) -> Dict[str, float]:
     if match:
         errors += int(match.group(1))
     result["errors"] = errors
+    return result
+
+
+def measured_run(port: int, seconds: int, proxy: List[int], load: List[int]) -> Dict[str, object]:
+    """
+    The measured wrk run, with what it cost: CPU time of the proxy's process
+    tree (C{proxy}) over the run, per request served; the share of its core
+    the proxy used; and how busy the load core was (wrk, the backends' tree
+    C{load}, and the whole core as the kernel counts it, other work included).
+    """
+    cores = core_ticks()
+    proxy_cpu, load_cpu = cpu_seconds(proxy), cpu_seconds(load)
+    start = time.monotonic()
+    run = wrk(port, seconds)
+    wall = time.monotonic() - start
+    proxy_cpu = cpu_seconds(proxy) - proxy_cpu
+    load_cpu = cpu_seconds(load) - load_cpu
+    cores_after = core_ticks()
+    requests = run["requests"]
+    result: Dict[str, object] = {
+        "cpu_us_per_request": 1e6 * proxy_cpu / requests if requests else None,
+        "requests": requests,
+        "rps": run["rps"],
+        "p50_ms": run.get("p50_ms"),
+        "p99_ms": run.get("p99_ms"),
+        "errors": run["errors"],
+        "proxy_cpu_s": round(proxy_cpu, 2),
+        "proxy_cpu_pct": 100.0 * proxy_cpu / wall,
+        "proxy_core_busy_pct": busy_pct(cores, cores_after, PROXY_CPU),
+        "wrk_cpu_pct": 100.0 * run["wrk_cpu_s"] / wall,
+        "backends_cpu_pct": 100.0 * load_cpu / wall,
+        "load_core_busy_pct": busy_pct(cores, cores_after, LOAD_CPU),
+        "wall_s": round(wall, 2),
+    }
+    result["load_saturated"] = result["load_core_busy_pct"] >= SATURATED_PCT  # type: ignore[operator]
     return result
 
 
@@ -443,15 +681,27 @@ def idle_connections(pid: int, port: int, count: int) -> Dict[str, float]:
 
 
 def run_proxy(name: str, start, args, backends: Backends, workdir: str) -> Dict[str, object]:  # type: ignore[no-untyped-def]
-    port = free_port()
-    proc = start(workdir, port, backends.ports)
+    proc, (port,) = start_listening(lambda ports: start(workdir, ports[0], backends.ports))
     try:
-        wait_listening(port, proc)
         log(f"== {name}: warm-up {args.warmup} s")
         wrk(port, args.warmup)
         log(f"== {name}: measured {args.duration} s")
-        result: Dict[str, object] = dict(wrk(port, args.duration))
+        tree = process_tree(proc.pid)
+        result = measured_run(port, args.duration, tree, process_tree(backends.proc.pid))
+        # The sum of each process's high-water mark: the tree's peak so far
+        # (exact for one process; nginx's master adds its own small peak).
         result["peak_rss_mib"] = memory_kib(proc.pid, "VmHWM") / 1024
+        access_log = os.path.join(workdir, f"access-{port}.log")
+        if os.path.exists(access_log):  # lbproxy's, evidence that it was on
+            time.sleep(1.5)  # written at least once a second
+            with open(access_log, "rb") as f:
+                result["access_log_lines"] = sum(1 for _ in f)
+        log(
+            f"   {result['cpu_us_per_request'] or 0:.1f} us/request, {result['rps']:.0f} req/s,"
+            f" proxy CPU {result['proxy_cpu_pct']:.0f}%,"
+            f" load core {result['load_core_busy_pct']:.0f}% busy"
+            f" (wrk {result['wrk_cpu_pct']:.0f}%, backends {result['backends_cpu_pct']:.0f}%)"
+        )
         if not args.quick:
             # Idle connections first: the transfers leave freed memory behind
             # that new connections would reuse, hiding their cost.
@@ -487,12 +737,21 @@ def run_proxy(name: str, start, args, backends: Backends, workdir: str) -> Dict[
         stop(proc)
 
 
+NAMES = {
+    "nginx": "nginx (1 worker)",
+    "haproxy": "HAProxy (1 thread)",
+    "aiohttp-peer": "aiohttp + uvloop, CPython",
+    "lbproxy-cpython": "lbproxy, CPython",
+    "lbproxy-pypy": "lbproxy, PyPy",
+}
+
+
 def table(results: Dict[str, Dict[str, object]]) -> str:
-    base = results.get("nginx", {}).get("rps") or 0
     rows = [
-        "| proxy | req/s | x nginx | p50 ms | p99 ms | errors | peak RSS MiB | "
-        "down MiB/s (+RSS) | up MiB/s (+RSS) | idle conn kB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| proxy | CPU µs/request | req/s | p50 ms | p99 ms | peak RSS MiB | "
+        "proxy CPU % (its core busy %) | load core busy % (wrk, backends) | errors | "
+        "300 MiB down MiB/s (RSS growth) | 300 MiB up MiB/s (RSS growth) | idle connection kB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
 
@@ -504,17 +763,31 @@ def table(results: Dict[str, Dict[str, object]]) -> str:
                 return "failed"
             return f"{t['mib_s']:.0f} (+{t['rss_growth_mib']:.0f})"
 
+        def number(key: str, form: str, r: Dict[str, object] = r) -> str:
+            value = r.get(key)
+            return "-" if value is None else format(value, form)
+
         idle = r.get("idle")
         idle_cell = (
             "-"
             if not isinstance(idle, dict)
             else ("failed" if "error" in idle else f"{idle['kb_each']:.1f}")
         )
-        ratio = f"{r['rps'] / base:.3f}" if base else "-"  # type: ignore[operator]
+        floor = "≥ " if r.get("load_saturated") else ""
         rows.append(
-            f"| {name} | {r['rps']:.0f} | {ratio} | {r.get('p50_ms', 0):.2f} | "
-            f"{r.get('p99_ms', 0):.2f} | {r['errors']:.0f} | {r['peak_rss_mib']:.0f} | "
-            f"{transfer_cell('download')} | {transfer_cell('upload')} | {idle_cell} |"
+            f"| {NAMES.get(name, name)} | {number('cpu_us_per_request', '.0f')} | "
+            f"{floor}{r['rps']:.0f} | {number('p50_ms', '.2f')} | {number('p99_ms', '.2f')} | "
+            f"{r['peak_rss_mib']:.0f} | {number('proxy_cpu_pct', '.0f')} "
+            f"({number('proxy_core_busy_pct', '.0f')}) | "
+            f"{number('load_core_busy_pct', '.0f')} ({number('wrk_cpu_pct', '.0f')}, "
+            f"{number('backends_cpu_pct', '.0f')}) | "
+            f"{r['errors']:.0f} | {transfer_cell('download')} | {transfer_cell('upload')} | "
+            f"{idle_cell} |"
+        )
+    if any(r.get("load_saturated") for r in results.values()):
+        rows.append(
+            f"\n≥: the load core was at least {SATURATED_PCT:.0f}% busy, so that req/s is a"
+            " floor set by the load side, not the proxy's limit; compare CPU per request."
         )
     return "\n".join(rows)
 
@@ -530,9 +803,12 @@ def previous_result() -> Optional[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--install", action="store_true", help="apt-get install the missing tools (as root)"
+        "--install",
+        action="store_true",
+        help="apt-get install the missing tools (as root) and pip install the aiohttp peer"
+        " into bench/.venv-peer",
     )
-    parser.add_argument("--duration", type=int, default=15, help="seconds of each measured run")
+    parser.add_argument("--duration", type=int, default=10, help="seconds of each measured run")
     parser.add_argument("--warmup", type=int, default=10, help="seconds of each warm-up run")
     parser.add_argument(
         "--quick",
@@ -543,7 +819,7 @@ def main() -> int:
         "--only",
         nargs="*",
         default=None,
-        choices=["nginx", "haproxy", "lbproxy-cpython", "lbproxy-pypy"],
+        choices=list(NAMES),
     )
     args = parser.parse_args()
 
@@ -564,19 +840,29 @@ def main() -> int:
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
+    chosen = args.only or list(NAMES)
+    peer = peer_python(args.install)
+    if peer is None and "aiohttp-peer" in chosen:
+        log(
+            f"missing: aiohttp in {os.path.relpath(PEER_VENV, ROOT)}; run with --install"
+            " (or leave the peer out with --only)"
+        )
+        return 1
     log("== preparing lbproxy (CPython in .venv, PyPy in .venv-pypy)")
     cpython = ensure_venv(sys.executable, os.path.join(ROOT, ".venv"))
     pypy = ensure_venv(shutil.which("pypy3") or "pypy3", os.path.join(ROOT, ".venv-pypy"))
+    # This script samples /proc and opens the idle connections: it belongs
+    # with the load, off the proxy's core.
+    os.sched_setaffinity(0, {int(LOAD_CPU)})
 
     proxies = {
         "nginx": start_nginx_proxy,
         "haproxy": start_haproxy,
+        "aiohttp-peer": lambda w, p, b: start_peer(peer or "python3", w, p, b),
         "lbproxy-cpython": lambda w, p, b: start_lbproxy(cpython, w, p, b),
         "lbproxy-pypy": lambda w, p, b: start_lbproxy(pypy, w, p, b),
     }
-    chosen = args.only or list(proxies)
-    if "nginx" not in chosen:
-        chosen.insert(0, "nginx")  # every ratio needs nginx from the same run
+    load_before = os.getloadavg()
     results: Dict[str, Dict[str, object]] = {}
     with tempfile.TemporaryDirectory(prefix="lbproxy-bench-") as workdir:
         backends = Backends(workdir)
@@ -586,15 +872,16 @@ def main() -> int:
         finally:
             backends.stop()
 
-    base = results["nginx"]["rps"]
-    for r in results.values():
-        r["ratio_to_nginx"] = r["rps"] / base if base else None  # type: ignore[operator]
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     record = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": date,
         "machine": {
             "cpus": os.cpu_count(),
             "cpu": _cpu_model(),
             "kernel": platform.release(),
+            # Other work on the machine: the 1-minute load average when the
+            # run started and when it ended.
+            "load_average_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         },
         "versions": {
             "nginx": version_of(["nginx", "-v"]),
@@ -604,33 +891,40 @@ def main() -> int:
             "pypy": version_of([os.path.join(ROOT, ".venv-pypy", "bin", "python"), "--version"]),
             "twisted (cpython)": version_of([cpython, "--version"]),
             "twisted (pypy)": version_of([pypy, "--version"]),
+            "peer aiohttp": module_version(peer, "aiohttp") if peer else "not installed",
+            "peer uvloop": module_version(peer, "uvloop") if peer else "not installed",
         },
         "settings": {
             "lbproxy_env": LBPROXY_ENV,
-            "connections": 50,
+            "lbproxy_config": LBPROXY_CONFIG,
+            "connections": CONNECTIONS,
+            "saturated_pct": SATURATED_PCT,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "proxy_cpu": PROXY_CPU,
             "load_cpu": LOAD_CPU,
             "body_bytes": len(BODY),
+            "quick": args.quick,
         },
         "results": results,
     }
     before = previous_result()
     os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, record["date"].replace(":", "") + ".json")  # type: ignore[union-attr]
+    path = os.path.join(RESULTS, date.replace(":", "") + ".json")
     with open(path, "w") as f:
         json.dump(record, f, indent=2)
     log("")
     log(table(results))
     log(f"\nwritten to {os.path.relpath(path, ROOT)}")
     if before:
-        log(f"compared with {before['date']} (ratio to nginx):")
+        log(f"compared with {before['date']} (CPU µs per request):")
         for name, r in results.items():
-            old = before["results"].get(name, {}).get("ratio_to_nginx")
-            new = r.get("ratio_to_nginx")
+            old = before["results"].get(name, {}).get("cpu_us_per_request")
+            new = r.get("cpu_us_per_request")
             if old and new:
-                log(f"  {name}: {old:.3f} -> {new:.3f}")
+                log(f"  {name}: {old:.0f} -> {new:.0f}")
+            elif new:
+                log(f"  {name}: {new:.0f} (none before)")
     return 0
 
 

@@ -4,6 +4,8 @@ may change while it runs.
 
  - C{GET /}: the dashboard, one self-contained HTML page.
  - C{GET /status}: JSON of every pool and server.
+ - C{GET /history[?since=SECOND]}: JSON of the last 15 minutes, second by
+   second, and the servers' state changes (L{lbproxy.history}).
  - C{GET /metrics}: Prometheus text format (L{lbproxy.metrics}).
  - C{POST /pools/POOL/servers/SERVER/drain|enable|maint} and
    C{PUT /pools/POOL/servers/SERVER/weight} (body: a whole number).
@@ -23,16 +25,19 @@ import hmac
 import ipaddress
 import json
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
+from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
 from lbproxy import __version__
 from lbproxy.channel import error_response
 from lbproxy.config import MAX_WEIGHT
+from lbproxy.history import history
 from lbproxy.pool import WEIGHT_SCALE, Pool, ServerState
+from lbproxy.values import describe_address
 
 if TYPE_CHECKING:
     from lbproxy.service import ProxyService
@@ -41,6 +46,8 @@ if TYPE_CHECKING:
 MAX_ADMIN_BODY = 1024
 
 ACTIONS = ("drain", "enable", "maint")
+
+log = Logger()
 
 
 def _ms(seconds: Optional[float]) -> Optional[float]:
@@ -59,9 +66,9 @@ def server_status(server: ServerState, now: float) -> Dict[str, Any]:
         "effective_weight": server.weight / WEIGHT_SCALE,
         "in_flight": server.active,
         "max_connections": server.config.max_connections,
-        "requests": stats.served,
-        "failures": stats.failures,
-        "connect_failures": stats.connect_failures,
+        "requests_served": stats.served,
+        "failed_attempts": stats.failures,
+        "failed_connects": stats.connect_failures,
         "last_health_check": server.last_check or None,
         "requests_last_minute": stats.recent.count(now),
         "latency_ms": {"p50": _ms(p50), "p99": _ms(p99)},
@@ -74,7 +81,7 @@ def pool_status(pool: Pool, active: bool, now: float) -> Dict[str, Any]:
         "algorithm": pool.config.algorithm,
         "takes_requests": active,
         "queue_length": pool.queue_length,
-        "retries": pool.stats.retries,
+        "retries_made": pool.stats.retries,
         "servers": [server_status(s, now) for s in pool.servers],
     }
 
@@ -116,6 +123,8 @@ class AdminResource(Resource):
             return self._get_only(request, self._dashboard)
         if segments == ["status"]:
             return self._get_only(request, lambda r: _json(r, 200, status(self.proxy)))
+        if segments == ["history"]:
+            return self._get_only(request, self._history)
         if segments == ["metrics"]:
             return self._get_only(request, self._metrics)
         if len(segments) == 5 and segments[0] == "pools" and segments[2] == "servers":
@@ -131,6 +140,14 @@ class AdminResource(Resource):
                 return _error(request, 405, f"use {allowed.decode()}")
             refusal = self._refuse_write(request)
             if refusal is not None:
+                log.warn(
+                    "admin: {action} {pool}/{server} by {client} refused ({code})",
+                    action=action,
+                    pool=pool_name,
+                    server=server_name,
+                    client=describe_address(request.getClientAddress()),
+                    code=request.code,
+                )
                 return refusal
             pool = self.proxy.pools.get(pool_name)
             if pool is None:
@@ -188,6 +205,7 @@ class AdminResource(Resource):
         return None
 
     def _act(self, request: server.Request, pool: Pool, target: ServerState, action: str) -> bytes:
+        before = (target.state, target.base_weight)
         if action == "drain":
             pool.drain(target)
         elif action == "maint":
@@ -205,7 +223,34 @@ class AdminResource(Resource):
                 algorithm = pool.config.algorithm
                 return _error(request, 409, f"pool uses {algorithm}, which ignores weights")
             pool.set_weight(target, int(text))
+        self._audit(request, pool, target, action, before)
         return _json(request, 200, server_status(target, self.proxy._reactor.seconds()))
+
+    def _audit(
+        self,
+        request: server.Request,
+        pool: Pool,
+        target: ServerState,
+        action: str,
+        before: Tuple[str, int],
+    ) -> None:
+        """Log a write action: what, by whom, and what it changed."""
+        admin = self.proxy.config.admin
+        if action == "weight":
+            change = f"weight {before[1]} -> {target.base_weight}"
+        else:
+            change = f"{before[0]} -> {target.state}"
+        log.info(
+            "admin: {action} {pool}/{server} by {client} {credential}: {change}",
+            action=action,
+            pool=pool.name,
+            server=target.name,
+            client=describe_address(request.getClientAddress()),
+            credential="with the token"
+            if admin is not None and admin.token is not None
+            else "(no token configured)",
+            change=change,
+        )
 
     def _dashboard(self, request: server.Request) -> bytes:
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
@@ -216,6 +261,19 @@ class AdminResource(Resource):
             b"connect-src 'self'; frame-ancestors 'none'",
         )
         return dashboard_page()
+
+    def _history(self, request: server.Request) -> bytes:
+        since: Optional[int] = None
+        given = request.args.get(b"since") if request.args else None
+        if given:
+            text = given[0].decode("ascii", "replace")
+            if not text.isdigit() or len(text) > 12:
+                return _error(request, 400, "since must be a second (a whole number)")
+            since = int(text)
+        proxy = self.proxy
+        answer = history(proxy.pools.values(), proxy._reactor.seconds(), proxy.started_at, since)
+        request.setHeader(b"Content-Type", b"application/json")
+        return json.dumps(answer, separators=(",", ":")).encode("utf-8") + b"\n"
 
     def _metrics(self, request: server.Request) -> bytes:
         from lbproxy import metrics

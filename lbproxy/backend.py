@@ -14,14 +14,20 @@ Three things differ from a plain C{Agent.request(method, url)}:
    forwarder can remove the headers it names.  Twisted's parser files it away
    with the framing headers, out of reach of the response object.
 
-These rest on two long-standing private parts of C{twisted.web.client}
-(C{Agent._requestWithEndpoint} and C{HTTPConnectionPool._factory}); the tests
-in C{tests/test_backend.py} fail loudly if a Twisted release changes them.
+ - A backend connection is reused only when nothing can be left on it from
+   the previous response (see L{_BackendProtocol}): stray bytes never answer
+   another client's request.
+
+These rest on private parts of C{twisted.web.client} and
+C{twisted.web._newclient}, listed with their reasons in L{TWISTED_INTERNALS};
+C{tests/test_backend_framing.py} fails, naming the one that is gone, if a
+Twisted release changes them.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import socket
+from typing import Callable, Dict, List, Optional, Tuple
 
 import attr
 from twisted.internet.defer import Deferred, fail
@@ -34,7 +40,8 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
-from twisted.web._newclient import HTTP11ClientProtocol
+from twisted.logger import Logger
+from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser, RequestNotSent
 from twisted.web.client import (
     URI,
     Agent,
@@ -45,7 +52,42 @@ from twisted.web.client import (
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
 
+from lbproxy import headers as rules
 from lbproxy.config import PoolConfig, ServerConfig
+
+log = Logger()
+
+# -- Twisted internals --------------------------------------------------------
+#
+# Every private name of Twisted's HTTP client that this module relies on, with
+# the reason.  They have been stable for years (Twisted 16 to 26), but nothing
+# promises it: tests/test_backend_framing.py (TwistedInternalsTests) checks
+# each one on the installed Twisted and names the one that is gone.
+#
+#   (owner, name): why
+TWISTED_INTERNALS: Dict[Tuple[str, str], str] = {
+    ("Agent", "_requestWithEndpoint"): (
+        "sends a request to a given endpoint with a given target, byte for byte"
+    ),
+    ("HTTPConnectionPool", "_factory"): (
+        "the protocol factory class: ours builds _BackendProtocol"
+    ),
+    ("HTTPConnectionPool", "_connections"): (
+        "pool key -> idle connections: screened for unread bytes before reuse"
+    ),
+    ("_HTTP11ClientFactory", "_quiescentCallback"): (
+        "how a connection goes back to the pool once its response is complete"
+    ),
+    ("HTTP11ClientProtocol", "_parser"): (
+        "the parser of the response in flight; None when no response is expected"
+    ),
+    ("HTTP11ClientProtocol", "_finishResponse"): (
+        "the parser's finisher: called with the bytes read past a complete response"
+    ),
+    ("HTTPClientParser", "request/response/headers/connHeaders"): (
+        "the finished response's method, status and framing headers"
+    ),
+}
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -61,11 +103,124 @@ class Route:
 
 class _BackendProtocol(HTTP11ClientProtocol):
     """
-    An HTTP/1.1 client connection that leaves the response's C{Connection}
-    header among its headers.
+    An HTTP/1.1 client connection to a backend that leaves the response's
+    C{Connection} header among its headers, and never lets a byte that is not
+    part of the response in flight be read as a response.
+
+    Twisted's client parses whatever arrives on a connection as the response
+    to the request in flight, so a byte that a backend sends outside of a
+    response (a body after a HEAD, 204 or 304 response, more than its
+    C{Content-Length}) would answer the next request sent on the connection,
+    often another client's.  Hence:
+
+     - A byte that arrives while no response is expected (the connection is
+       idle in the pool, or its response is complete) closes the connection
+       at once; it is never parsed.
+     - A connection goes back to the pool only when nothing can be left on it
+       from its response, as far as that can be known: not when bytes were
+       already read past the end of the response, and not after a HEAD, 204
+       or 304 response whose head announces a body (a C{Content-Length}
+       other than 0, or a C{Transfer-Encoding}): that is where a confused
+       backend sends one anyway, possibly later.
+     - Before an idle connection takes a request, its socket is checked for
+       bytes (or a close) that the reactor has not read yet
+       (L{ready_for_request}).
+
+    What stays possible: a backend that writes past its C{Content-Length} in
+    a later segment, which reaches the proxy only after the next request was
+    sent on the connection.  No client can tell those bytes from a response.
     """
 
+    def __init__(self, quiescentCallback: Callable[[HTTP11ClientProtocol], None]) -> None:
+        super().__init__(self._response_complete)
+        self._return_to_pool = quiescentCallback
+        #: The last response may be followed by stray bytes.
+        self._tainted = False
+        #: Closed by this class: never to be handed out again.
+        self._discarded = False
+
+    @property
+    def state(self) -> str:
+        """
+        Twisted's state, except that a connection this class has closed is
+        never C{QUIESCENT}: the pool does not hand it out while the close is
+        on its way.
+        """
+        if self._discarded:
+            return "DISCARDED"
+        return super().state  # type: ignore[no-any-return]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._parser is None:
+            # No request in flight, or its response is complete.
+            self._discard(f"{len(data)} bytes arrived while no response was expected")
+            return
+        super().dataReceived(data)
+
+    def _finishResponse(self, rest: bytes) -> None:
+        if rest:
+            self._tainted = True
+            self._warn(f"{len(rest)} bytes arrived past the end of a response")
+        parser = self._parser
+        if parser is not None and _announces_unsent_body(parser):
+            self._tainted = True
+        super()._finishResponse(rest)
+
+    def _response_complete(self, protocol: HTTP11ClientProtocol) -> None:
+        if self._tainted or self._discarded:
+            self._discarded = True
+            assert self.transport is not None
+            self.transport.loseConnection()
+        else:
+            self._return_to_pool(self)
+
+    def ready_for_request(self) -> bool:
+        """
+        Whether this idle connection can take a request: nothing, not even a
+        close, has arrived on its socket since its last response.  A
+        connection that cannot is closed.
+        """
+        if self._discarded or super().state != "QUIESCENT":
+            return False
+        sock = _socket_of(self.transport)
+        if sock is None:
+            return True
+        try:
+            waiting = sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            waiting = b""
+        if waiting:
+            self._discard("bytes arrived while no response was expected")
+        else:
+            # Closed by the server (or broken): nothing to report.
+            self._discarded = True
+            assert self.transport is not None
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+        return False
+
+    def _discard(self, why: str) -> None:
+        """Close the connection at once, with a log line saying why."""
+        if self._discarded:
+            return
+        self._discarded = True
+        self._warn(why)
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _warn(self, why: str) -> None:
+        peer = self.transport.getPeer() if self.transport is not None else None
+        log.warn(
+            "backend {host}:{port}: {why}; closing the connection",
+            host=getattr(peer, "host", "?"),
+            port=getattr(peer, "port", "?"),
+            why=why,
+        )
+
     def request(self, request):  # type: ignore[no-untyped-def]
+        if self._discarded:
+            return fail(RequestNotSent())
         result = super().request(request)
         parser = self._parser
         if parser is not None:
@@ -106,10 +261,57 @@ class _BackendProtocolFactory(_HTTP11ClientFactory):
 
 class BackendConnectionPool(HTTPConnectionPool):
     """
-    The proxy's one pool of persistent backend connections.
+    The proxy's one pool of persistent backend connections.  An idle
+    connection with unread bytes or a close waiting on its socket is closed
+    rather than handed out (L{_BackendProtocol.ready_for_request}).
     """
 
     _factory = _BackendProtocolFactory
+
+    def getConnection(self, key, endpoint):  # type: ignore[no-untyped-def]
+        idle: List[_BackendProtocol] = self._connections.get(key, [])
+        for connection in idle:
+            if connection.ready_for_request():
+                break
+        # Twisted's pool takes the first idle connection that is QUIESCENT:
+        # those closed above are not, and are dropped.
+        return super().getConnection(key, endpoint)
+
+
+def _announces_unsent_body(parser: HTTPClientParser) -> bool:
+    """
+    Whether a response that has no body (to a HEAD request, or a 204 or 304)
+    announces one in its head: a C{Transfer-Encoding}, or a C{Content-Length}
+    other than 0.  (For HEAD, Twisted files C{Content-Length} with the
+    response's headers; otherwise with the framing headers.)
+    """
+    if parser.request.method != b"HEAD" and parser.response.code not in (204, 304):
+        return False
+    framing = parser.connHeaders
+    if framing.hasHeader(b"transfer-encoding"):
+        return True
+    lengths = (
+        framing.getRawHeaders(b"content-length")
+        or parser.headers.getRawHeaders(b"content-length")
+        or []
+    )
+    return any(part.strip().lstrip(b"0") for value in lengths for part in value.split(b","))
+
+
+def _socket_of(transport: object) -> Optional[socket.socket]:
+    """
+    The socket under a connection's transport, through a TLS layer (whose
+    own handle is its OpenSSL connection); L{None} if there is none.
+    """
+    for _ in range(3):
+        if transport is None:
+            return None
+        get_handle = getattr(transport, "getHandle", None)
+        handle = get_handle() if get_handle is not None else None
+        if isinstance(handle, socket.socket):
+            return handle
+        transport = getattr(transport, "transport", None)
+    return None
 
 
 class BackendAgent(Agent):
@@ -134,12 +336,42 @@ class BackendAgent(Agent):
         @returns: A Deferred that fires with the response, as from
             C{IAgent.request}.
         """
+        problem = unsendable(method, target, headers)
+        if problem is not None:
+            return fail(UnsendableRequest(problem))
         try:
             return self._requestWithEndpoint(
                 route.key, route.endpoint, method, route.uri, headers, body, target
             )
+        except ValueError as e:
+            return fail(UnsendableRequest(str(e)))
         except Exception:
             return fail()
+
+
+class UnsendableRequest(Exception):
+    """
+    The request holds what Twisted's HTTP client refuses to send: the
+    client's failure, found before any server was contacted.
+    """
+
+
+def unsendable(method: bytes, target: bytes, headers: Headers) -> Optional[str]:
+    """
+    Why Twisted's HTTP client would refuse to send a request, or L{None}: a
+    method that is not a token, a target that is not visible ASCII
+    (C{_ensureValidMethod}, C{_ensureValidURI}), more than one C{Host}
+    (C{BadHeaders}).  The front refuses these before; this keeps them, should
+    one get through, from costing a backend connection or counting against
+    a server.
+    """
+    if not rules.is_token(method):
+        return "invalid method"
+    if not rules.is_visible_ascii(target):
+        return "invalid request target"
+    if len(headers.getRawHeaders(b"host", ())) > 1:
+        return "more than one Host header"
+    return None
 
 
 def tls_policy(pool: PoolConfig) -> IPolicyForHTTPS:

@@ -6,9 +6,11 @@ twisted.web's parser already refuses most malformed requests (conflicting or
 malformed framing headers, bad chunk sizes, invalid header names and
 values).  On top of it, this channel answers with the specific status and
 closes the connection for: an overlong request line (414), header sections
-over the size or count limit (431), an invalid request target (400), folded
-header lines (400), transfer codings other than chunked (501) or any on an
-HTTP/1.0 request (400), and header sections that take too long (408).
+over the size or count limit (431), an invalid method or request target
+(400), header names that are not tokens and values with control bytes
+(400), folded header lines (400), transfer codings other than chunked (501)
+or any on an HTTP/1.0 request (400), invalid trailer fields (400), and
+header sections that take too long (408).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http
 
+from lbproxy import headers as rules
 from lbproxy.config import FrontLimits
 
 Refusal = Tuple[int, bytes, bytes]
@@ -27,25 +30,22 @@ Refusal = Tuple[int, bytes, bytes]
 
 def request_line_refusal(line: bytes) -> Optional[Refusal]:
     """
-    Why a request line must be refused, or L{None}.  Only the target's form
-    is judged here; the method, version and spacing are left to
-    twisted.web's parser, which refuses them with 400.
+    Why a request line must be refused, or L{None}: its method must be a
+    token and its target one of the forms of L{rules.target_problem}.  The
+    version and the spacing are left to twisted.web's parser, which refuses
+    them with 400.  (twisted.web's own target check lets bytes 0x7F-0xB0
+    through, which Twisted's HTTP client then refuses to send.)
     """
     parts = line.split(b" ")
     if len(parts) != 3:
         return None
     method, target, _ = parts
-    if target == b"*":
-        if method != b"OPTIONS":
-            return (400, b"Bad Request", b"the * target is only for OPTIONS")
-        return None
-    if method == b"CONNECT":
-        return None  # answered 501 by the proxy resource
-    if target.startswith(b"/"):
-        return None
-    if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
-        return None
-    return (400, b"Bad Request", b"invalid request target")
+    if not rules.is_token(method):
+        return (400, b"Bad Request", b"invalid method")
+    problem = rules.target_problem(method, target)
+    if problem is not None:
+        return (400, b"Bad Request", problem)
+    return None
 
 
 def transfer_coding_refusal(value: bytes, version: bytes) -> Optional[Refusal]:
@@ -73,6 +73,32 @@ def error_response(code: int, phrase: bytes, detail: bytes) -> bytes:
         b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
         b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (code, phrase, len(body), body)
     )
+
+
+class StrictChunkedDecoder(http._ChunkedTransferDecoder):
+    """
+    twisted.web's chunked decoder, which also holds trailer fields to the
+    rules of header fields (L{rules.field_line_problem}) and chunk
+    extensions to their grammar (L{rules.chunk_extension_problem}).  Trailers are
+    read and dropped, never forwarded; one that breaks the rules is still
+    refused, as twisted.web refuses control bytes in chunk extensions.
+    """
+
+    def _dataReceived_CHUNK_LENGTH(self) -> bool:
+        end = self._buffer.find(b"\r\n", self._start)
+        if end > 0:
+            semicolon = self._buffer.find(b";", 0, end)
+            if semicolon >= 0 and rules.chunk_extension_problem(bytes(self._buffer[semicolon:end])):
+                raise http._MalformedChunkedDataError("invalid chunk extension")
+        more: bool = super()._dataReceived_CHUNK_LENGTH()
+        return more
+
+    def _dataReceived_TRAILER(self) -> bool:
+        end = self._buffer.find(b"\r\n", self._start)
+        if end > 0 and rules.field_line_problem(bytes(self._buffer[:end])) is not None:
+            raise http._MalformedChunkedDataError("invalid trailer field")
+        more: bool = super()._dataReceived_TRAILER()
+        return more
 
 
 class ProxyChannel(http.HTTPChannel):
@@ -151,18 +177,29 @@ class ProxyChannel(http.HTTPChannel):
             self.refuse(431, b"Request Header Fields Too Large", b"a header field is too large")
 
     def headerReceived(self, line: bytes) -> bool:
-        name, _, value = line.partition(b":")
-        if len(value.translate(None, b"\x00\r\n")) != len(value):
-            # RFC 9110 section 5.5; not every supported Twisted release
-            # refuses a bare CR itself.
-            self.refuse(400, b"Bad Request", b"a header value holds NUL, CR or LF")
+        # RFC 9110 sections 5.1 and 5.5: a token for a name, no control byte
+        # but HTAB in a value.  (twisted.web checks names, and NUL, CR and
+        # LF only in the values, not every supported release even those.)
+        detail = rules.field_line_problem(line)
+        if detail is not None:
+            self.refuse(400, b"Bad Request", detail)
             return False
+        name, _, value = line.partition(b":")
         if name.lower() == b"transfer-encoding":
             problem = transfer_coding_refusal(value.strip(), self._request_version)
             if problem is not None:
                 self.refuse(*problem)
                 return False
         ok: bool = super().headerReceived(line)
+        return ok
+
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        ok: bool = super()._maybeChooseTransferDecoder(header, data)  # type: ignore[misc]
+        decoder = self._transferDecoder
+        if ok and type(decoder) is http._ChunkedTransferDecoder:
+            self._transferDecoder = StrictChunkedDecoder(
+                decoder.dataCallback, decoder.finishCallback
+            )
         return ok
 
     def rawDataReceived(self, data: bytes) -> None:

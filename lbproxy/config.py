@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import ast
 import configparser
+import difflib
 import ipaddress
 import re
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 import attr
@@ -246,6 +247,16 @@ class ProxyConfig:
         )
 
 
+def unknown(what: str, word: str, known: List[str]) -> str:
+    """
+    The message for an unknown key or option C{word} (C{what} names it):
+    the closest known one if a typo is likely, and the known ones.
+    """
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"unknown {what} ({hint}known: {', '.join(known)})"
+
+
 def parse_server(line: str) -> ServerConfig:
     """
     Parse one line of a C{servers} list: a URL, then C{key=value} options.
@@ -294,9 +305,8 @@ def parse_server(line: str) -> ServerConfig:
         if not sep:
             raise ValueError(f"{url!r}: option {option!r} must be written key=value")
         if key not in _SERVER_OPTIONS:
-            raise ValueError(
-                f"{url!r}: unknown option {key!r} (known: backup, max_connections, name, weight)"
-            )
+            choices = ["backup", "max_connections", "name", "weight"]
+            raise ValueError(f"{url!r}: {unknown(f'option {key!r}', key, choices)}")
         if key in seen:
             raise ValueError(f"{url!r}: option {key!r} given twice")
         seen.add(key)
@@ -395,7 +405,8 @@ _POOL_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
     "health_check": (parse_health_check, None),
     "health_host": (parse_host_header, None),
     "health_interval": (parse_positive_duration, 2.0),
-    "health_timeout": (parse_positive_duration, 1.0),
+    # Default: the shorter of 1s and health_interval (see _parse).
+    "health_timeout": (parse_positive_duration, None),
     "health_rise": (parse_int(1, 100), 2),
     "health_fall": (parse_int(1, 100), 3),
     "health_expect": (parse_status_range, (200, 399)),
@@ -420,7 +431,7 @@ def _section_values(
     present = parser[section] if parser.has_section(section) else {}
     for key in present:
         if key not in schema:
-            raise ConfigError(f"unknown key (known: {', '.join(schema)})", section=section, key=key)
+            raise ConfigError(unknown("key", key, list(schema)), section=section, key=key)
     for key, (parse, default) in schema.items():
         if key in present:
             try:
@@ -516,7 +527,14 @@ def _parse(text: str, path: str) -> ProxyConfig:
             if not _NAME.match(name):
                 raise ConfigError("a pool name is made of letters, digits and -._", section=section)
             continue
-        raise ConfigError("unknown section (known: [proxy], [admin], [pool:NAME])", section=section)
+        choices = ["proxy", "admin"]
+        if sep and difflib.get_close_matches(kind, ["pool"], cutoff=0.6):
+            choices.append(f"pool:{name}")
+        close = difflib.get_close_matches(section, choices, n=1, cutoff=0.6)
+        hint = f"did you mean [{close[0]}]? " if close else ""
+        raise ConfigError(
+            f"unknown section ({hint}known: [proxy], [admin], [pool:NAME])", section=section
+        )
     if not parser.has_section("proxy"):
         raise ConfigError("the [proxy] section is missing")
     proxy = _section_values(parser, "proxy", _PROXY_KEYS)
@@ -524,15 +542,13 @@ def _parse(text: str, path: str) -> ProxyConfig:
     for section in parser.sections():
         if section.startswith("pool:"):
             values = _section_values(parser, section, _POOL_KEYS)
+            if values["health_timeout"] is None:
+                # A short interval brings the default timeout down with it; a
+                # longer timeout written out is fine (checks never overlap).
+                values["health_timeout"] = min(1.0, float(values["health_interval"]))  # type: ignore[arg-type]
             name = section[len("pool:") :]
             pool = PoolConfig(name=name, **values)  # type: ignore[arg-type]
             _check_algorithm(pool, section, parser[section])
-            if pool.health_timeout > pool.health_interval:
-                raise ConfigError(
-                    "must not be longer than health_interval",
-                    section=section,
-                    key="health_timeout",
-                )
             if all(server.backup for server in pool.servers):
                 raise ConfigError(
                     "every server is a backup: at least one must not be",

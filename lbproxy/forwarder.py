@@ -27,13 +27,18 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import RequestNotSent, ResponseDone, _WrapperException
+from twisted.web._newclient import (
+    RequestGenerationFailed,
+    RequestNotSent,
+    ResponseDone,
+    _WrapperException,
+)
 from twisted.web.http import NO_BODY_CODES, PotentialDataLoss, datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from lbproxy import headers as rules
-from lbproxy.backend import BackendAgent
+from lbproxy.backend import BackendAgent, UnsendableRequest
 from lbproxy.body import StreamedBody
 from lbproxy.pool import Pool, ServerState
 
@@ -56,6 +61,24 @@ def was_not_sent(failure: Failure) -> bool:
         return True
     if isinstance(failure.value, _WrapperException):
         return any(reason.check(*_TLS_FAILURES) for reason in failure.value.reasons)
+    return False
+
+
+def is_client_error(failure: Failure) -> bool:
+    """
+    Whether a failed attempt failed because of the request itself: Twisted's
+    client would not send it (L{UnsendableRequest}), or could not generate
+    it (C{RequestGenerationFailed}: its headers, or the body that the client
+    was sending).  Such a failure is the client's: answered 400, never
+    retried, never counted against the server.  An attempt cancelled while
+    its body was being sent also ends as C{RequestGenerationFailed}: that
+    one is not the request's fault.
+    """
+    if failure.check(UnsendableRequest):
+        return True
+    if failure.check(RequestGenerationFailed):
+        reasons = cast(RequestGenerationFailed, failure.value).reasons
+        return not any(reason.check(CancelledError) for reason in reasons)
     return False
 
 
@@ -272,7 +295,7 @@ class _Exchange:
         else:
             self._request_sent()
         pending = self.forwarder.agent.send(
-            server.route, request.method, request.uri, self.outgoing, body
+            server.route, request.method, request.target, self.outgoing, body
         )
         self.pending = pending
         pending.addCallbacks(self._got_response, self._attempt_failed)
@@ -356,6 +379,11 @@ class _Exchange:
         if self.client_gone:
             return
         name = server.name if server is not None else "?"
+        if not self.idle_expired and not self.timed_out and is_client_error(failure):
+            log.info("request not forwarded: {cause}", cause=describe(failure))
+            self.request.server = None
+            self._respond_error(400, b"Bad Request", b"the request cannot be forwarded", close=True)
+            return
         if server is not None and not self.idle_expired:
             self.pool.record_failure(server)
         if self.idle_expired:
@@ -437,10 +465,25 @@ class _Exchange:
 
     def body_received(self, data: bytes) -> None:
         self.last_byte = self.clock.seconds()
-        if not self.client_gone:
+        if data and not self.client_gone:
+            # The first write sends the status line and headers: from then
+            # on the response cannot be replaced.
             self.request.write(data)
 
     def body_finished(self, reason: Failure) -> None:
+        """
+        The response body ended: completely, or cut short by the server
+        (broken framing, a close before the end, a stall past idle_timeout).
+
+        A response cut short is the server's failure (passive health).  What
+        the client sees depends on whether a byte of the response has been
+        written to its connection yet (the status line and headers go with the
+        first body byte, or with the end of an empty body).  If one has, the
+        response is truncated visibly (L{ProxyRequest.cut_short}), as nginx
+        does.  If none has, the response can still be replaced: the request
+        goes to the next server when it may be sent again (L{_may_retry}),
+        else the client gets a 502 (504 for a stall).
+        """
         self.relay = None
         self._stop_timer()
         server = self.server
@@ -448,24 +491,47 @@ class _Exchange:
         if self.client_gone:
             return
         request = self.request
-        request.exchange = None
         if request.producer is not None:
             request.unregisterProducer()
         if reason.check(ResponseDone, PotentialDataLoss):
+            request.exchange = None
             request.finish()
             return
         if server is not None:
             self.pool.record_failure(server)
-        if self.idle_expired:
+        name = server.name if server is not None else "?"
+        stalled, self.idle_expired = self.idle_expired, False
+        if stalled:
             cause = f"no body byte for {self.forwarder.idle_timeout:g}s"
         else:
             cause = describe(reason)
+        if request.startedWriting:
+            request.exchange = None
+            log.warn(
+                "server {server}: response body cut short, closing the client connection: {cause}",
+                server=name,
+                cause=cause,
+            )
+            request.cut_short()
+            return
+        if self._may_retry(reason):
+            log.warn(
+                "server {server}: response failed before its first byte: {cause}; trying again",
+                server=name,
+                cause=cause,
+            )
+            self.pool.stats.retries += 1
+            self._try_next()
+            return
         log.warn(
-            "server {server}: response body cut short, closing the client connection: {cause}",
-            server=server.name if server is not None else "?",
+            "server {server}: response failed before its first byte: {cause}",
+            server=name,
             cause=cause,
         )
-        request.cut_short()
+        if stalled:
+            self._respond_error(504, b"Gateway Timeout", b"the server did not answer in time")
+        else:
+            self._respond_error(502, b"Bad Gateway", b"the server failed to answer")
 
     # -- the client side ---------------------------------------------------
 

@@ -8,6 +8,7 @@ forwarder turns Twisted's C{Headers} into pairs and back.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 Pairs = Iterable[Tuple[bytes, Sequence[bytes]]]
@@ -188,3 +189,228 @@ def kept_request_id(values: Optional[Sequence[bytes]]) -> Optional[bytes]:
     if not 0 < len(value) <= MAX_REQUEST_ID or not _REQUEST_ID_BYTES.issuperset(value):
         return None
     return value
+
+
+# -- the request head's own syntax --------------------------------------------
+
+#: The bytes of a token (RFC 9110 section 5.6.2): methods and field names.
+TOKEN_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+#: Control bytes, less HTAB: never in a field value (RFC 9110 section 5.5).
+#: Bytes 0x80-0xFF (obs-text) are not among them: they pass unchanged.
+CONTROL_BYTES = bytes(range(0x00, 0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f"
+
+#: Visible ASCII (VCHAR): the only bytes of a request target.
+VISIBLE_BYTES = bytes(range(0x21, 0x7F))
+
+#: What a registered name in a Host may hold: RFC 3986's unreserved and
+#: sub-delims.  Percent-encoding is refused: no DNS name needs it, and
+#: backends disagree on whether to decode it.
+_REG_NAME_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;="
+_HEX_BYTES = b"0123456789abcdefABCDEF"
+
+#: Default ports of the schemes an absolute-form target may name.
+DEFAULT_PORTS = {b"http": 80, b"https": 443}
+
+
+def is_token(data: bytes) -> bool:
+    """Whether C{data} is a token: one or more tchar."""
+    return bool(data) and not data.translate(None, TOKEN_BYTES)
+
+
+def has_control_byte(value: bytes) -> bool:
+    """Whether a field value holds a control byte other than HTAB."""
+    return len(value.translate(None, CONTROL_BYTES)) != len(value)
+
+
+def is_visible_ascii(data: bytes) -> bool:
+    """Whether C{data} is one or more bytes of visible ASCII (0x21-0x7E)."""
+    return bool(data) and not data.translate(None, VISIBLE_BYTES)
+
+
+def field_line_problem(line: bytes) -> Optional[bytes]:
+    """
+    Why a header (or trailer) field line C{name ":" value} must be refused,
+    or L{None}: the name must be a token (no whitespace before the colon),
+    and the value must hold no control byte but HTAB.
+    """
+    name, colon, value = line.partition(b":")
+    if not colon:
+        return b"a header line without a colon"
+    if not is_token(name):
+        return b"a header name that is not a token"
+    if has_control_byte(value):
+        return b"a control byte in a header value"
+    return None
+
+
+_BWS = b" \t"
+
+
+def chunk_extension_problem(ext: bytes) -> Optional[bytes]:
+    """
+    Why the extensions of a chunk line must be refused, or L{None}.
+
+    C{ext} is what follows the chunk size, from its first C{;} on (RFC 9112
+    section 7.1.1): C{*( BWS ";" BWS name [ BWS "=" BWS ( token /
+    quoted-string ) ] )}.  Extensions are dropped, never forwarded, but a
+    parser further on may read an unclosed quote or a stray byte differently,
+    so only that grammar passes.
+    """
+    i, end = 0, len(ext)
+    while i < end:
+        while i < end and ext[i] in _BWS:
+            i += 1
+        if i == end:
+            return None
+        if ext[i] != 0x3B:  # ";"
+            return b"a chunk extension without its ';'"
+        i += 1
+        while i < end and ext[i] in _BWS:
+            i += 1
+        start = i
+        while i < end and ext[i] in TOKEN_BYTES:
+            i += 1
+        if i == start:
+            return b"a chunk extension name that is not a token"
+        j = i
+        while j < end and ext[j] in _BWS:
+            j += 1
+        if j == end or ext[j] != 0x3D:  # "="
+            i = j
+            continue
+        i = j + 1
+        while i < end and ext[i] in _BWS:
+            i += 1
+        if i < end and ext[i] == 0x22:  # '"'
+            i += 1
+            while i < end and ext[i] != 0x22:
+                byte = ext[i]
+                if byte == 0x5C:  # a backslash quotes the next byte
+                    i += 1
+                    if i == end:
+                        break
+                    byte = ext[i]
+                if byte != 0x09 and (byte < 0x20 or byte == 0x7F):
+                    return b"a control byte in a chunk extension"
+                i += 1
+            if i >= end:
+                return b"an unclosed quote in a chunk extension"
+            i += 1
+        else:
+            start = i
+            while i < end and ext[i] in TOKEN_BYTES:
+                i += 1
+            if i == start:
+                return b"a chunk extension value that is neither token nor quoted"
+    return None
+
+
+def parse_authority(value: bytes) -> Optional[Tuple[bytes, Optional[int]]]:
+    """
+    The host and port of C{uri-host [":" port]} (RFC 9110 section 7.2, RFC
+    3986 section 3.2.2), or L{None} when C{value} is not one.
+
+    The host is an IP literal in brackets (an IPv6 address, no zone) or a
+    registered name or IPv4 address of letters, digits and C{-._~!$&'()*+,;=};
+    it may not be empty.  A port, when the colon is there, is 1 to 5 digits
+    from 1 to 65535.  Userinfo (C{user@host}) is not an authority here.
+
+    @returns: C{(host, port)}, the host as given, the port L{None} when
+        absent.
+    """
+    if value.startswith(b"["):
+        end = value.find(b"]")
+        if end < 0:
+            return None
+        host, rest = value[: end + 1], value[end + 1 :]
+        if not _is_ipv6(value[1:end]):
+            return None
+    else:
+        host, colon, port_text = value.partition(b":")
+        rest = colon + port_text
+        if not host or host.translate(None, _REG_NAME_BYTES):
+            return None
+    if not rest:
+        return host, None
+    digits = rest[1:]
+    if rest[:1] != b":" or not 0 < len(digits) <= 5 or not digits.isdigit():
+        return None
+    port = int(digits)
+    if not 0 < port <= 65535:
+        return None
+    return host, port
+
+
+def _is_ipv6(text: bytes) -> bool:
+    if not text or text.translate(None, _HEX_BYTES + b":."):
+        return False  # also refuses a zone ("%25eth0") and IPvFuture ("v1.x")
+    try:
+        ipaddress.IPv6Address(text.decode("ascii"))
+    except ValueError:
+        return False
+    return True
+
+
+def absolute_target(target: bytes) -> Optional[Tuple[bytes, bytes, bytes]]:
+    """
+    An absolute-form request target (RFC 9112 section 3.2.2) with an
+    C{http} or C{https} scheme, taken apart: C{(scheme, authority,
+    origin_form)}, the scheme lower-cased, the authority as given (not yet
+    checked: see L{parse_authority}), and the origin-form target that goes to
+    a backend (C{/} when the path is empty, the query kept).  L{None} when
+    C{target} is not of that form.
+    """
+    scheme, sep, rest = target.partition(b"://")
+    scheme = scheme.lower()
+    if not sep or scheme not in DEFAULT_PORTS:
+        return None
+    end = len(rest)
+    for delimiter in (b"/", b"?"):
+        at = rest.find(delimiter)
+        if 0 <= at < end:
+            end = at
+    authority, tail = rest[:end], rest[end:]
+    if not tail.startswith(b"/"):
+        tail = b"/" + tail
+    return scheme, authority, tail
+
+
+def target_problem(method: bytes, target: bytes) -> Optional[bytes]:
+    """
+    Why the request target of a request line must be refused with 400, or
+    L{None} (RFC 9112 section 3.2): visible ASCII only, no fragment
+    (C{#}, which no request target has); then origin-form
+    (C{/...}), absolute-form with an C{http} or C{https} scheme and a valid
+    authority, or C{*} for OPTIONS.  A CONNECT request is left to the proxy
+    resource, which refuses it with 501 whatever its target.
+    """
+    if not is_visible_ascii(target):
+        return b"the request target holds bytes other than visible ASCII"
+    if b"#" in target:
+        return b"a fragment in the request target"
+    if target.startswith(b"/"):
+        return None
+    if target == b"*":
+        return None if method == b"OPTIONS" else b"the * target is only for OPTIONS"
+    if method == b"CONNECT":
+        return None
+    absolute = absolute_target(target)
+    if absolute is None:
+        return b"invalid request target"
+    if parse_authority(absolute[1]) is None:
+        return b"invalid authority in the request target"
+    return None
+
+
+def same_authority(host: bytes, authority: bytes, scheme: bytes) -> bool:
+    """
+    Whether a Host value names the same host and port as the authority of
+    an absolute-form target of C{scheme}: host names compared without case,
+    an absent port taken as the scheme's default.
+    """
+    ours, theirs = parse_authority(host), parse_authority(authority)
+    if ours is None or theirs is None:
+        return False
+    default = DEFAULT_PORTS.get(scheme)
+    return ours[0].lower() == theirs[0].lower() and (ours[1] or default) == (theirs[1] or default)

@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 
@@ -120,6 +120,18 @@ def describe_failure(failure: Failure, timeout: float) -> str:
     return f"{type(value).__name__}: {text}" if text else type(value).__name__
 
 
+class _QuietFactory(_HTTP11ClientFactory):
+    # Twisted logs "Starting factory" and "Stopping factory" for every
+    # connection of a noisy factory: two lines per check.
+    noisy = False
+
+
+class _HealthConnectionPool(HTTPConnectionPool):
+    """The health checks' own connection pool, which logs nothing."""
+
+    _factory = _QuietFactory
+
+
 class _Discard(Protocol):
     def dataReceived(self, data: bytes) -> None:
         pass
@@ -136,7 +148,7 @@ def http_probe(reactor: Any, config: PoolConfig, policy: IPolicyForHTTPS) -> Pro
     method, path = config.health_check
     low, high = config.health_expect
     agent = Agent(
-        reactor, contextFactory=policy, pool=HTTPConnectionPool(reactor, persistent=False)
+        reactor, contextFactory=policy, pool=_HealthConnectionPool(reactor, persistent=False)
     )
     client = treq.client.HTTPClient(agent)
 

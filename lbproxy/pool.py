@@ -174,6 +174,10 @@ class Pool:
         self.name = config.name
         self.clock: IReactorTime = clock  # type: ignore[assignment]
         self.stats = PoolStats()
+        #: Told of each change of a server's state: (server, what, detail),
+        #: what being DOWN, UP, ejected, reinstated, drained, maint, enabled
+        #: or weight.
+        self.on_change: Optional[Callable[[ServerState, str, str], None]] = None
         self._waiting: Deque[Callable[[], None]] = deque()
         self._timers: dict = {}
         self._set_servers(servers)
@@ -362,6 +366,7 @@ class Pool:
             server.ejected = True
             server.ejected_at = now
             server.refresh()
+            self._changed(server, "ejected", f"{server.fails} failed requests")
             log.warn(
                 "server {server} taken out for {seconds:g}s after {fails} failed requests",
                 server=server.name,
@@ -376,6 +381,7 @@ class Pool:
         server.fail_window_start = self.clock.seconds()
         server.refresh()
         log.info("server {server} back on probation", server=server.name)
+        self._changed(server, "reinstated", "on probation")
         self.start_slow_start(server)
         self._wake()
 
@@ -396,6 +402,7 @@ class Pool:
                     # A passing check brings back a server that real traffic
                     # took out, without waiting for fail_timeout.
                     self._bring_back(server, "server {server} back: health check passed")
+                    self._changed(server, "reinstated", "health check passed")
                 return
             server.rise_count += 1
             if server.rise_count >= config.health_rise:
@@ -410,6 +417,7 @@ class Pool:
                 server.fall_count = 0
                 server.up = False
                 server.refresh()
+                self._changed(server, "DOWN", detail)
                 log.warn(
                     "server {server} is DOWN: {n} failed health checks, last: {detail}",
                     server=server.name,
@@ -425,6 +433,7 @@ class Pool:
             n=self.config.health_rise,
             detail=detail,
         )
+        self._changed(server, "UP", detail)
 
     def _bring_back(self, server: ServerState, message: str, **fields: object) -> None:
         """
@@ -465,6 +474,8 @@ class Pool:
 
     def drain(self, server: ServerState) -> None:
         """No new requests for C{server}; those in flight finish."""
+        if not server.draining:
+            self._changed(server, "drained", "")
         server.draining = True
         server.maint = False
         server.refresh()
@@ -474,12 +485,16 @@ class Pool:
         Maintenance: no new requests for C{server} (those in flight finish)
         and no health checks until it is enabled again.
         """
+        if not server.maint:
+            self._changed(server, "maint", "")
         server.maint = True
         server.draining = False
         server.refresh()
 
     def enable(self, server: ServerState) -> None:
         """Back in rotation after draining or maintenance."""
+        if server.draining or server.maint:
+            self._changed(server, "enabled", "")
         server.draining = False
         server.maint = False
         server.refresh()
@@ -487,10 +502,16 @@ class Pool:
 
     def set_weight(self, server: ServerState, weight: int) -> None:
         """Run C{server} with C{weight} until a reload changes its weight."""
+        if weight != server.base_weight:
+            self._changed(server, "weight", f"{server.base_weight} to {weight}")
         server.weight_override = weight
         if not server.ejected:
             self._cancel(server)  # a slow start in progress ends here
         server.weight = weight * WEIGHT_SCALE
+
+    def _changed(self, server: ServerState, what: str, detail: str) -> None:
+        if self.on_change is not None:
+            self.on_change(server, what, detail)
 
     # -- timers ---------------------------------------------------------------
 

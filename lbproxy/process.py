@@ -71,22 +71,38 @@ class ProcessControl(Service):
         self.reactor = reactor
         self._previous: Dict[int, Any] = {}
 
+    def privilegedStartService(self) -> None:
+        # The parent logs "lbproxy listening on" right after this (its
+        # children start first): from that line on, a signal must find our
+        # handlers, not the default action (which ends the process).  An
+        # action asked for before the reactor runs waits for it.
+        super().privilegedStartService()
+        self._install()
+
     def startService(self) -> None:
         super().startService()
-        # twistd starts the service before the reactor runs, and the reactor
-        # installs its own signal handlers as it starts: ours go in after.
+        # The reactor installs its own SIGTERM handler as it starts: ours
+        # goes in again after that, then the service manager hears READY=1.
         self.reactor.callWhenRunning(self._running)
 
-    def _running(self) -> None:
-        if not self.running:
-            return
+    def _install(self) -> None:
         handlers = {
             signal.SIGHUP: self.reload,
             signal.SIGUSR1: self.reopen_logs,
             signal.SIGTERM: self.stop,
         }
         for number, action in handlers.items():
-            self._previous[number] = signal.signal(number, self._deferred(action))
+            previous = signal.signal(number, self._deferred(action))
+            self._previous.setdefault(number, previous)
+        usr1 = self._previous[signal.SIGUSR1]
+        if callable(usr1):
+            # twistd --logfile rotates its own log on SIGUSR1: keep that too.
+            signal.signal(signal.SIGUSR1, self._deferred(self.reopen_logs, usr1))
+
+    def _running(self) -> None:
+        if not self.running:
+            return
+        signal.signal(signal.SIGTERM, self._deferred(self.stop))
         notify(f"READY=1\nSTATUS={self.proxy.config.summary()}\nMAINPID={os.getpid()}")
 
     def stopService(self) -> None:
@@ -96,11 +112,13 @@ class ProcessControl(Service):
             signal.signal(number, previous)
         self._previous.clear()
 
-    def _deferred(self, action: Any) -> Any:
+    def _deferred(self, action: Any, also: Any = None) -> Any:
         # A signal handler runs between two bytecodes of whatever the reactor
         # was doing: it only asks the reactor to run the action next.
         def handler(number: int, frame: Any) -> None:
             self.reactor.callFromThread(action)
+            if also is not None:
+                also(number, frame)
 
         return handler
 

@@ -5,7 +5,7 @@ to the same running service, and a graceful stop.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -23,6 +23,7 @@ from lbproxy.pool import Pool, ServerState
 from lbproxy.resource import ProxyResource
 from lbproxy.site import ProxyRequest, ProxySite
 from lbproxy.stats import method_label, status_class
+from lbproxy.values import describe_address
 
 log = Logger()
 
@@ -32,13 +33,6 @@ class StartError(Exception):
     A configuration that parsed but cannot be applied (a port that cannot be
     listened on, a log file that cannot be opened); the text is one line.
     """
-
-
-def _describe(address: Any) -> str:
-    host = getattr(address, "host", None)
-    if host is not None:
-        return f"{host}:{address.port}"
-    return str(getattr(address, "name", address))
 
 
 def server_key(config: ServerConfig) -> Tuple[str, str, str, int]:
@@ -211,7 +205,8 @@ class ProxyService(service.MultiService):
                 servers.append(state)
             running = self.pools.get(name)
             if running is None:
-                self.pools[name] = Pool(pool_config, servers, reactor)
+                pool = self.pools[name] = Pool(pool_config, servers, reactor)
+                pool.on_change = _event_recorder(pool, reactor)
             else:
                 running.reconfigure(pool_config, servers)
         for name in list(self.pools):
@@ -232,6 +227,8 @@ class ProxyService(service.MultiService):
         site.timeOut = config.keepalive_timeout
         site.max_connections = config.max_connections
         self.connections.maxPersistentPerHost = config.backend_keepalive
+        # Twisted's pool cannot keep zero idle connections: it keeps none at all.
+        self.connections.persistent = config.backend_keepalive > 0
         self.connections.cachedConnectionTimeout = config.backend_keepalive_timeout  # type: ignore[assignment]
         via = config.via.encode("ascii") if config.via is not None else None
         self.resource.forwarder = Forwarder(
@@ -248,7 +245,7 @@ class ProxyService(service.MultiService):
                 self.ports.pop(description).stopListening()
         for description, port in plan.ports.items():
             self.ports[description] = port
-            log.info("lbproxy listening on {address}", address=_describe(port.getHost()))
+            log.info("lbproxy listening on {address}", address=describe_address(port.getHost()))
         if plan.admin_port is not None or config.admin is None:
             if self.admin_port is not None:
                 self.admin_port.stopListening()
@@ -256,7 +253,7 @@ class ProxyService(service.MultiService):
             if self.admin_port is not None:
                 log.info(
                     "lbproxy admin listening on {address}",
-                    address=_describe(self.admin_port.getHost()),
+                    address=describe_address(self.admin_port.getHost()),
                 )
         if plan.access_log is not None or config.access_log is None:
             if self.access_log is not None:
@@ -293,11 +290,15 @@ class ProxyService(service.MultiService):
         """
         server = request.server
         method = method_label(request.method)
+        klass = status_class(status)
         now = self._reactor.seconds()
+        pool = request.pool
         if server is not None:
-            server.stats.record(method, status_class(status), duration, now)
-        elif request.pool is not None:
-            request.pool.stats.record_unrouted(method, status_class(status))
+            server.stats.record(method, klass, duration, now)
+        elif pool is not None:
+            pool.stats.record_unrouted(method, klass)
+        if pool is not None:
+            pool.stats.record(klass, duration, now)
         access_log = self.access_log
         if access_log is not None:
             access_log.write(_entry(request, status, duration, now))
@@ -347,6 +348,16 @@ class ProxyService(service.MultiService):
         drained.addCallback(finish)
         stopping.append(drained)
         return DeferredList(stopping)
+
+
+def _event_recorder(pool: Pool, reactor: Any) -> Callable[[ServerState, str, str], None]:
+    """Write the state changes of C{pool}'s servers in its event log, with the time."""
+    events = pool.stats.events
+
+    def record(server: ServerState, what: str, detail: str) -> None:
+        events.add(reactor.seconds(), server.name, what, detail)
+
+    return record
 
 
 def _entry(request: ProxyRequest, status: int, duration: float, now: float) -> accesslog.Entry:

@@ -54,6 +54,9 @@ class ProxyRequest(server.Request):
     defaultContentType = None
     #: The forwarder's record of this request while it is on its way.
     exchange: Optional[Any] = None
+    #: The request target that goes to a backend: as sent, or the
+    #: origin-form of an absolute-form one (see L{lbproxy.resource}).
+    target = b""
     #: The request body, streamed; L{None} when the request has none.
     body: Optional[StreamedBody] = None
     #: Body bytes received so far.
@@ -181,6 +184,7 @@ class ProxyRequest(server.Request):
     def _set_request_line(self, command: bytes, path: bytes, version: bytes) -> None:
         self.method = command
         self.uri = path
+        self.target = path
         self.clientproto = version
         self.path = path.split(b"?", 1)[0]
         self.args = {}
@@ -224,12 +228,14 @@ class ProxyRequest(server.Request):
         that every request would pay for).
         """
         super().connectionLost(reason)
-        if self.body is not None and not self.body.complete:
-            self.body.fail(reason)
+        # The forwarder hears first, so that the body's failure that follows
+        # is known as the client's, never taken for the server's.
         exchange = self.exchange
         if exchange is not None:
             self.exchange = None
             exchange.client_lost(reason)
+        if self.body is not None and not self.body.complete:
+            self.body.fail(reason)
         self._report(self.code if self.startedWriting else CLIENT_CLOSED)
 
     def finish(self) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Dict, List, Optional, Tuple
 
+from lbproxy.history import EventLog, Timeline, bucket_percentiles
+
 #: Upper bounds (seconds) of the request duration histogram exported to
 #: Prometheus (its client's default buckets, plus 30 s and 60 s).
 HISTOGRAM_BOUNDS: Tuple[float, ...] = (
@@ -69,6 +71,10 @@ class LastMinute:
         self._seconds: List[int] = [-1] * WINDOW
 
     def add(self, duration: float, now: float) -> None:
+        self.add_bucket(bisect_left(WINDOW_BOUNDS, duration), now)
+
+    def add_bucket(self, bucket: int, now: float) -> None:
+        """Count a duration of latency bucket C{bucket} (an index into L{WINDOW_BOUNDS})."""
         second = int(now)
         index = second % WINDOW
         slot = self._slots[index]
@@ -76,7 +82,7 @@ class LastMinute:
             self._seconds[index] = second
             for i in range(len(slot)):
                 slot[i] = 0
-        slot[bisect_left(WINDOW_BOUNDS, duration)] += 1
+        slot[bucket] += 1
 
     def _merged(self, now: float) -> List[int]:
         oldest = int(now) - WINDOW + 1
@@ -96,22 +102,7 @@ class LastMinute:
         requests fell, in seconds (the upper bound of the bucket it falls
         in), or L{None} when there were none.
         """
-        counts = self._merged(now)
-        total = sum(counts)
-        answers: List[Optional[float]] = []
-        for q in qs:
-            if total == 0:
-                answers.append(None)
-                continue
-            rank = q * total
-            seen = 0
-            for i, n in enumerate(counts):
-                seen += n
-                if seen >= rank and n:
-                    bound = WINDOW_BOUNDS[i] if i < len(WINDOW_BOUNDS) else WINDOW_BOUNDS[-1]
-                    answers.append(bound)
-                    break
-        return answers
+        return bucket_percentiles(self._merged(now), WINDOW_BOUNDS, qs)
 
 
 class Histogram:
@@ -149,7 +140,15 @@ class ServerStats:
     @ivar connect_failures: Attempts that could not reach the server.
     """
 
-    __slots__ = ("requests", "served", "failures", "connect_failures", "histogram", "recent")
+    __slots__ = (
+        "requests",
+        "served",
+        "failures",
+        "connect_failures",
+        "histogram",
+        "recent",
+        "timeline",
+    )
 
     def __init__(self) -> None:
         self.requests: Dict[Tuple[str, str], int] = {}
@@ -158,27 +157,37 @@ class ServerStats:
         self.connect_failures = 0
         self.histogram = Histogram()
         self.recent = LastMinute()
+        self.timeline = Timeline(WINDOW_BOUNDS)
 
     def record(self, method: str, status: str, duration: float, now: float) -> None:
         key = (method, status)
         self.requests[key] = self.requests.get(key, 0) + 1
         self.served += 1
         self.histogram.add(duration)
-        self.recent.add(duration, now)
+        bucket = bisect_left(WINDOW_BOUNDS, duration)
+        self.recent.add_bucket(bucket, now)
+        self.timeline.add(status, bucket, now)
 
 
 class PoolStats:
     """
     The counters of one pool that belong to no server: requests answered
     without reaching one (503, 502 after every attempt failed before a
-    server was chosen), and retries.
+    server was chosen), and retries; the history of all its responses
+    (L{Timeline}) and of its servers' state changes (L{EventLog}).
     """
 
-    __slots__ = ("unrouted", "retries")
+    __slots__ = ("unrouted", "retries", "timeline", "events")
 
     def __init__(self) -> None:
         self.unrouted: Dict[Tuple[str, str], int] = {}
         self.retries = 0
+        self.timeline = Timeline(WINDOW_BOUNDS)
+        self.events = EventLog()
+
+    def record(self, status: str, duration: float, now: float) -> None:
+        """Count a response of the pool, through a server or not, in its history."""
+        self.timeline.add(status, bisect_left(WINDOW_BOUNDS, duration), now)
 
     def record_unrouted(self, method: str, status: str) -> None:
         key = (method, status)

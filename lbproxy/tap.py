@@ -35,6 +35,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        self._no_default_pidfile()
         if self["config"] is None:
             raise ConfigRefused("--config FILE is required")
         try:
@@ -43,6 +44,21 @@ class Options(usage.Options):
                 check_demo(self["proxy_config"])
         except (ConfigError, ValueError) as e:
             raise ConfigRefused(str(e)) from None
+
+    def _no_default_pidfile(self) -> None:
+        """
+        Under C{twistd -n} (in the foreground, where a service manager or a
+        terminal keeps track of the process), write no C{twistd.pid} unless
+        C{--pidfile} asks for one: twistd's default, C{twistd.pid} in the
+        current directory, would stop a second instance started there.
+        """
+        parent = self.parent
+        if parent is None or not parent.get("nodaemon"):
+            return
+        # twistd parses sys.argv; an explicit --pidfile is kept as given.
+        given = any(arg == "--pidfile" or arg.startswith("--pidfile=") for arg in sys.argv[1:])
+        if not given and parent.get("pidfile") == "twistd.pid":
+            parent["pidfile"] = ""
 
     def parseOptions(self, options=None):  # type: ignore[no-untyped-def]
         """

@@ -246,3 +246,22 @@ def parse_file_path(text: str) -> str:
     except OSError as e:
         raise ValueError(f"cannot read {path!r}: {e.strerror}") from None
     return path
+
+
+# ---------------------------------------------------------------------------
+# Addresses as logs show them.
+
+
+def describe_address(address: object) -> str:
+    """
+    A Twisted address as a log line shows it, in URL form:
+    C{127.0.0.1:8080}, C{[::1]:8080}, or a UNIX socket's path.
+    """
+    host = getattr(address, "host", None)
+    if host is not None:
+        shown = f"[{host}]" if ":" in host else host
+        return f"{shown}:{getattr(address, 'port', '?')}"
+    name = getattr(address, "name", None)
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    return str(name) if name else "a UNIX socket"

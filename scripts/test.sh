@@ -45,6 +45,25 @@ quiet_pip .venv/bin/pip install -q --upgrade '.[dev]'
 # Always the code of this checkout, even when the version number is unchanged.
 quiet_pip .venv/bin/pip install -q --force-reinstall --no-deps .
 
+# The way the README installs it: a wheel built from this checkout, into a
+# fresh virtual environment, run from another directory (so nothing comes
+# from the source tree).
+wheel_dir=$(mktemp -d)
+trap 'rm -rf "$wheel_dir"' EXIT
+check_wheel() {
+    local interpreter=$1 venv="$wheel_dir/venv-$1"
+    echo "== $interpreter: the built wheel in a fresh virtual environment"
+    "$interpreter" -m venv "$venv"
+    quiet_pip "$venv/bin/pip" install -q "$wheel_dir"/lbproxy-*.whl
+    (cd "$wheel_dir" && "$venv/bin/lbproxy" check "$OLDPWD/etc/lbproxy.ini" \
+        && "$venv/bin/twistd" lbproxy --help >/dev/null \
+        && "$venv/bin/lbproxy" --version)
+}
+echo "== CPython: build the wheel"
+.venv/bin/python -m build --wheel --outdir "$wheel_dir" . >"$wheel_dir/build.log" 2>&1 \
+    || { cat "$wheel_dir/build.log"; exit 1; }
+check_wheel python3
+
 echo "== CPython: ruff"
 .venv/bin/ruff check lbproxy tests twisted bench
 .venv/bin/ruff format --check lbproxy tests twisted bench
@@ -60,6 +79,7 @@ if [ "$want_pypy" = yes ]; then
     [ -x .venv-pypy/bin/python ] || pypy3 -m venv .venv-pypy
     quiet_pip .venv-pypy/bin/pip install -q --upgrade '.[test]'
     quiet_pip .venv-pypy/bin/pip install -q --force-reinstall --no-deps .
+    check_wheel pypy3
     echo "== PyPy: trial (all but the dashboard's browser test, which runs on CPython)"
     modules=$(find tests -name 'test_*.py' ! -path tests/test_dashboard.py | sort | sed 's#/#.#g; s#\.py$##')
     # shellcheck disable=SC2086

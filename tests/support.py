@@ -159,12 +159,17 @@ class _RawProtocol(protocol.Protocol):
             self.factory.respond(self, request)
 
 
+#: Sockets bound but never listening, kept open for the whole run: nothing
+#: else can take their ports, so connecting to one is always refused.
+_UNLISTENED: List[socket.socket] = []
+
+
 def refused_url() -> str:
     """A loopback URL where nothing listens: connecting is refused."""
     s = socket.socket()
     s.bind((HOST, 0))
+    _UNLISTENED.append(s)
     port = s.getsockname()[1]
-    s.close()
     return f"http://{HOST}:{port}"
 
 

@@ -99,13 +99,13 @@ class StatusTests(AdminTestCase):
         self.assertEqual(servers["a"]["in_flight"], 0)
         # Every request was answered by a or b; the dead server failed its
         # attempts, which went on to another server.
-        self.assertEqual(servers["a"]["requests"] + servers["b"]["requests"], 10)
-        self.assertEqual(servers["a"]["requests"], len(a.seen))
-        self.assertEqual(servers["dead"]["requests"], 0)
-        self.assertGreater(servers["dead"]["connect_failures"], 0)
-        self.assertEqual(servers["dead"]["failures"], servers["dead"]["connect_failures"])
-        self.assertEqual(pool["retries"], servers["dead"]["connect_failures"])
-        self.assertEqual(servers["a"]["requests_last_minute"], servers["a"]["requests"])
+        self.assertEqual(servers["a"]["requests_served"] + servers["b"]["requests_served"], 10)
+        self.assertEqual(servers["a"]["requests_served"], len(a.seen))
+        self.assertEqual(servers["dead"]["requests_served"], 0)
+        self.assertGreater(servers["dead"]["failed_connects"], 0)
+        self.assertEqual(servers["dead"]["failed_attempts"], servers["dead"]["failed_connects"])
+        self.assertEqual(pool["retries_made"], servers["dead"]["failed_connects"])
+        self.assertEqual(servers["a"]["requests_last_minute"], servers["a"]["requests_served"])
         latency = servers["a"]["latency_ms"]
         self.assertGreater(latency["p50"], 0)
         self.assertGreaterEqual(latency["p99"], latency["p50"])
@@ -124,7 +124,7 @@ class StatusTests(AdminTestCase):
         self.assertEqual(response.body, b"done")
         server = yield self.server_status("a")
         self.assertEqual(server["in_flight"], 0)
-        self.assertEqual(server["requests"], 1)
+        self.assertEqual(server["requests_served"], 1)
 
     @defer.inlineCallbacks
     def test_dashboard_is_one_self_contained_page(self):  # type: ignore[no-untyped-def]
@@ -463,3 +463,95 @@ class MetricsTests(AdminTestCase):
         self.assertEqual(values[key], 1)
         state = ("lbproxy_server_state", (("pool", "test"), ("server", "a"), ("state", "DRAINING")))
         self.assertEqual(values[state], 1)
+
+
+class AuditTests(AdminTestCase):
+    @defer.inlineCallbacks
+    def test_every_write_is_logged_with_who_and_what_changed(self):  # type: ignore[no-untyped-def]
+        from tests.test_health import capture_log
+
+        a, b = self.backend("a"), self.backend("b")
+        self.start_admin(
+            admin_config(
+                [f"{a.url} name=a", f"{b.url} name=b weight=2"],
+                token=TOKEN,
+                algorithm="weighted_round_robin",
+            )
+        )
+        lines = capture_log(self)
+        auth = [("Authorization", f"Bearer {TOKEN}")]
+        for method, target, body in (
+            ("POST", "/pools/test/servers/a/drain", None),
+            ("POST", "/pools/test/servers/a/maint", None),
+            ("POST", "/pools/test/servers/a/enable", None),
+            ("PUT", "/pools/test/servers/b/weight", b"5"),
+        ):
+            response = yield self.admin_call(method, target, body, headers=auth)
+            self.assertEqual(response.status, 200, response.body)
+        response = yield self.admin_call("POST", "/pools/test/servers/b/drain")
+        self.assertEqual(response.status, 401)
+        who = rf"by {HOST}:\d+"
+        expected = [
+            rf"^admin: drain test/a {who} with the token: UP -> DRAINING$",
+            rf"^admin: maint test/a {who} with the token: DRAINING -> MAINT$",
+            rf"^admin: enable test/a {who} with the token: MAINT -> UP$",
+            rf"^admin: weight test/b {who} with the token: weight 2 -> 5$",
+            rf"^admin: drain test/b {who} refused \(401\)$",
+        ]
+        self.assertEqual(len(lines), len(expected), lines)
+        for line, pattern in zip(lines, expected):
+            self.assertRegex(line, pattern)
+
+    @defer.inlineCallbacks
+    def test_without_a_token_the_log_says_so(self):  # type: ignore[no-untyped-def]
+        from tests.test_health import capture_log
+
+        a = self.backend("a")
+        self.start_admin(admin_config([f"{a.url} name=a"]))
+        lines = capture_log(self)
+        response = yield self.admin_call("POST", "/pools/test/servers/a/drain")
+        self.assertEqual(response.status, 200)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertRegex(
+            lines[0],
+            rf"^admin: drain test/a by {HOST}:\d+ \(no token configured\): UP -> DRAINING$",
+        )
+
+
+class NamingTests(AdminTestCase):
+    @defer.inlineCallbacks
+    def test_status_counters_cannot_be_read_as_settings(self):  # type: ignore[no-untyped-def]
+        # retries = 2 is a setting; the count of retries made is another name.
+        a = self.backend("a")
+        self.start_admin(admin_config([f"{a.url} name=a"], pool={"retries": "2"}))
+        yield self.send(3)
+        status = yield self.status()
+        pool = status["pools"][0]
+        server = pool["servers"][0]
+        self.assertEqual(pool["retries_made"], 0)
+        self.assertEqual(
+            (server["requests_served"], server["failed_attempts"], server["failed_connects"]),
+            (3, 0, 0),
+        )
+        settings = {"retries", "requests", "failures", "connect_failures"}
+        self.assertEqual(settings & (set(pool) | set(server)), set())
+
+    def test_addresses_in_log_lines_are_in_url_form(self) -> None:
+        from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+
+        from lbproxy.values import describe_address
+
+        self.assertEqual(describe_address(IPv4Address("TCP", "127.0.0.1", 8081)), "127.0.0.1:8081")
+        self.assertEqual(describe_address(IPv6Address("TCP", "::1", 8081)), "[::1]:8081")
+        self.assertEqual(describe_address(UNIXAddress(b"/run/lb.sock")), "/run/lb.sock")
+
+    def test_an_ipv6_listener_is_logged_in_url_form(self) -> None:
+        from tests.test_health import capture_log
+
+        a = self.backend("a")
+        lines = capture_log(self)
+        self.start_proxy(
+            proxy_config([a.url]).replace(f"tcp:0:interface={HOST}", r"tcp6:0:interface=\:\:1")
+        )
+        ours = [line for line in lines if line.startswith("lbproxy")]
+        self.assertEqual(ours, [f"lbproxy listening on [::1]:{self.port}"])

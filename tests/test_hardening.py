@@ -271,16 +271,16 @@ class MalformedRequestTests(ProxyTestCase):
         from tests.support import refused_url
 
         self.start_proxy(proxy_config([refused_url()]))
-        answer, _ = yield threads.deferToThread(
-            exchange,
-            self.port,
-            request(
-                b"GET /<script>alert(1)</script> HTTP/1.1\nHost: <b>evil</b>\nConnection: close\n"
-            ),
-        )
-        self.assertTrue(answer.startswith(b"HTTP/1.1 502 "), answer)
-        self.assertNotIn(b"<", answer)
-        self.assertNotIn(b"evil", answer)
+        for head, status in [
+            (b"GET /<script>alert(1)</script> HTTP/1.1\nHost: evil.example\n", 502),
+            (b"GET /<script>alert(1)</script> HTTP/1.1\nHost: <b>evil</b>\n", 400),
+        ]:
+            answer, _ = yield threads.deferToThread(
+                exchange, self.port, request(head + b"Connection: close\n")
+            )
+            self.assertTrue(answer.startswith(b"HTTP/1.1 %d " % status), answer)
+            self.assertNotIn(b"<", answer)
+            self.assertNotIn(b"evil", answer)
 
 
 class ResponseFramingTests(ProxyTestCase):

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from lbproxy.headers import connection_tokens, request_headers, response_headers
+from lbproxy.headers import (
+    chunk_extension_problem,
+    connection_tokens,
+    request_headers,
+    response_headers,
+)
 
 
 def req(pairs, client=b"192.0.2.7", scheme=b"http", version=b"1.1", via=b"lbproxy"):  # type: ignore[no-untyped-def]
@@ -166,3 +171,33 @@ class ResponseHeaderTests(unittest.TestCase):
         ]
         for pairs, expected in cases:
             self.assertEqual(response_headers(pairs), expected, pairs)
+
+
+class ChunkExtensionTests(unittest.TestCase):
+    def test_table(self) -> None:
+        good = [
+            b"",
+            b";a",
+            b";a=b",
+            b" ; a = b ;c",
+            b';name="quoted value"',
+            b';q="with \\" escaped"',
+            b';a="";b=1',
+        ]
+        bad = [
+            b';ext="unterminated',
+            b';ext="ends with a backslash\\',
+            b";",
+            b";=v",
+            b";a=",
+            b";a=b c",
+            b";a=@",
+            b";a b",
+            b"x;a=b",
+            b';a="\x01"',
+            b";a\x00",
+        ]
+        for ext in good:
+            self.assertIsNone(chunk_extension_problem(ext), ext)
+        for ext in bad:
+            self.assertIsNotNone(chunk_extension_problem(ext), ext)

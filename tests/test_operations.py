@@ -154,6 +154,32 @@ class SignalTests(OperationsTestCase):
         self.assertNotIn(b"Traceback", proc.output)
 
     @defer.inlineCallbacks
+    def test_signals_as_soon_as_listening_is_logged_are_handled(self):  # type: ignore[no-untyped-def]
+        # "lbproxy listening on" is the line to wait for: the signal handlers
+        # are in place before it is written.  Four processes, each sent
+        # SIGHUP and SIGUSR1 the moment the line arrives, all survive.
+        (a,) = self.backends("a")
+
+        @defer.inlineCallbacks
+        def one(number: int):  # type: ignore[no-untyped-def]
+            log_path = os.path.join(self.dir, f"access{number}.log")
+            text = proxy_config([f"{a.url} name=a"], access_log=log_path)
+            proc = self.twistd(self.write(text, f"lbproxy{number}.ini"))
+            match = yield proc.wait_for(rb"lbproxy listening on 127\.0\.0\.1:(\d+)")
+            proc.transport.signalProcess("HUP")
+            proc.transport.signalProcess(signal.SIGUSR1)
+            yield proc.wait_for(rb"reloaded ")
+            yield proc.wait_for(rb"access log reopened")
+            response = yield threads.deferToThread(fetch, int(match.group(1)))
+            self.assertEqual(response.body, b"a\n")
+            self.assertFalse(proc.exited.called, proc.output)
+            proc.transport.signalProcess("TERM")
+            code = yield proc.exited
+            self.assertEqual(code, 0, proc.output)
+
+        yield defer.gatherResults([one(n) for n in range(4)], consumeErrors=True)
+
+    @defer.inlineCallbacks
     def test_five_reloads_under_load_lose_no_request(self):  # type: ignore[no-untyped-def]
         backends = self.backends("a", "b", "c", "d")
         url = {b.name: f"{b.url} name={b.name}" for b in backends}
@@ -205,6 +231,9 @@ class SignalTests(OperationsTestCase):
         path = self.write(text)
         proc = self.twistd(path)
         yield proc.wait_for(rb"listening on")
+        # "listening on" is logged before the reactor runs and the signal
+        # handlers go in; a served request means they are in.
+        yield threads.deferToThread(fetch, port)
         self.write(text.replace("name=a", "weight=heavy"))
         proc.transport.signalProcess("HUP")
         match = yield proc.wait_for(rb"reload refused[^\n]*\n")

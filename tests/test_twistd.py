@@ -78,11 +78,13 @@ def installed_env() -> dict:
     return env
 
 
-def run(test: unittest.TestCase, *argv: str, env: Optional[dict] = None) -> _Process:
+def run(
+    test: unittest.TestCase, *argv: str, env: Optional[dict] = None, cwd: Optional[str] = None
+) -> _Process:
     proc = _Process()
     environment = installed_env()
     environment.update(env or {})
-    transport = reactor.spawnProcess(proc, argv[0], list(argv), env=environment)
+    transport = reactor.spawnProcess(proc, argv[0], list(argv), env=environment, path=cwd)
     proc.transport = transport  # type: ignore[attr-defined]
     proc.pid = transport.pid  # type: ignore[attr-defined]
 
@@ -393,7 +395,126 @@ class CheckCommandTests(unittest.TestCase):
             tool("lbproxy"), ["frobnicate"], env=installed_env()
         )
         self.assertEqual(code, 2)
-        self.assertIn(b"usage: lbproxy check FILE", err)
+        self.assertIn(b"usage: lbproxy", err)
+        self.assertIn(b"invalid choice: 'frobnicate'", err)
+
+
+def lbproxy(*args: str) -> defer.Deferred:
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    return getProcessOutputAndValue(tool("lbproxy"), args, env=installed_env())
+
+
+class CommandLineTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_help_goes_to_stdout_with_exit_0(self):  # type: ignore[no-untyped-def]
+        for args, start in (
+            (["--help"], b"usage: lbproxy "),
+            (["-h"], b"usage: lbproxy "),
+            (["check", "--help"], b"usage: lbproxy check "),
+            (["init", "--help"], b"usage: lbproxy init "),
+        ):
+            out, err, code = yield lbproxy(*args)
+            self.assertEqual((code, err), (0, b""), args)
+            self.assertTrue(out.startswith(start), out)
+        out, err, code = yield lbproxy("--help")
+        for word in (b"check", b"init", b"version", b"twistd -n lbproxy -c FILE"):
+            self.assertIn(word, out)
+
+    @defer.inlineCallbacks
+    def test_version(self):  # type: ignore[no-untyped-def]
+        from lbproxy import __version__
+
+        for args in (["--version"], ["version"]):
+            out, err, code = yield lbproxy(*args)
+            self.assertEqual((code, out, err), (0, f"lbproxy {__version__}\n".encode(), b""))
+
+    @defer.inlineCallbacks
+    def test_no_command_is_usage_on_stderr_with_exit_2(self):  # type: ignore[no-untyped-def]
+        out, err, code = yield lbproxy()
+        self.assertEqual((code, out), (2, b""))
+        self.assertIn(b"usage: lbproxy", err)
+        self.assertIn(b"a command is required", err)
+
+    @defer.inlineCallbacks
+    def test_init_writes_a_configuration_that_checks_and_serves(self):  # type: ignore[no-untyped-def]
+        a, b = Backend("a"), Backend("b")
+        self.addCleanup(a.stop)
+        self.addCleanup(b.stop)
+        out, err, code = yield lbproxy("init", a.url, b.url)
+        self.assertEqual((code, err), (0, b""))
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(out)
+        checked, err, code = yield lbproxy("check", path)
+        self.assertEqual(
+            (code, checked.decode()),
+            (0, f"{path}: ok: 1 listener, 1 pool, 2 servers; requests go to pool 'web'\n"),
+        )
+        self.assertIn(b"listen = tcp:8080:interface=127.0.0.1", out)
+        # With other listeners (the defaults may be taken here), it serves.
+        out, err, code = yield lbproxy(
+            "init",
+            "--listen=tcp:0:interface=127.0.0.1",
+            "--admin=tcp:0:interface=127.0.0.1",
+            a.url,
+            f"{b.url} weight=2",
+        )
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"algorithm = weighted_round_robin", out)
+        with open(path, "wb") as f:
+            f.write(out)
+        proc = run(self, tool("twistd"), "-n", "lbproxy", "-c", path, cwd=os.path.dirname(path))
+        match = yield proc.wait_for(rb"lbproxy listening on 127\.0\.0\.1:(\d+)")
+        bodies = []
+        for _ in range(3):
+            body, err, code = yield curl(f"http://127.0.0.1:{match.group(1).decode()}/")
+            bodies.append(body)
+        self.assertEqual(sorted(bodies), [b"a\n", b"b\n", b"b\n"])
+
+    @defer.inlineCallbacks
+    def test_init_refuses_a_bad_url_in_one_line(self):  # type: ignore[no-untyped-def]
+        out, err, code = yield lbproxy("init", "ftp://files.example")
+        self.assertEqual((code, out), (1, b""))
+        self.assertEqual(
+            err,
+            b"<lbproxy init>: [pool:web] servers: line 1: 'ftp://files.example': "
+            b"the URL must start with http:// or https://\n",
+        )
+
+    @defer.inlineCallbacks
+    def test_short_form_runs_twice_in_one_directory(self):  # type: ignore[no-untyped-def]
+        # twistd writes twistd.pid in the current directory by default; in
+        # the foreground (-n) lbproxy writes none unless --pidfile asks.
+        a = Backend("a")
+        self.addCleanup(a.stop)
+        here = os.path.abspath(self.mktemp())
+        os.mkdir(here)
+        with open(os.path.join(here, "lbproxy.ini"), "w") as f:
+            f.write(proxy_config([a.url]))
+        ports = []
+        for _ in range(2):
+            proc = run(self, tool("twistd"), "-n", "lbproxy", "-c", "lbproxy.ini", cwd=here)
+            match = yield proc.wait_for(rb"lbproxy listening on 127\.0\.0\.1:(\d+)")
+            ports.append(match.group(1).decode())
+        for port in ports:
+            body, err, code = yield curl(f"http://127.0.0.1:{port}/")
+            self.assertEqual((code, body), (0, b"a\n"), err)
+        self.assertEqual(sorted(os.listdir(here)), ["lbproxy.ini"])
+        # An explicit --pidfile is written.
+        proc = run(
+            self,
+            tool("twistd"),
+            "-n",
+            "--pidfile=mine.pid",
+            "lbproxy",
+            "-c",
+            "lbproxy.ini",
+            cwd=here,
+        )
+        yield proc.wait_for(rb"lbproxy listening on")
+        with open(os.path.join(here, "mine.pid")) as f:
+            self.assertEqual(int(f.read()), proc.pid)
 
 
 def _free_port() -> int:
