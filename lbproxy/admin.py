@@ -220,8 +220,9 @@ class AdminResource(Resource):
                 return _error(
                     request, 400, f"the weight must be a whole number from 1 to {MAX_WEIGHT}"
                 )
-            if pool.config.algorithm == "round_robin":
-                return _error(request, 409, "pool uses round_robin, which ignores weights")
+            if not pool.uses_weights:
+                algorithm = pool.config.algorithm
+                return _error(request, 409, f"pool uses {algorithm}, which ignores weights")
             pool.set_weight(target, int(text))
         self._audit(request, pool, target, action, before)
         return _json(request, 200, server_status(target, self.proxy._reactor.seconds()))

@@ -24,6 +24,15 @@ from urllib.parse import urlsplit
 
 import attr
 
+from lbproxy.balancing import (
+    ALGORITHM_KEYS,
+    CLIENT_ADDRESS,
+    HashKey,
+    lookup,
+    parse_hash_key,
+    parse_token_name,
+    readers,
+)
 from lbproxy.routing import (
     ROUTE_KEYS,
     HeaderRule,
@@ -39,6 +48,7 @@ from lbproxy.values import (
     is_local_endpoint,
     parse_access_log,
     parse_algorithm,
+    parse_balance_factor,
     parse_bool,
     parse_duration,
     parse_file_path,
@@ -156,6 +166,10 @@ class PoolConfig:
     fail_on_5xx: bool = False
     slow_start: float = 0.0
     queue_timeout: float = 5.0
+    hash_key: HashKey = CLIENT_ADDRESS
+    hash_balance_factor: float = 1.25
+    ewma_decay: float = 10.0
+    sticky_cookie: Optional[str] = None
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -446,6 +460,10 @@ _POOL_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
     "fail_on_5xx": (parse_bool, False),
     "slow_start": (parse_duration, 0.0),
     "queue_timeout": (parse_positive_duration, 5.0),
+    "hash_key": (parse_hash_key, CLIENT_ADDRESS),
+    "hash_balance_factor": (parse_balance_factor, 1.25),
+    "ewma_decay": (parse_positive_duration, 10.0),
+    "sticky_cookie": (parse_token_name, None),
 }
 
 
@@ -505,6 +523,31 @@ def _read(text: str) -> configparser.ConfigParser:
     return parser
 
 
+def _check_algorithm(pool: PoolConfig, section: str, present: Mapping[str, str]) -> None:
+    """
+    Refuse what the pool's algorithm would silently ignore: weights, and the
+    keys that only other algorithms read.
+    """
+    algorithm = lookup(pool.algorithm)
+    if not algorithm.uses_weights:
+        for number, server in enumerate(pool.servers, 1):
+            if server.weight != 1:
+                raise ConfigError(
+                    f"line {number}: weight={server.weight} has no effect with "
+                    f"algorithm = {pool.algorithm} (use weighted_round_robin)",
+                    section=section,
+                    key="servers",
+                )
+    for key in ALGORITHM_KEYS:
+        if key in present and key not in algorithm.options:
+            raise ConfigError(
+                f"has no effect with algorithm = {pool.algorithm} "
+                f"(it is read by {', '.join(readers(key))})",
+                section=section,
+                key=key,
+            )
+
+
 def parse(text: str, path: str = "<config>") -> ProxyConfig:
     """
     Parse and validate configuration text.
@@ -555,15 +598,7 @@ def _parse(text: str, path: str) -> ProxyConfig:
                 values["health_timeout"] = min(1.0, float(values["health_interval"]))  # type: ignore[arg-type]
             name = section[len("pool:") :]
             pool = PoolConfig(name=name, **values)  # type: ignore[arg-type]
-            if pool.algorithm == "round_robin":
-                for number, server in enumerate(pool.servers, 1):
-                    if server.weight != 1:
-                        raise ConfigError(
-                            f"line {number}: weight={server.weight} has no effect with "
-                            f"algorithm = round_robin (use weighted_round_robin)",
-                            section=section,
-                            key="servers",
-                        )
+            _check_algorithm(pool, section, parser[section])
             if all(server.backup for server in pool.servers):
                 raise ConfigError(
                     "every server is a backup: at least one must not be",

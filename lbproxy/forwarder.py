@@ -197,6 +197,11 @@ class _Exchange:
         self.client_gone = False
         self.outgoing: Headers = request.requestHeaders
         self.body: Optional[StreamedBody] = None
+        # What the balancer is told: the request's key, the server its
+        # sticky cookie names, and when the attempt was sent.
+        self.key: Optional[bytes] = None
+        self.cookie_server: Optional[ServerState] = None
+        self.sent_at = 0.0
 
     def start(self) -> None:
         request = self.request
@@ -208,6 +213,10 @@ class _Exchange:
         # The client's header object becomes the backend's: it is changed in
         # place rather than copied, which every request would pay for.
         outgoing = request.requestHeaders
+        pool = self.pool
+        self.key = pool.request_key(client, outgoing.getRawHeaders, request.uri)
+        if pool.sticky is not None:
+            self.cookie_server = pool.sticky_server(outgoing.getRawHeaders(b"cookie"))
         remove, add = rules.request_changes(
             outgoing.getAllRawHeaders(), client, scheme, version, self.forwarder.via
         )
@@ -233,8 +242,11 @@ class _Exchange:
         request.pool = self.pool
         self.outgoing = outgoing
         request.exchange = self
-        self.candidates = self.pool.candidates()
+        self.candidates = self._candidates()
         self._try_next()
+
+    def _candidates(self) -> Iterator[ServerState]:
+        return self.pool.candidates(self.key, self.cookie_server)
 
     # -- dispatch ----------------------------------------------------------
 
@@ -243,7 +255,7 @@ class _Exchange:
         if server is None and self.attempts > 0:
             # Every candidate has had its turn and attempts are left: a
             # second round, after a pause.
-            self.candidates = self.pool.candidates()
+            self.candidates = self._candidates()
             server = next(self.candidates, None)
         if server is None:
             if self.attempts == 0:
@@ -279,7 +291,7 @@ class _Exchange:
         self._stop_timer()
         if self.client_gone:
             return
-        self.candidates = self.pool.candidates()
+        self.candidates = self._candidates()
         self._try_next()
 
     def _queue_timed_out(self) -> None:
@@ -310,6 +322,8 @@ class _Exchange:
         request.server = server
         request.attempts = self.attempts
         self.pool.dispatch(server)
+        if self.pool.observes_latency:
+            self.sent_at = self.clock.seconds()
         self.timed_out = False
         body = self.body
         if body is not None and not body.complete:
@@ -455,6 +469,8 @@ class _Exchange:
                 self.pool.record_failure(server)
             else:
                 self.pool.record_success(server)
+            if self.pool.observes_latency:
+                self.pool.record_latency(server, self.clock.seconds() - self.sent_at)
         request = self.request
         request.setResponseCode(response.code, response.phrase)
         # The backend's header object goes to the client as it is, less what
@@ -482,6 +498,9 @@ class _Exchange:
             relayed.setRawHeaders(b"Content-Length", [b"%d" % length])
         if not relayed.hasHeader(b"Date"):
             relayed.setRawHeaders(b"Date", [datetimeToString()])
+        sticky = self.pool.sticky
+        if sticky is not None and server is not None and server is not self.cookie_server:
+            relayed.addRawHeader(b"Set-Cookie", sticky.set_cookie(server))
         relay = _BodyRelay(self)
         self.relay = relay
         response.deliverBody(relay)

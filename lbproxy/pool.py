@@ -11,12 +11,19 @@ L{ServerState.refresh}, so that the balancers only read one flag.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Deque, Iterator, List, Optional
+from typing import Any, Callable, Deque, Iterator, List, Optional, Sequence, cast
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from lbproxy.balancing import Balancer, make_balancer
+from lbproxy.balancing import (
+    BalancerOptions,
+    IBalancer,
+    StickyCookie,
+    lookup,
+    prefer,
+    request_key,
+)
 from lbproxy.config import PoolConfig, ServerConfig
 from lbproxy.stats import PoolStats, ServerStats
 
@@ -180,10 +187,22 @@ class Pool:
         self.by_name = {s.name: s for s in servers}
         self.primaries = [s for s in servers if not s.backup]
         self.backups = [s for s in servers if s.backup]
-        algorithm = self.config.algorithm
-        self._primary: Balancer[ServerState] = make_balancer(algorithm, self.primaries)
-        self._backup: Optional[Balancer[ServerState]] = (
-            make_balancer(algorithm, self.backups) if self.backups else None
+        config = self.config
+        algorithm = lookup(config.algorithm)
+        options = BalancerOptions(
+            hash_key=config.hash_key,
+            balance_factor=config.hash_balance_factor,
+            ewma_decay=config.ewma_decay,
+        )
+        self._primary: IBalancer = algorithm.build(self.primaries, options)
+        self._backup: Optional[IBalancer] = (
+            algorithm.build(self.backups, options) if self.backups else None
+        )
+        self.uses_weights: bool = algorithm.uses_weights
+        self.uses_key: bool = algorithm.uses_key
+        self.observes_latency: bool = algorithm.observes_latency
+        self.sticky: Optional[StickyCookie[ServerState]] = (
+            StickyCookie(config.sticky_cookie, self.name, servers) if config.sticky_cookie else None
         )
         self._limited = any(s.config.max_connections for s in servers)
 
@@ -209,20 +228,47 @@ class Pool:
 
     # -- choosing ----------------------------------------------------------
 
-    def candidates(self) -> Iterator[ServerState]:
+    def request_key(
+        self, client: bytes, header: Callable[[bytes], Optional[Sequence[bytes]]], target: bytes
+    ) -> Optional[bytes]:
+        """A request's key (C{hash_key}) when the algorithm takes one."""
+        if not self.uses_key:
+            return None
+        return request_key(self.config.hash_key, client, header, target)
+
+    def sticky_server(self, cookies: Optional[Sequence[bytes]]) -> Optional[ServerState]:
+        """The server a request's sticky cookie names, if any."""
+        return None if self.sticky is None else self.sticky.server(cookies)
+
+    def candidates(
+        self, key: Optional[bytes] = None, preferred: Optional[ServerState] = None
+    ) -> Iterator[ServerState]:
         """
         The usable servers in the order a request should try them: the
         primaries; the backups only while every primary is out; when nothing
         is usable, the server ejected longest ago, if any (panic mode: an
-        ejection by passive checks must not refuse everything).
+        ejection by passive checks must not refuse everything).  A
+        C{preferred} server (a sticky cookie's) goes first when it is usable
+        and of the tier in use.
+
+        @param key: The request's key, for algorithms that hash it.
         """
+        now = self.clock.seconds() if self.observes_latency else 0.0
+        if preferred is not None and self.by_name.get(preferred.name) is not preferred:
+            preferred = None  # a server a reload removed
         for server in self.primaries:
             if server.usable:
-                return self._primary.candidates()
+                tier = cast(Iterator[ServerState], self._primary.candidates(key, now))
+                if preferred is None or preferred.backup:
+                    return tier
+                return prefer(preferred, tier)
         if self._backup is not None and all(s.out for s in self.primaries):
             for server in self.backups:
                 if server.usable:
-                    return self._backup.candidates()
+                    tier = cast(Iterator[ServerState], self._backup.candidates(key, now))
+                    if preferred is None or not preferred.backup:
+                        return tier
+                    return prefer(preferred, tier)
         ejected = [s for s in self.servers if s.ejected and s.up and not s.draining and not s.full]
         if ejected:
             return iter([min(ejected, key=lambda s: s.ejected_at)])
@@ -284,6 +330,15 @@ class Pool:
     def _wake(self) -> None:
         while self._waiting and any(s.usable for s in self.servers):
             self._waiting.popleft()()
+
+    def record_latency(self, server: ServerState, seconds: float) -> None:
+        """
+        A response from C{server} started C{seconds} after its request was
+        sent: for algorithms that observe latency.
+        """
+        balancer = self._backup if server.backup else self._primary
+        if balancer is not None:
+            balancer.observe(server, seconds, self.clock.seconds())
 
     # -- passive checks -----------------------------------------------------
 

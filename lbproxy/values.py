@@ -12,7 +12,7 @@ from typing import Callable, Optional, Tuple
 
 from twisted.internet.endpoints import serverFromString
 
-from lbproxy.balancing import ALGORITHMS
+from lbproxy.balancing import lookup
 from lbproxy.tlsconfig import is_tls_listen, parse_tls_listen
 
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
@@ -123,10 +123,23 @@ def parse_via(text: str) -> Optional[str]:
 
 
 def parse_algorithm(text: str) -> str:
+    """A built-in algorithm's name, or one that a plugin provides."""
     text = text.strip()
-    if text not in ALGORITHMS:
-        raise ValueError(f"must be one of {', '.join(ALGORITHMS)}, got {text!r}")
+    lookup(text)
     return text
+
+
+def parse_balance_factor(text: str) -> float:
+    """A factor over the average load: more than 1, at most 100."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        value = 0.0
+    if not 1.0 < value <= 100.0:
+        raise ValueError(
+            f"must be a number above 1 and at most 100, such as 1.25, got {text.strip()!r}"
+        )
+    return value
 
 
 def parse_endpoint(description: str) -> str:

@@ -218,7 +218,7 @@ class ErrorTests(unittest.TestCase):
             (
                 "[proxy]\nlisten = tcp:1\n[pool:a]\nalgorithm = random\nservers = http://h\n",
                 "t.ini: [pool:a] algorithm: must be one of round_robin, weighted_round_robin, "
-                "least_connections, got 'random'",
+                "least_connections, random_two, peak_ewma, consistent_hash, got 'random'",
             ),
             ("[proxy]\nlisten = tcp:1\n[pool:a]\n", "t.ini: [pool:a] servers: is required"),
             (

@@ -389,7 +389,7 @@ class CheckCommandTests(unittest.TestCase):
         self.assertEqual(
             err.decode(),
             f"{bad}: [pool:a] algorithm: must be one of round_robin, weighted_round_robin, "
-            "least_connections, got 'fastest'\n",
+            "least_connections, random_two, peak_ewma, consistent_hash, got 'fastest'\n",
         )
         out, err, code = yield getProcessOutputAndValue(
             tool("lbproxy"), ["frobnicate"], env=installed_env()
