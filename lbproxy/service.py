@@ -14,18 +14,18 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbproxy import accesslog
-from lbproxy.backend import BackendAgent, BackendConnectionPool, make_route, tls_policy
 from lbproxy.config import ProxyConfig, ServerConfig
-from lbproxy.forwarder import Forwarder
-from lbproxy.health import HealthChecker, http_probe
-from lbproxy.pool import Pool, ServerState
-from lbproxy.resource import ProxyResource, Routes
-from lbproxy.site import ProxyRequest, ProxySite
-from lbproxy.stats import method_label, status_class
-from lbproxy.tls import ServerContexts, SNIConnectionCreator, server_endpoint
-from lbproxy.tlsconfig import is_tls_listen
-from lbproxy.values import describe_address
+from lbproxy.config.tls import is_tls_listen
+from lbproxy.config.values import describe_address
+from lbproxy.front.resource import ProxyResource, Routes
+from lbproxy.front.site import ProxyRequest, ProxySite
+from lbproxy.front.tls import ServerContexts, SNIConnectionCreator, server_endpoint
+from lbproxy.ops import accesslog
+from lbproxy.ops.stats import method_label, status_class
+from lbproxy.upstream.backend import BackendAgent, BackendConnectionPool, make_route, tls_policy
+from lbproxy.upstream.forwarder import Forwarder
+from lbproxy.upstream.health import HealthChecker, http_probe
+from lbproxy.upstream.pool import Pool, ServerState
 
 log = Logger()
 
@@ -293,7 +293,7 @@ class ProxyService(service.MultiService):
     def admin_site(self) -> Any:
         """The admin listener's site, made (and its module imported) when first needed."""
         if self._admin_site is None:
-            from lbproxy.admin import admin_site
+            from lbproxy.ops.admin import admin_site
 
             self._admin_site = admin_site(self)
         return self._admin_site

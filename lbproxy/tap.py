@@ -79,7 +79,7 @@ class Options(usage.Options):
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
-    from lbproxy.process import ProcessControl
+    from lbproxy.ops.process import ProcessControl
     from lbproxy.service import ProxyService, StartError
 
     config: ProxyConfig = options["proxy_config"]

@@ -13,8 +13,8 @@ import re
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from lbproxy.accesslog import AccessLog, Entry, _LocalTime, as_json, combined
 from lbproxy.headers import kept_request_id
+from lbproxy.ops.accesslog import AccessLog, Entry, _LocalTime, as_json, combined
 from tests.support import ProxyTestCase, proxy_config, refused_url
 
 #: nginx's combined format and the fields lbproxy adds after it.

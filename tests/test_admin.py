@@ -539,7 +539,7 @@ class NamingTests(AdminTestCase):
     def test_addresses_in_log_lines_are_in_url_form(self) -> None:
         from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
-        from lbproxy.values import describe_address
+        from lbproxy.config.values import describe_address
 
         self.assertEqual(describe_address(IPv4Address("TCP", "127.0.0.1", 8081)), "127.0.0.1:8081")
         self.assertEqual(describe_address(IPv6Address("TCP", "::1", 8081)), "[::1]:8081")

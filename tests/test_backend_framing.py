@@ -28,7 +28,7 @@ from twisted.web._newclient import (
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory, readBody
 from twisted.web.http_headers import Headers
 
-from lbproxy.backend import TWISTED_INTERNALS, BackendConnectionPool, _BackendProtocol
+from lbproxy.upstream.backend import TWISTED_INTERNALS, BackendConnectionPool, _BackendProtocol
 from tests.support import CLIENT_TIMEOUT, HOST, ProxyTestCase, proxy_config, wait_until
 from tests.test_forwarder import ForwarderCase, ScriptedResponse
 
@@ -55,7 +55,7 @@ class TwistedInternalsTests(unittest.TestCase):
         self.assertEqual(
             missing,
             [],
-            "this Twisted release changed internals that lbproxy/backend.py relies on",
+            "this Twisted release changed internals that lbproxy/upstream/backend.py relies on",
         )
         self.assertIsInstance(pool._connections, dict)
 
@@ -66,7 +66,7 @@ class TwistedInternalsTests(unittest.TestCase):
             (pooled, protocol.state),
             ([], "DISCARDED"),
             "HTTP11ClientProtocol._finishResponse no longer receives the bytes read "
-            "past the end of a response: see TWISTED_INTERNALS in lbproxy/backend.py",
+            "past the end of a response: see TWISTED_INTERNALS in lbproxy/upstream/backend.py",
         )
 
 

@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from lbproxy.body import StreamedBody
+from lbproxy.front.body import StreamedBody
 
 
 class StreamedBodyTests(unittest.TestCase):

@@ -19,9 +19,9 @@ from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 
 from lbproxy import headers as rules
-from lbproxy import resource
-from lbproxy.backend import BackendAgent, UnsendableRequest
-from lbproxy.pool import ServerState
+from lbproxy.front import resource
+from lbproxy.upstream.backend import BackendAgent, UnsendableRequest
+from lbproxy.upstream.pool import ServerState
 from tests.support import HOST, ProxyTestCase, proxy_config, wait_until
 from tests.test_forwarder import ForwarderCase
 from tests.test_hardening import exchange, request
@@ -497,8 +497,8 @@ class BackendAgentTests(ProxyTestCase):
     def test_unsendable_requests_fail_before_connecting(self):  # type: ignore[no-untyped-def]
         from twisted.internet import reactor
 
-        from lbproxy.backend import BackendConnectionPool, make_route, tls_policy
         from lbproxy.config import parse
+        from lbproxy.upstream.backend import BackendConnectionPool, make_route, tls_policy
 
         backend = self.raw_backend(ok)
         pool_config = parse(proxy_config([backend.url])).active_pool()

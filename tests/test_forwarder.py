@@ -18,10 +18,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from lbproxy.config import parse
-from lbproxy.forwarder import Forwarder
-from lbproxy.pool import Pool, ServerState
-from lbproxy.resource import ProxyResource
-from lbproxy.site import ProxySite
+from lbproxy.front.resource import ProxyResource
+from lbproxy.front.site import ProxySite
+from lbproxy.upstream.forwarder import Forwarder
+from lbproxy.upstream.pool import Pool, ServerState
 from tests.support import proxy_config
 
 

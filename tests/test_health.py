@@ -15,8 +15,8 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from twisted.web.client import BrowserLikePolicyForHTTPS
 
-from lbproxy.health import HealthChecker, http_probe
-from lbproxy.pool import ServerState
+from lbproxy.upstream.health import HealthChecker, http_probe
+from lbproxy.upstream.pool import ServerState
 from tests.support import Backend, ProxyTestCase, proxy_config, wait_until
 from tests.test_pool import make_pool
 from tests.test_twistd import run, tool

@@ -1,5 +1,5 @@
 """
-The history of the last quarter of an hour (L{lbproxy.history}): per-second
+The history of the last quarter of an hour (L{lbproxy.ops.history}): per-second
 counts and percentiles in a fixed ring, the event log, and the document the
 admin listener serves.  Time is a L{task.Clock}.
 """
@@ -13,9 +13,9 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
 from lbproxy.config import parse
-from lbproxy.history import MAX_EVENTS, SPAN, EventLog, Timeline, history
-from lbproxy.pool import Pool, ServerState
-from lbproxy.stats import WINDOW_BOUNDS, PoolStats, ServerStats
+from lbproxy.ops.history import MAX_EVENTS, SPAN, EventLog, Timeline, history
+from lbproxy.ops.stats import WINDOW_BOUNDS, PoolStats, ServerStats
+from lbproxy.upstream.pool import Pool, ServerState
 from tests.support import HOST, ProxyTestCase, Response, fetch, proxy_config
 
 

@@ -12,8 +12,8 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from lbproxy.config import parse
-from lbproxy.health import HealthChecker
-from lbproxy.pool import WEIGHT_SCALE, Pool, ServerState
+from lbproxy.upstream.health import HealthChecker
+from lbproxy.upstream.pool import WEIGHT_SCALE, Pool, ServerState
 from tests.support import proxy_config
 
 

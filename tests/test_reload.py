@@ -11,7 +11,7 @@ import socket
 from twisted.internet import defer, reactor, threads
 
 from lbproxy import config
-from lbproxy.process import ProcessControl
+from lbproxy.ops.process import ProcessControl
 from lbproxy.service import StartError
 from tests.support import (
     CLIENT_TIMEOUT,

@@ -11,7 +11,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.web import server
 
 from lbproxy import config
-from lbproxy.resource import Routes
+from lbproxy.front.resource import Routes
 from tests.support import HOST, Backend, ProxyTestCase
 from tests.test_twistd import installed_env, tool
 

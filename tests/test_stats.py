@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from lbproxy.stats import (
+from lbproxy.ops.stats import (
     HISTOGRAM_BOUNDS,
     WINDOW_BOUNDS,
     Histogram,

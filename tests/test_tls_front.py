@@ -25,8 +25,8 @@ from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from lbproxy import cli, config
-from lbproxy.process import ProcessControl
-from lbproxy.tlsconfig import parse_tls_listen
+from lbproxy.config.tls import parse_tls_listen
+from lbproxy.ops.process import ProcessControl
 from tests.support import CLIENT_TIMEOUT, HOST, ProxyTestCase, curl, proxy_config
 from tests.test_tls import _name, make_ca, pem
 

@@ -17,10 +17,10 @@ from typing import Callable, Dict, FrozenSet, Mapping, Optional, Tuple
 
 import attr
 
+from lbproxy.config.values import parse_bool
 from lbproxy.headers import is_token, parse_authority
 from lbproxy.routing.rules import HeaderRule, parse_request_rules, parse_response_rules
 from lbproxy.routing.template import URL_VARIABLES, Template, compile_template
-from lbproxy.values import parse_bool
 
 #: The statuses a redirect may have.
 REDIRECT_STATUSES = (301, 302, 307, 308)

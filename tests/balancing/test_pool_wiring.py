@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from lbproxy.balancing.sticky import sticky_token
 from lbproxy.config import parse
-from lbproxy.pool import Pool, ServerState
+from lbproxy.upstream.pool import Pool, ServerState
 
 CONFIG = """
 [proxy]

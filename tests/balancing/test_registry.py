@@ -24,7 +24,7 @@ from lbproxy.balancing import (
     names,
 )
 from lbproxy.config import ConfigError, parse
-from lbproxy.pool import Pool, ServerState
+from lbproxy.upstream.pool import Pool, ServerState
 
 from . import S, options, order, servers
 

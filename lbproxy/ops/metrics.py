@@ -1,7 +1,7 @@
 """
 Prometheus metrics, through C{prometheus_client}.
 
-The request path only bumps plain counters (L{lbproxy.stats}); a collector
+The request path only bumps plain counters (L{lbproxy.ops.stats}); a collector
 reads them when C{/metrics} is scraped, into a registry of the service's own
 (no global registry, no per-request calls into the client library).
 """
@@ -19,7 +19,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from lbproxy.pool import WEIGHT_SCALE
+from lbproxy.upstream.pool import WEIGHT_SCALE
 
 if TYPE_CHECKING:
     from lbproxy.service import ProxyService

@@ -13,9 +13,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from lbproxy import headers as rules
-from lbproxy.forwarder import Forwarder, change_headers
+from lbproxy.front.site import ProxyRequest
 from lbproxy.routing import Facts, Route, Router, changes, host_name, rewrite_target
-from lbproxy.site import ProxyRequest
+from lbproxy.upstream.forwarder import Forwarder, change_headers
 
 Refusal = Tuple[int, bytes, bytes]
 

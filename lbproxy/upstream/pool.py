@@ -25,7 +25,7 @@ from lbproxy.balancing import (
     request_key,
 )
 from lbproxy.config import PoolConfig, ServerConfig
-from lbproxy.stats import PoolStats, ServerStats
+from lbproxy.ops.stats import PoolStats, ServerStats
 
 log = Logger()
 

@@ -5,7 +5,7 @@ certificate a server name (SNI) gets.
 
 Pure: files are read and checked here (so that C{lbproxy check} reports a
 key that does not match its certificate), but nothing of OpenSSL's contexts
-or of the reactor; L{lbproxy.tls} turns a L{TLSConfig} into contexts.
+or of the reactor; L{lbproxy.front.tls} turns a L{TLSConfig} into contexts.
 
 A problem is a L{TLSProblem} naming the section and key; L{lbproxy.config}
 turns it into its one-line error.

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Deque, Dict, Iterable, List, Optional, Se
 import attr
 
 if TYPE_CHECKING:
-    from lbproxy.pool import Pool
+    from lbproxy.upstream.pool import Pool
 
 #: Seconds a timeline covers: 15 minutes.
 SPAN = 900

@@ -18,9 +18,9 @@ from twisted.web import http, server
 from twisted.web.http import datetimeToString
 from twisted.web.resource import IResource
 
-from lbproxy.body import StreamedBody
-from lbproxy.channel import ProxyChannel, error_response
 from lbproxy.config import FrontLimits
+from lbproxy.front.body import StreamedBody
+from lbproxy.front.channel import ProxyChannel, error_response
 
 log = Logger()
 
@@ -55,7 +55,7 @@ class ProxyRequest(server.Request):
     #: The forwarder's record of this request while it is on its way.
     exchange: Optional[Any] = None
     #: The request target that goes to a backend: as sent, or the
-    #: origin-form of an absolute-form one (see L{lbproxy.resource}).
+    #: origin-form of an absolute-form one (see L{lbproxy.front.resource}).
     target = b""
     #: The request body, streamed; L{None} when the request has none.
     body: Optional[StreamedBody] = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Dict, List, Optional, Tuple
 
-from lbproxy.history import EventLog, Timeline, bucket_percentiles
+from lbproxy.ops.history import EventLog, Timeline, bucket_percentiles
 
 #: Upper bounds (seconds) of the request duration histogram exported to
 #: Prometheus (its client's default buckets, plus 30 s and 60 s).

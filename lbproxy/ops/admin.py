@@ -5,8 +5,8 @@ may change while it runs.
  - C{GET /}: the dashboard, one self-contained HTML page.
  - C{GET /status}: JSON of every pool and server.
  - C{GET /history[?since=SECOND]}: JSON of the last 15 minutes, second by
-   second, and the servers' state changes (L{lbproxy.history}).
- - C{GET /metrics}: Prometheus text format (L{lbproxy.metrics}).
+   second, and the servers' state changes (L{lbproxy.ops.history}).
+ - C{GET /metrics}: Prometheus text format (L{lbproxy.ops.metrics}).
  - C{POST /pools/POOL/servers/SERVER/drain|enable|maint} and
    C{PUT /pools/POOL/servers/SERVER/weight} (body: a whole number).
 
@@ -33,11 +33,11 @@ from twisted.web import http, server
 from twisted.web.resource import Resource
 
 from lbproxy import __version__
-from lbproxy.channel import error_response
 from lbproxy.config import MAX_WEIGHT
-from lbproxy.history import history
-from lbproxy.pool import WEIGHT_SCALE, Pool, ServerState
-from lbproxy.values import describe_address
+from lbproxy.config.values import describe_address
+from lbproxy.front.channel import error_response
+from lbproxy.ops.history import history
+from lbproxy.upstream.pool import WEIGHT_SCALE, Pool, ServerState
 
 if TYPE_CHECKING:
     from lbproxy.service import ProxyService
@@ -277,7 +277,7 @@ class AdminResource(Resource):
         return json.dumps(answer, separators=(",", ":")).encode("utf-8") + b"\n"
 
     def _metrics(self, request: server.Request) -> bytes:
-        from lbproxy import metrics
+        from lbproxy.ops import metrics
 
         if self._registry is None:
             self._registry = metrics.registry(self.proxy)
@@ -287,7 +287,7 @@ class AdminResource(Resource):
 
 
 def dashboard_page() -> bytes:
-    return resources.files("lbproxy").joinpath("dashboard.html").read_bytes()
+    return resources.files("lbproxy.ops").joinpath("dashboard.html").read_bytes()
 
 
 def _json(request: server.Request, code: int, value: Any) -> bytes:

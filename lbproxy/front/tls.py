@@ -24,7 +24,7 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IOpenSSLContextFactory, IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
-from lbproxy.tlsconfig import Certificate, TLSConfig, parse_tls_listen
+from lbproxy.config.tls import Certificate, TLSConfig, parse_tls_listen
 
 #: TLS 1.2 cipher suites: forward secret, AEAD only (Mozilla's "intermediate"
 #: TLS 1.2 list less its DHE suites).  TLS 1.3's suites are OpenSSL's

@@ -38,13 +38,13 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from lbproxy import headers as rules
-from lbproxy.backend import BackendAgent, UnsendableRequest
-from lbproxy.body import StreamedBody
-from lbproxy.pool import Pool, ServerState
+from lbproxy.front.body import StreamedBody
 from lbproxy.routing import Change, Facts, Route, changes
+from lbproxy.upstream.backend import BackendAgent, UnsendableRequest
+from lbproxy.upstream.pool import Pool, ServerState
 
 if TYPE_CHECKING:
-    from lbproxy.site import ProxyRequest
+    from lbproxy.front.site import ProxyRequest
 
 log = Logger()
 

@@ -33,18 +33,8 @@ from lbproxy.balancing import (
     parse_token_name,
     readers,
 )
-from lbproxy.routing import (
-    ROUTE_KEYS,
-    HeaderRule,
-    RouteConfig,
-    RouteError,
-    Router,
-    build_route,
-    parse_request_rules,
-    parse_response_rules,
-)
-from lbproxy.tlsconfig import TLSConfig, TLSProblem, build, is_tls_listen, parse_names, parse_path
-from lbproxy.values import (
+from lbproxy.config.tls import TLSConfig, TLSProblem, build, is_tls_listen, parse_names, parse_path
+from lbproxy.config.values import (
     is_local_endpoint,
     parse_access_log,
     parse_algorithm,
@@ -63,6 +53,16 @@ from lbproxy.values import (
     parse_status_range,
     parse_token,
     parse_via,
+)
+from lbproxy.routing import (
+    ROUTE_KEYS,
+    HeaderRule,
+    RouteConfig,
+    RouteError,
+    Router,
+    build_route,
+    parse_request_rules,
+    parse_response_rules,
 )
 
 __all__ = [

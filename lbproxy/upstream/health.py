@@ -25,7 +25,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 
 from lbproxy.config import PoolConfig
-from lbproxy.pool import Pool, ServerState
+from lbproxy.upstream.pool import Pool, ServerState
 
 #: A probe: a server in, a Deferred of (passed?, what was seen) out.
 Probe = Callable[[ServerState], "Deferred[Tuple[bool, str]]"]

@@ -13,7 +13,7 @@ from typing import Callable, Optional, Tuple
 from twisted.internet.endpoints import serverFromString
 
 from lbproxy.balancing import lookup
-from lbproxy.tlsconfig import is_tls_listen, parse_tls_listen
+from lbproxy.config.tls import is_tls_listen, parse_tls_listen
 
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -151,7 +151,7 @@ def parse_endpoint(description: str) -> str:
     check}), so only its form is checked here.
     """
     if is_tls_listen(description):
-        # TLS for many names (lbproxy.tls); its certificates are [tls:NAME].
+        # TLS for many names (lbproxy.front.tls); its certificates are [tls:NAME].
         parse_tls_listen(description)
         return description
     if description.startswith("systemd:"):
