@@ -82,8 +82,20 @@ class DocumentedCommandTests(unittest.TestCase):
         twistd = [line for line in lines if "twistd" in line]
         self.assertEqual(
             twistd,
+            [".venv/bin/twistd -n lbproxy -c lbproxy.ini"],
+        )
+
+    def test_readme_begins_with_the_demo_and_the_test_suite(self) -> None:
+        # The first two commands: one installs and runs the demo, one runs
+        # the whole test suite (the command .ci/run runs).
+        readme = read("README.md")
+        first = shell_lines(readme[: readme.index("\n## ")])
+        self.assertEqual(
+            first,
             [
+                "python3 -m venv .venv && .venv/bin/pip install . && "
                 ".venv/bin/twistd -n lbproxy -c etc/demo.ini --demo",
-                ".venv/bin/twistd -n lbproxy -c lbproxy.ini",
+                "bash scripts/test.sh",
             ],
         )
+        self.assertIn("bash scripts/test.sh", read(".ci/run"))
