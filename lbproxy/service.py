@@ -5,6 +5,7 @@ to the same running service, and a graceful stop.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.application import service
@@ -17,6 +18,8 @@ from twisted.python.failure import Failure
 from lbproxy import accesslog
 from lbproxy.backend import BackendAgent, BackendConnectionPool, make_route, tls_policy
 from lbproxy.config import ProxyConfig, ServerConfig
+from lbproxy.discovery import Discovery, make_resolver, update_pool
+from lbproxy.dnsrecords import all_servers
 from lbproxy.forwarder import Forwarder
 from lbproxy.health import HealthChecker, http_probe
 from lbproxy.pool import Pool, ServerState
@@ -51,6 +54,7 @@ class _Plan:
         self.config = config
         self.servers: Dict[str, List[Tuple[Optional[ServerState], ServerConfig, Any]]] = {}
         self.probes: Dict[str, Any] = {}
+        self.policies: Dict[str, Any] = {}
         self.ports: Dict[str, IListeningPort] = {}
         self.admin_port: Optional[IListeningPort] = None
         self.access_log: Optional[accesslog.AccessLog] = None
@@ -89,6 +93,10 @@ class ProxyService(service.MultiService):
         self.agent = BackendAgent(reactor, pool=self.connections)
         self.pools: Dict[str, Pool] = {}
         self.checkers: Dict[str, HealthChecker] = {}
+        #: DNS discovery, for the pools that have DNS entries.
+        self.discoveries: Dict[str, Discovery] = {}
+        self._policies: Dict[str, Any] = {}
+        self._resolver: Optional[Tuple[Any, Any]] = None
         self.resource = ProxyResource(None)  # type: ignore[arg-type]
         self.site = ProxySite(self.resource, reactor=reactor)
         self.site.request_done = self._request_done
@@ -118,13 +126,16 @@ class ProxyService(service.MultiService):
                 ) from None
             running = self.pools.get(pool_config.name)
             old = {server_key(s.config): s for s in running.servers} if running else {}
+            discovery = self.discoveries.get(pool_config.name)
+            answers = discovery.answers if discovery is not None else {}
+            plan.policies[pool_config.name] = policy
             plan.servers[pool_config.name] = [
                 (
                     old.get(server_key(server)),
                     server,
                     make_route(reactor, server, policy, pool_config.connect_timeout),
                 )
-                for server in pool_config.servers
+                for server in all_servers(pool_config, answers)
             ]
             if pool_config.health_check is not None:
                 plan.probes[pool_config.name] = http_probe(reactor, pool_config, policy)
@@ -221,6 +232,8 @@ class ProxyService(service.MultiService):
             checker = HealthChecker(self.pools[name], probe, reactor)
             checker.setServiceParent(self)
             self.checkers[name] = checker
+        self._policies = plan.policies
+        self._apply_discovery(config)
         # The front: new connections get the new limits.
         site = self.site
         site.limits = config.limits
@@ -234,6 +247,43 @@ class ProxyService(service.MultiService):
         self.resource.forwarder = Forwarder(
             self.pools[config.pool], self.agent, via, reactor, config.limits.client_body_timeout
         )
+
+    def _apply_discovery(self, config: ProxyConfig) -> None:
+        """Start, reconfigure or stop each pool's DNS discovery."""
+        wanted = {name: pool for name, pool in config.pools.items() if pool.discovery}
+        for name in list(self.discoveries):
+            if name not in wanted:
+                self.discoveries.pop(name).disownServiceParent()
+        if not wanted:
+            return
+        if self._resolver is None or self._resolver[0] != config.resolver:
+            self._resolver = (config.resolver, make_resolver(config.resolver, self._reactor))
+        resolver = self._resolver[1]
+        for name, pool_config in wanted.items():
+            running = self.discoveries.get(name)
+            if running is not None:
+                running.reconfigure(pool_config, resolver)
+                continue
+            discovery = Discovery(
+                pool_config, resolver, self._reactor, partial(self._rediscovered, name)
+            )
+            discovery.setServiceParent(self)
+            self.discoveries[name] = discovery
+
+    def _rediscovered(self, name: str) -> None:
+        """A pool's DNS entries name other servers: apply them like a reload."""
+        pool, discovery = self.pools.get(name), self.discoveries.get(name)
+        if pool is None or discovery is None:
+            return
+        config, policy = pool.config, self._policies[name]
+
+        def route_for(server: ServerConfig) -> Any:
+            return make_route(self._reactor, server, policy, config.connect_timeout)
+
+        update_pool(pool, all_servers(config, discovery.answers), route_for, server_key)
+        checker = self.checkers.get(name)
+        if checker is not None:
+            checker.servers_changed()
 
     def _apply_outside(self, plan: _Plan) -> None:
         """Listeners, the admin listener and the access log."""
