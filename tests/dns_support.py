@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Tuple
 
 from twisted.internet import defer, reactor
 from twisted.internet.interfaces import IListeningPort
-from twisted.names import dns, error, server
+from twisted.names import dns, server
 from twisted.names.common import ResolverBase
 
 HOST = "127.0.0.1"
@@ -22,7 +22,7 @@ class Zone(ResolverBase):
     list of payloads (twisted.names C{Record_*}) answered, each with C{ttl}.
 
     @ivar silent: Answer nothing (a server that does not answer).
-    @ivar failing: Answer SERVFAIL.
+    @ivar failing: Answer SERVFAIL (the server logs a RuntimeError for each).
     @ivar glue: Put the A records of SRV targets in the additional section.
     @ivar queries: (name, type) of every query, in order.
     """
@@ -63,7 +63,8 @@ class Zone(ResolverBase):
         if self.silent:
             return defer.Deferred()  # never answered
         if self.failing:
-            return defer.fail(error.DNSServerError("test: failing"))
+            # Anything but a DomainError is a SERVFAIL (and logged by the server).
+            return defer.fail(RuntimeError("test: failing"))
         if not any(key[0] == text for key in self.records):
             return defer.fail(dns.AuthoritativeDomainError(text))
         answers = self._answer(text, type)
