@@ -34,6 +34,7 @@ from twisted.internet.defer import (
     fail,
     gatherResults,
     inlineCallbacks,
+    maybeDeferred,
 )
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -60,7 +61,7 @@ from lbproxy.dnsrecords import (
 )
 from lbproxy.pool import Pool, ServerState
 
-__all__ = ["Discovery", "lookup", "make_resolver", "update_pool"]
+__all__ = ["Discovery", "QuietResolver", "lookup", "make_resolver", "update_pool"]
 
 log = Logger()
 
@@ -80,11 +81,55 @@ Answer = Tuple[Tuple[Found, ...], Optional[float]]
 Lookup = Callable[[Any, DnsEntry], "Deferred[Answer]"]
 
 
+class QuietResolver(client.Resolver):
+    """
+    twisted.names' resolver over one UDP port per address family, opened
+    when first needed and kept until L{close}.
+
+    Twisted's own opens and closes a port for every query and logs four
+    lines each time: too many for a name looked up every second (Consul
+    answers with TTL 0).  The source port is chosen by the system once and
+    kept for the resolver's life (query IDs stay random): meant for name
+    servers on this host or a trusted network.  Overrides
+    C{client.Resolver._query} (private, unchanged since Twisted 13); the
+    tests in C{tests/test_discovery_dns.py} fail if a release changes it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._protocols: Dict[str, dns.DNSDatagramProtocol] = {}
+
+    def _query(self, address: Tuple[str, int], *args: Any) -> Deferred[Any]:
+        interface = "::" if ":" in address[0] else ""
+        protocol = self._protocols.get(interface)
+        if protocol is None or protocol.transport is None:
+            protocol = dns.DNSDatagramProtocol(self, reactor=self._reactor)
+            protocol.noisy = False
+            self._reactor.listenUDP(0, protocol, interface=interface)
+            self._protocols[interface] = protocol
+        return protocol.query(address, *args)  # type: ignore[no-any-return]
+
+    def close(self) -> Deferred[Any]:
+        """Give up the queries in flight and close the ports."""
+        closing = []
+        protocols, self._protocols = self._protocols, {}
+        for protocol in protocols.values():
+            for waiting, timer in list(protocol.liveMessages.values()):
+                if timer.active():
+                    timer.cancel()
+                if not waiting.called:
+                    waiting.errback(CancelledError())
+            protocol.liveMessages.clear()
+            if protocol.transport is not None:
+                closing.append(maybeDeferred(protocol.transport.stopListening))
+        return gatherResults(closing)
+
+
 def make_resolver(
     servers: Optional[Sequence[Tuple[str, int]]],
     reactor: Any,
     resolv_conf: str = "/etc/resolv.conf",
-) -> client.Resolver:
+) -> QuietResolver:
     """
     A twisted.names resolver that asks C{servers}, or when L{None} the name
     servers of C{resolv_conf} (read now: on start and on reload), without a
@@ -97,7 +142,7 @@ def make_resolver(
         except OSError:
             text = ""
         servers = resolv_conf_nameservers(text)
-    return client.Resolver(servers=list(servers), timeout=QUERY_TIMEOUTS, reactor=reactor)
+    return QuietResolver(servers=list(servers), timeout=QUERY_TIMEOUTS, reactor=reactor)
 
 
 # ---------------------------------------------------------------------------

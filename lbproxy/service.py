@@ -256,9 +256,10 @@ class ProxyService(service.MultiService):
                 self.discoveries.pop(name).disownServiceParent()
         if not wanted:
             return
-        if self._resolver is None or self._resolver[0] != config.resolver:
+        old = self._resolver
+        if old is None or old[0] != config.resolver:
             self._resolver = (config.resolver, make_resolver(config.resolver, self._reactor))
-        resolver = self._resolver[1]
+        resolver = self._resolver[1]  # type: ignore[index]
         for name, pool_config in wanted.items():
             running = self.discoveries.get(name)
             if running is not None:
@@ -269,6 +270,8 @@ class ProxyService(service.MultiService):
             )
             discovery.setServiceParent(self)
             self.discoveries[name] = discovery
+        if old is not None and old[1] is not resolver:
+            old[1].close()
 
     def _rediscovered(self, name: str) -> None:
         """A pool's DNS entries name other servers: apply them like a reload."""
@@ -378,6 +381,8 @@ class ProxyService(service.MultiService):
         C{shutdown_timeout}, then close what is left.
         """
         children = super().stopService()
+        if self._resolver is not None:
+            self._resolver[1].close()
         ports = list(self.ports.values())
         self.ports = {}
         if self.admin_port is not None:

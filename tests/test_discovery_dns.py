@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any, List
 
 from twisted.internet import defer, reactor
-from twisted.names import client, dns
+from twisted.logger import formatEvent
+from twisted.names import dns
 from twisted.web import server
 
-from lbproxy.discovery import lookup
+from lbproxy.discovery import QuietResolver, lookup, make_resolver
 from lbproxy.dnsrecords import ADDRESS, SRV, DnsEntry, Found
 from lbproxy.pool import WEIGHT_SCALE
 from tests.dns_support import DNSServer, Zone
@@ -22,6 +23,10 @@ from tests.test_discovery import CapturedLog
 SRV_NAME = "_http._tcp.app.test"
 
 
+def format_all(events: List[Any]) -> List[str]:
+    return [formatEvent(e) for e in events]
+
+
 class DNSTestCase(ProxyTestCase):
     def setUp(self) -> None:
         self.zone = Zone()
@@ -29,8 +34,10 @@ class DNSTestCase(ProxyTestCase):
         self.addCleanup(self.dns.stop)
         self.log = CapturedLog(self)
 
-    def resolver(self) -> client.Resolver:
-        return client.Resolver(servers=[self.dns.address], timeout=(1,))
+    def resolver(self) -> QuietResolver:
+        resolver = QuietResolver(servers=[self.dns.address], timeout=(1,))
+        self.addCleanup(resolver.close)
+        return resolver
 
     def publish(self, *backends: Backend, priority: int = 10) -> None:
         """SRV records naming each backend (target bN.app.test, port, weight 1)."""
@@ -83,6 +90,36 @@ class LookupTests(DNSTestCase):
         found, ttl = yield lookup(self.resolver(), entry)
         self.assertEqual((tuple(sorted(found)), ttl), (expected, 30.0))
         self.assertIn(("b2.app.test", dns.AAAA), self.zone.queries)
+
+    @defer.inlineCallbacks
+    def test_one_quiet_port_for_every_query(self):  # type: ignore[no-untyped-def]
+        # twisted.names' own resolver opens (and logs) a UDP port per query.
+        self.zone.a("app.test", "127.0.0.2")
+        resolver = self.resolver()
+        entry = DnsEntry("d", ADDRESS, "app.test", 80)
+        for _ in range(5):
+            found, _ = yield lookup(resolver, entry)
+            self.assertEqual([f.address for f in found], ["127.0.0.2"])
+        self.assertEqual(len(self.zone.queries), 10)
+        lines = [formatEvent(e) for e in self.log.events]
+        self.assertEqual(
+            [line for line in lines if "UDP" in line or "starting on" in line],
+            [line for line in lines if "starting on" in line],
+        )
+        self.assertEqual(len([line for line in lines if "starting on" in line]), 1)
+        yield resolver.close()
+        self.assertEqual(len([line for line in format_all(self.log.events) if "Closed" in line]), 1)
+
+    def test_the_system_resolver_reads_resolv_conf(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("search example.com\nnameserver 10.9.8.7\n")
+        resolver = make_resolver(None, reactor, path)
+        self.assertEqual(resolver.servers, [("10.9.8.7", 53)])
+        self.assertEqual(
+            make_resolver(None, reactor, path + ".missing").servers, [("127.0.0.1", 53)]
+        )
+        self.assertEqual(make_resolver((("::1", 5353),), reactor).servers, [("::1", 5353)])
 
     @defer.inlineCallbacks
     def test_a_target_without_address_names_no_server(self):  # type: ignore[no-untyped-def]
