@@ -6,7 +6,7 @@ to the same running service, and a graceful stop.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -18,7 +18,6 @@ from twisted.python.failure import Failure
 from lbproxy import accesslog
 from lbproxy.backend import BackendAgent, BackendConnectionPool, make_route, tls_policy
 from lbproxy.config import ProxyConfig, ServerConfig
-from lbproxy.discovery import Discovery, make_resolver, update_pool
 from lbproxy.dnsrecords import all_servers
 from lbproxy.forwarder import Forwarder
 from lbproxy.health import HealthChecker, http_probe
@@ -27,6 +26,9 @@ from lbproxy.resource import ProxyResource
 from lbproxy.site import ProxyRequest, ProxySite
 from lbproxy.stats import method_label, status_class
 from lbproxy.values import describe_address
+
+if TYPE_CHECKING:
+    from lbproxy.discovery import Discovery
 
 log = Logger()
 
@@ -256,6 +258,9 @@ class ProxyService(service.MultiService):
                 self.discoveries.pop(name).disownServiceParent()
         if not wanted:
             return
+        # Imported when a pool needs it: twisted.names is not small.
+        from lbproxy.discovery import Discovery, make_resolver
+
         old = self._resolver
         if old is None or old[0] != config.resolver:
             self._resolver = (config.resolver, make_resolver(config.resolver, self._reactor))
@@ -278,6 +283,8 @@ class ProxyService(service.MultiService):
         pool, discovery = self.pools.get(name), self.discoveries.get(name)
         if pool is None or discovery is None:
             return
+        from lbproxy.discovery import update_pool
+
         config, policy = pool.config, self._policies[name]
 
         def route_for(server: ServerConfig) -> Any:
