@@ -5,7 +5,8 @@ to the same running service, and a graceful stop.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -15,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lbproxy.config import ProxyConfig, ServerConfig
+from lbproxy.config.dns import all_servers
 from lbproxy.config.tls import is_tls_listen
 from lbproxy.config.values import describe_address
 from lbproxy.front.resource import ProxyResource, Routes
@@ -26,6 +28,9 @@ from lbproxy.upstream.backend import BackendAgent, BackendConnectionPool, make_r
 from lbproxy.upstream.forwarder import Forwarder
 from lbproxy.upstream.health import HealthChecker, http_probe
 from lbproxy.upstream.pool import Pool, ServerState
+
+if TYPE_CHECKING:
+    from lbproxy.upstream.discovery import Discovery
 
 log = Logger()
 
@@ -53,6 +58,7 @@ class _Plan:
         self.config = config
         self.servers: Dict[str, List[Tuple[Optional[ServerState], ServerConfig, Any]]] = {}
         self.probes: Dict[str, Any] = {}
+        self.policies: Dict[str, Any] = {}
         self.ports: Dict[str, IListeningPort] = {}
         self.admin_port: Optional[IListeningPort] = None
         self.access_log: Optional[accesslog.AccessLog] = None
@@ -92,6 +98,10 @@ class ProxyService(service.MultiService):
         self.agent = BackendAgent(reactor, pool=self.connections)
         self.pools: Dict[str, Pool] = {}
         self.checkers: Dict[str, HealthChecker] = {}
+        #: DNS discovery, for the pools that have DNS entries.
+        self.discoveries: Dict[str, Discovery] = {}
+        self._policies: Dict[str, Any] = {}
+        self._resolver: Optional[Tuple[Any, Any]] = None
         self.resource = ProxyResource(None)
         self.site = ProxySite(self.resource, reactor=reactor)
         self.site.request_done = self._request_done
@@ -124,13 +134,16 @@ class ProxyService(service.MultiService):
                 ) from None
             running = self.pools.get(pool_config.name)
             old = {server_key(s.config): s for s in running.servers} if running else {}
+            discovery = self.discoveries.get(pool_config.name)
+            answers = discovery.answers if discovery is not None else {}
+            plan.policies[pool_config.name] = policy
             plan.servers[pool_config.name] = [
                 (
                     old.get(server_key(server)),
                     server,
                     make_route(reactor, server, policy, pool_config.connect_timeout),
                 )
-                for server in pool_config.servers
+                for server in all_servers(pool_config, answers)
             ]
             if pool_config.health_check is not None:
                 plan.probes[pool_config.name] = http_probe(reactor, pool_config, policy)
@@ -244,6 +257,8 @@ class ProxyService(service.MultiService):
         self.tls.use(plan.tls)
         for warning in config.tls.warnings if config.tls is not None else ():
             log.warn("{path}: {warning}", path=config.path, warning=warning)
+        self._policies = plan.policies
+        self._apply_discovery(config)
         # The front: new connections get the new limits.
         site = self.site
         site.limits = config.limits
@@ -264,6 +279,51 @@ class ProxyService(service.MultiService):
             for name in sorted(config.used_pools())
         }
         self.resource.routes = Routes(config.router(), forwarders)
+
+    def _apply_discovery(self, config: ProxyConfig) -> None:
+        """Start, reconfigure or stop each pool's DNS discovery."""
+        wanted = {name: pool for name, pool in config.pools.items() if pool.discovery}
+        for name in list(self.discoveries):
+            if name not in wanted:
+                self.discoveries.pop(name).disownServiceParent()
+        if not wanted:
+            return
+        # Imported when a pool needs it: twisted.names is not small.
+        from lbproxy.upstream.discovery import Discovery, make_resolver
+
+        old = self._resolver
+        if old is None or old[0] != config.resolver:
+            self._resolver = (config.resolver, make_resolver(config.resolver, self._reactor))
+        resolver = self._resolver[1]  # type: ignore[index]
+        for name, pool_config in wanted.items():
+            running = self.discoveries.get(name)
+            if running is not None:
+                running.reconfigure(pool_config, resolver)
+                continue
+            discovery = Discovery(
+                pool_config, resolver, self._reactor, partial(self._rediscovered, name)
+            )
+            discovery.setServiceParent(self)
+            self.discoveries[name] = discovery
+        if old is not None and old[1] is not resolver:
+            old[1].close()
+
+    def _rediscovered(self, name: str) -> None:
+        """A pool's DNS entries name other servers: apply them like a reload."""
+        pool, discovery = self.pools.get(name), self.discoveries.get(name)
+        if pool is None or discovery is None:
+            return
+        from lbproxy.upstream.discovery import update_pool
+
+        config, policy = pool.config, self._policies[name]
+
+        def route_for(server: ServerConfig) -> Any:
+            return make_route(self._reactor, server, policy, config.connect_timeout)
+
+        update_pool(pool, all_servers(config, discovery.answers), route_for, server_key)
+        checker = self.checkers.get(name)
+        if checker is not None:
+            checker.servers_changed()
 
     def _apply_outside(self, plan: _Plan) -> None:
         """Listeners, the admin listener and the access log."""
@@ -359,6 +419,8 @@ class ProxyService(service.MultiService):
         C{shutdown_timeout}, then close what is left.
         """
         children = super().stopService()
+        if self._resolver is not None:
+            self._resolver[1].close()
         ports = list(self.ports.values())
         self.ports = {}
         if self.admin_port is not None:

@@ -19,7 +19,7 @@ import configparser
 import difflib
 import ipaddress
 import re
-from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 import attr
@@ -33,6 +33,7 @@ from lbproxy.balancing import (
     parse_token_name,
     readers,
 )
+from lbproxy.config.dns import DnsEntry, is_dns_entry, parse_dns_entry, parse_resolver
 from lbproxy.config.tls import TLSConfig, TLSProblem, build, is_tls_listen, parse_names, parse_path
 from lbproxy.config.values import (
     is_local_endpoint,
@@ -170,6 +171,10 @@ class PoolConfig:
     hash_balance_factor: float = 1.25
     ewma_decay: float = 10.0
     sticky_cookie: Optional[str] = None
+    #: Lines of C{servers} whose servers are found in DNS (L{lbproxy.upstream.discovery}).
+    discovery: Tuple[DnsEntry, ...] = ()
+    dns_min_ttl: float = 1.0
+    dns_max_ttl: float = 60.0
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -246,6 +251,8 @@ class ProxyConfig:
     shutdown_timeout: float = 30.0
     admin: Optional[AdminConfig] = None
     tls: Optional[TLSConfig] = None
+    #: Name servers for DNS discovery, as (address, port); L{None}: the system's.
+    resolver: Optional[Tuple[Tuple[str, int], ...]] = None
 
     def active_pool(self) -> PoolConfig:
         assert self.pool is not None
@@ -277,9 +284,11 @@ class ProxyConfig:
             where = f"{count(len(self.routes), 'route')}, no default pool (404)"
         else:
             where = f"{count(len(self.routes), 'route')}, default pool {self.pool!r}"
+        names = sum(len(p.discovery) for p in self.pools.values())
+        found = f" and {count(names, 'DNS name')}" if names else ""
         return (
             f"{self.path}: ok: {count(len(self.listen), 'listener')}, "
-            f"{count(len(self.pools), 'pool')}, {count(servers, 'server')}; {where}"
+            f"{count(len(self.pools), 'pool')}, {count(servers, 'server')}{found}; {where}"
         )
 
 
@@ -293,11 +302,14 @@ def unknown(what: str, word: str, known: List[str]) -> str:
     return f"unknown {what} ({hint}known: {', '.join(known)})"
 
 
-def parse_server(line: str) -> ServerConfig:
+def parse_server(line: str) -> Union[ServerConfig, DnsEntry]:
     """
-    Parse one line of a C{servers} list: a URL, then C{key=value} options.
+    Parse one line of a C{servers} list: a URL (or a DNS entry, see
+    L{lbproxy.config.dns}), then C{key=value} options.
     """
     url, *options = line.split()
+    if is_dns_entry(url):
+        return parse_dns_entry(url, *_server_options(url, options))
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise ValueError(f"{url!r}: the URL must start with http:// or https://")
@@ -328,7 +340,31 @@ def parse_server(line: str) -> ServerConfig:
         except ValueError:
             raise ValueError(f"{url!r}: {host!r} is not a valid IPv6 address") from None
     shown_host = f"[{host}]" if ":" in host else host
-    values: Dict[str, str] = {"weight": "1", "name": f"{shown_host}:{port}"}
+    values, backup = _server_options(url, options)
+    values.setdefault("weight", "1")
+    values.setdefault("name", f"{shown_host}:{port}")
+    if not _SERVER_NAME.match(values["name"]):
+        raise ValueError(
+            f"{url!r}: name must be made of letters, digits and -._:[], got {values['name']!r}"
+        )
+    return ServerConfig(
+        url=url,
+        scheme=parts.scheme,
+        host=host,
+        port=port,
+        weight=int(values["weight"]),
+        name=values["name"],
+        max_connections=int(values["max_connections"]) if "max_connections" in values else None,
+        backup=backup,
+    )
+
+
+def _server_options(url: str, options: List[str]) -> Tuple[Dict[str, str], bool]:
+    """
+    The options of a server line: C{key=value} texts (weight and
+    max_connections checked) and whether C{backup} is among them.
+    """
+    values: Dict[str, str] = {}
     seen = set()
     backup = False
     for option in options:
@@ -347,36 +383,24 @@ def parse_server(line: str) -> ServerConfig:
             raise ValueError(f"{url!r}: option {key!r} given twice")
         seen.add(key)
         values[key] = value
-    try:
-        weight = parse_int(1, MAX_WEIGHT)(values["weight"])
-    except ValueError as e:
-        raise ValueError(f"{url!r}: weight {e}") from None
-    max_connections = None
+    if "weight" in values:
+        try:
+            values["weight"] = str(parse_int(1, MAX_WEIGHT)(values["weight"]))
+        except ValueError as e:
+            raise ValueError(f"{url!r}: weight {e}") from None
     if "max_connections" in values:
         try:
-            max_connections = parse_int(1, 1_000_000)(values["max_connections"])
+            values["max_connections"] = str(parse_int(1, 1_000_000)(values["max_connections"]))
         except ValueError as e:
             raise ValueError(f"{url!r}: max_connections {e}") from None
-    if not _SERVER_NAME.match(values["name"]):
-        raise ValueError(
-            f"{url!r}: name must be made of letters, digits and -._:[], got {values['name']!r}"
-        )
-    return ServerConfig(
-        url=url,
-        scheme=parts.scheme,
-        host=host,
-        port=port,
-        weight=weight,
-        name=values["name"],
-        max_connections=max_connections,
-        backup=backup,
-    )
+    return values, backup
 
 
-def parse_servers(text: str) -> Tuple[ServerConfig, ...]:
-    servers = []
+def parse_servers(text: str) -> Tuple[Union[ServerConfig, DnsEntry], ...]:
+    servers: List[Union[ServerConfig, DnsEntry]] = []
     names: Dict[str, int] = {}
     addresses: Dict[Tuple[str, str, int], int] = {}
+    sources: Dict[str, int] = {}
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise ValueError("needs at least one server, such as http://127.0.0.1:9001")
@@ -385,6 +409,15 @@ def parse_servers(text: str) -> Tuple[ServerConfig, ...]:
             server = parse_server(line)
         except ValueError as e:
             raise ValueError(f"line {number}: {e}") from None
+        if isinstance(server, DnsEntry):
+            if server.source in sources:
+                raise ValueError(
+                    f"line {number}: {server.source!r} is already listed on line "
+                    f"{sources[server.source]}"
+                )
+            sources[server.source] = number
+            servers.append(server)
+            continue
         address = (server.scheme, server.host, server.port)
         if address in addresses:
             raise ValueError(
@@ -425,6 +458,7 @@ _PROXY_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
     "shutdown_timeout": (parse_duration, 30.0),
     "request_headers": (parse_request_rules, ()),
     "response_headers": (parse_response_rules, ()),
+    "resolver": (parse_resolver, None),
 }
 
 _ADMIN_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
@@ -464,6 +498,8 @@ _POOL_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
     "hash_balance_factor": (parse_balance_factor, 1.25),
     "ewma_decay": (parse_positive_duration, 10.0),
     "sticky_cookie": (parse_token_name, None),
+    "dns_min_ttl": (parse_positive_duration, 1.0),
+    "dns_max_ttl": (parse_positive_duration, 60.0),
 }
 
 
@@ -523,15 +559,21 @@ def _read(text: str) -> configparser.ConfigParser:
     return parser
 
 
-def _check_algorithm(pool: PoolConfig, section: str, present: Mapping[str, str]) -> None:
+def _check_algorithm(
+    pool: PoolConfig,
+    lines: Tuple[Union[ServerConfig, DnsEntry], ...],
+    section: str,
+    present: Mapping[str, str],
+) -> None:
     """
-    Refuse what the pool's algorithm would silently ignore: weights, and the
-    keys that only other algorithms read.
+    Refuse what the pool's algorithm would silently ignore: weights (on any
+    line of C{servers}, listed or found in DNS), and the keys that only other
+    algorithms read.
     """
     algorithm = lookup(pool.algorithm)
     if not algorithm.uses_weights:
-        for number, server in enumerate(pool.servers, 1):
-            if server.weight != 1:
+        for number, server in enumerate(lines, 1):
+            if server.weight not in (1, None):
                 raise ConfigError(
                     f"line {number}: weight={server.weight} has no effect with "
                     f"algorithm = {pool.algorithm} (use weighted_round_robin)",
@@ -597,9 +639,18 @@ def _parse(text: str, path: str) -> ProxyConfig:
                 # longer timeout written out is fine (checks never overlap).
                 values["health_timeout"] = min(1.0, float(values["health_interval"]))  # type: ignore[arg-type]
             name = section[len("pool:") :]
+            lines: Tuple[Union[ServerConfig, DnsEntry], ...] = values.pop("servers")  # type: ignore[assignment]
+            values["servers"] = tuple(s for s in lines if isinstance(s, ServerConfig))
+            values["discovery"] = tuple(s for s in lines if isinstance(s, DnsEntry))
             pool = PoolConfig(name=name, **values)  # type: ignore[arg-type]
-            _check_algorithm(pool, section, parser[section])
-            if all(server.backup for server in pool.servers):
+            _check_algorithm(pool, lines, section, parser[section])
+            if pool.dns_min_ttl > pool.dns_max_ttl:
+                raise ConfigError(
+                    f"must not be longer than dns_max_ttl ({pool.dns_max_ttl:g}s)",
+                    section=section,
+                    key="dns_min_ttl",
+                )
+            if all(server.backup for server in lines):
                 raise ConfigError(
                     "every server is a backup: at least one must not be",
                     section=section,

@@ -70,6 +70,25 @@ class HealthChecker(Service):
             running.cancel()
         self._running.clear()
 
+    def servers_changed(self) -> None:
+        """
+        The pool's servers changed (DNS discovery): check the new ones (their
+        first probe within one interval), stop checking the removed ones.
+        """
+        if not self.running:
+            return
+        current = {id(s) for s in self.pool.servers}
+        for key in [k for k in self._timers if k not in current]:
+            timer = self._timers.pop(key)
+            if timer.active():
+                timer.cancel()
+        for key in [k for k in self._running if k not in current]:
+            self._running.pop(key).cancel()
+        interval = self.pool.config.health_interval
+        for server in self.pool.servers:
+            if id(server) not in self._timers and id(server) not in self._running:
+                self._schedule(server, self.rng.uniform(0, interval))
+
     def _schedule(self, server: ServerState, delay: float) -> None:
         self._timers[id(server)] = self.clock.callLater(delay, self._check, server)
 
@@ -96,7 +115,7 @@ class HealthChecker(Service):
 
     def _done(self, outcome: Tuple[bool, str], server: ServerState) -> None:
         self._running.pop(id(server), None)
-        if not self.running:
+        if not self.running or self.pool.by_name.get(server.name) is not server:
             return
         ok, detail = outcome
         self.pool.record_check(server, ok, detail)
