@@ -24,6 +24,7 @@ from twisted.web import http
 
 from lbproxy import headers as rules
 from lbproxy.config import FrontLimits
+from lbproxy.front.errors import error_response
 
 Refusal = Tuple[int, bytes, bytes]
 
@@ -61,18 +62,6 @@ def transfer_coding_refusal(value: bytes, version: bytes) -> Optional[Refusal]:
     if all(c == b"chunked" for c in codings):
         return (400, b"Bad Request", b"chunked applied more than once")
     return (501, b"Not Implemented", b"unsupported transfer coding")
-
-
-def error_response(code: int, phrase: bytes, detail: bytes) -> bytes:
-    """
-    A complete response that ends the connection: status, a one-line text
-    body of the proxy's own (nothing from the request), C{Connection: close}.
-    """
-    body = b"%d %s: %s\n" % (code, phrase, detail)
-    return (
-        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (code, phrase, len(body), body)
-    )
 
 
 class StrictChunkedDecoder(http._ChunkedTransferDecoder):

@@ -15,12 +15,12 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
-from twisted.web.http import datetimeToString
 from twisted.web.resource import IResource
 
 from lbproxy.config import FrontLimits
 from lbproxy.front.body import StreamedBody
 from lbproxy.front.channel import ProxyChannel, error_response
+from lbproxy.front.errors import ErrorPage
 
 log = Logger()
 
@@ -285,22 +285,7 @@ class ProxyRequest(server.Request):
         """
         if self._disconnected or self.finished:
             return
-        body = b"%d %s: %s\n" % (code, phrase, detail)
-        self.setResponseCode(code, phrase)
-        headers = self.responseHeaders
-        for name in list(name for name, _ in headers.getAllRawHeaders()):
-            if name.lower() != b"connection":
-                headers.removeHeader(name)
-        if close and self.channel is not None:
-            self.channel.persistent = False
-            headers.setRawHeaders(b"Connection", [b"close"])
-        if retry_after is not None:
-            headers.setRawHeaders(b"Retry-After", [b"%d" % retry_after])
-        headers.setRawHeaders(b"Content-Type", [b"text/plain; charset=utf-8"])
-        headers.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
-        headers.setRawHeaders(b"Date", [datetimeToString()])
-        self.write(body)
-        self.finish()
+        ErrorPage(code, phrase, detail, close, retry_after).write_to(self)
 
 
 class _Busy(Protocol):

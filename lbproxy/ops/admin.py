@@ -35,7 +35,7 @@ from twisted.web.resource import Resource
 from lbproxy import __version__
 from lbproxy.config import MAX_WEIGHT
 from lbproxy.config.values import describe_address
-from lbproxy.front.channel import error_response
+from lbproxy.front.errors import api_error, error_response
 from lbproxy.ops.history import history
 from lbproxy.upstream.pool import WEIGHT_SCALE, Pool, ServerState
 
@@ -297,7 +297,7 @@ def _json(request: server.Request, code: int, value: Any) -> bytes:
 
 
 def _error(request: server.Request, code: int, message: str) -> bytes:
-    return _json(request, code, {"error": message})
+    return api_error(request, code, message)
 
 
 class _AdminRequest(server.Request):
