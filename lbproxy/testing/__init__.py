@@ -215,7 +215,6 @@ class ProxyHarness:
         if answers:
             raise ValueError(f"no server of the configuration is called {sorted(answers)}")
         self.service = ProxyService(self.config, reactor=self.clock)
-        self._started = start
         if start:
             self.service.privilegedStartService()
             self.service.startService()
@@ -298,8 +297,7 @@ class ProxyHarness:
         """
         Stop the service as on shutdown, letting C{shutdown_timeout} pass.
         """
-        if self._started:
-            self._started = False
+        if self.service.running:
             self.service.stopService()
             self.clock.advance(self.config.shutdown_timeout)
 
