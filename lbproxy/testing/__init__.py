@@ -37,7 +37,7 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, PartialDownloadError, readBody
 from twisted.web.http_headers import Headers
@@ -165,6 +165,42 @@ class PendingResponse:
         return result
 
 
+class RawConnection(Protocol):
+    """
+    A client's end of a connection to the proxy, for bytes as they are.
+
+    :ivar received: Every byte the proxy has written so far.
+    :ivar closed: Whether the connection has ended.
+    """
+
+    def __init__(self, reactor: MemoryNetworkReactor) -> None:
+        self._reactor = reactor
+        self.received = b""
+        self.closed = False
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.received += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        self.closed = True
+
+    def write(self, data: bytes) -> None:
+        """
+        Send bytes and move them (and what they cause) without time passing.
+
+        :param data: Any bytes.
+        """
+        assert self.transport is not None
+        self.transport.write(data)
+        self._reactor.flush()
+
+    def close(self) -> None:
+        """Close the connection from the client's side."""
+        assert self.transport is not None
+        self.transport.loseConnection()
+        self._reactor.flush()
+
+
 class ProxyHarness:
     """
     The proxy, built from a configuration's text, over in-memory backends.
@@ -274,6 +310,20 @@ class ProxyHarness:
         """
         return self.send(method, target, headers, body, client).response()
 
+    def connect_raw(self, client: str = "127.0.0.1") -> RawConnection:
+        """
+        Open a connection to the proxy for bytes written as they are.
+
+        :param client: The client's IP address, as the proxy sees it.
+        :returns: The client's end of the connection.
+        """
+        connection = RawConnection(self.clock)
+        kind = IPv6Address if ":" in client else IPv4Address
+        address = kind("TCP", client, 50000)
+        proxy = IPv4Address("TCP", "127.0.0.1", 8080)
+        self.clock.link(connection, self.service.site.buildProtocol(address), address, proxy)
+        return connection
+
     def send_raw(self, data: bytes, client: str = "127.0.0.1") -> bytes:
         """
         Write bytes to the proxy on a new connection, as they are.
@@ -281,17 +331,9 @@ class ProxyHarness:
         :param data: What the client sends (one or more requests, or junk).
         :returns: Every byte the proxy wrote back, without time passing.
         """
-        received: List[bytes] = []
-        collector = Protocol()
-        collector.dataReceived = received.append  # type: ignore[method-assign,assignment]
-        kind = IPv6Address if ":" in client else IPv4Address
-        address = kind("TCP", client, 50000)
-        proxy = IPv4Address("TCP", "127.0.0.1", 8080)
-        self.clock.link(collector, self.service.site.buildProtocol(address), address, proxy)
-        assert collector.transport is not None
-        collector.transport.write(data)
-        self.clock.flush()
-        return b"".join(received)
+        connection = self.connect_raw(client)
+        connection.write(data)
+        return connection.received
 
     def stop(self) -> None:
         """
@@ -307,6 +349,7 @@ __all__ = [
     "MemoryNetworkReactor",
     "NoResponseYet",
     "PendingResponse",
+    "RawConnection",
     "ProxyHarness",
     "ProxyResponse",
     "SeenRequest",
