@@ -236,6 +236,21 @@ servers = {B}
         self.assertEqual(len(harness.backend(A).seen) + len(harness.backend(B).seen), 2)
 
 
+class ReloadTests(Harness):
+    def test_reload_adds_a_server_with_its_backend(self) -> None:
+        harness = self.harness(ini(A))
+        harness.request()
+        harness.reload(ini(f"{A}\n    {B}"), backends={B: lambda seen: (202, {}, b"new")})
+        bodies = sorted(harness.request().body for _ in range(2))
+        self.assertEqual(bodies, [A.encode(), b"new"])
+        self.assertEqual(harness.service.reloads["ok"], 1)
+
+    def test_bad_reload_changes_nothing(self) -> None:
+        harness = self.harness(ini(A))
+        self.assertRaises(ConfigError, harness.reload, ini(f"{A} weight=x"))
+        self.assertEqual(harness.request().body.decode(), A)
+
+
 class HarnessTests(Harness):
     def test_bad_configuration_is_a_config_error(self) -> None:
         self.assertRaises(ConfigError, ProxyHarness, "[proxy]\nlisten = tcp:1\n")

@@ -234,8 +234,17 @@ class ProxyHarness:
         self.clock = clock if clock is not None else MemoryNetworkReactor()
         self.config: ProxyConfig = parse(ini_text, "<harness>")
         self._backends: Dict[str, MemoryBackend] = {}
-        answers = dict(backends or {})
-        for pool in self.config.pools.values():
+        self._add_backends(self.config, backends or {})
+        self.service = ProxyService(self.config, reactor=self.clock)
+        if start:
+            self.service.privilegedStartService()
+            self.service.startService()
+            self.clock.flush()
+
+    def _add_backends(self, config: ProxyConfig, backends: Mapping[str, Any]) -> None:
+        """A memory backend for each server of C{config} that has none yet."""
+        answers = dict(backends)
+        for pool in config.pools.values():
             for server_config in pool.servers:
                 if server_config.scheme != "http":
                     raise ValueError(f"{server_config.url}: only http:// servers are in memory")
@@ -250,11 +259,23 @@ class ProxyHarness:
                     self._backends[name] = backend
         if answers:
             raise ValueError(f"no server of the configuration is called {sorted(answers)}")
-        self.service = ProxyService(self.config, reactor=self.clock)
-        if start:
-            self.service.privilegedStartService()
-            self.service.startService()
-            self.clock.flush()
+
+    def reload(self, ini_text: str, backends: Optional[Mapping[str, Any]] = None) -> None:
+        """
+        Apply a new configuration to the running proxy, as C{SIGHUP} does.
+        Servers it adds get memory backends; the others keep theirs.
+
+        :param ini_text: The new configuration.
+        :param backends: What answers for some of the new servers.
+        :raises lbproxy.config.ConfigError: When it is wrong.
+        :raises lbproxy.service.StartError: When it cannot be applied (then
+            nothing changed).
+        """
+        config = parse(ini_text, "<harness>")
+        self._add_backends(config, backends or {})
+        self.service.reload(config)
+        self.config = config
+        self.clock.flush()
 
     def backend(self, name: str) -> MemoryBackend:
         """
