@@ -99,3 +99,14 @@ class DocumentedCommandTests(unittest.TestCase):
             ],
         )
         self.assertIn("bash scripts/test.sh", read(".ci/run"))
+
+
+class TestingKitExampleTests(unittest.SynchronousTestCase):
+    def test_readme_example_runs(self) -> None:
+        """The README's "Testing your configuration" example runs as written."""
+        text = section(read("README.md"), "Testing your configuration")
+        [example] = re.findall(r"```python\n(.*?)```", text, re.S)
+        self.assertIn("harness.clock.advance(5)", example)
+        namespace: dict = {}
+        exec(compile(example, "README.md", "exec"), namespace)
+        self.assertEqual(len(namespace["harness"].backend("a").seen), 2)
