@@ -12,8 +12,9 @@ from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from lbproxy.config import parse
-from lbproxy.config.dns import DnsEntry, Found, all_servers
-from lbproxy.service import server_key
+from lbproxy.config.dns import DnsEntry, Found
+from lbproxy.config.found import all_servers
+from lbproxy.reload import server_key
 from lbproxy.upstream.discovery import LOOKUP_DEADLINE, Discovery, update_pool
 from lbproxy.upstream.health import HealthChecker
 from lbproxy.upstream.pool import WEIGHT_SCALE, Pool, ServerState

@@ -16,13 +16,11 @@ from lbproxy.config.dns import (
     SRV,
     DnsEntry,
     Found,
-    all_servers,
-    describe_change,
     parse_resolver,
     preferred_address,
     resolv_conf_nameservers,
-    servers_from,
 )
+from lbproxy.config.found import all_servers, describe_change, servers_from
 
 
 def pool_text(servers: str, extra: str = "", proxy: str = "") -> str:

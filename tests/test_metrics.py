@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial import unittest
 
 from lbproxy.ops.metrics import registry, render
+from lbproxy.ops.snapshot import snapshot
 from lbproxy.testing import ProxyHarness
 
 A, B = "http://127.0.0.1:8001", "http://127.0.0.1:8002"
@@ -28,7 +29,7 @@ servers =
 
 def samples(harness: ProxyHarness) -> Dict[str, float]:
     """Every sample as 'name{label=value,...}' -> value."""
-    text, content_type = render(registry(harness.service))
+    text, content_type = render(registry(lambda: snapshot(harness.service)))
     assert content_type.startswith("text/plain")
     found = {}
     for family in text_string_to_metric_families(text.decode()):

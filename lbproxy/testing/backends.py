@@ -78,7 +78,7 @@ class MemoryBackend:
         self.seen: List[SeenRequest] = []
         self.connections = 0
         self.mode = SERVE
-        self._fail_status = 500
+        self.fail_status = 500
         if answer is None:
             body = name.encode("ascii")
             answer = lambda seen: (200, {"Content-Type": "text/plain"}, body)  # noqa: E731
@@ -115,7 +115,7 @@ class MemoryBackend:
         :param status: The status of the answer.
         """
         self.mode = FAIL
-        self._fail_status = status
+        self.fail_status = status
 
 
 class _CallableResource(resource.Resource):
@@ -152,7 +152,7 @@ class _BackendRequest(server.Request):
             self.channel.transport.loseConnection()  # type: ignore[union-attr]
             return
         if backend.mode == FAIL:
-            self.setResponseCode(backend._fail_status)
+            self.setResponseCode(backend.fail_status)
             self.setHeader(b"content-type", b"text/plain")
             self.write(b"failing on purpose\n")
             self.finish()

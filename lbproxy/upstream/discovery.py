@@ -53,12 +53,11 @@ from lbproxy.config.dns import (
     SRV,
     DnsEntry,
     Found,
-    all_servers,
-    describe_change,
     found_name,
     preferred_address,
     resolv_conf_nameservers,
 )
+from lbproxy.config.found import all_servers, describe_change
 from lbproxy.upstream.pool import Pool, ServerState
 
 __all__ = ["Discovery", "QuietResolver", "lookup", "make_resolver", "update_pool"]
