@@ -60,9 +60,9 @@ from zope.interface import implementer
 
 from lbproxy._twisted import ResponseDone
 from lbproxy.record import IExchange, RequestRecord
-from lbproxy.upstream import relay
 from lbproxy.upstream.failures import classify, describe
 from lbproxy.upstream.pool import ServerState
+from lbproxy.upstream.relay import BodyRelay, relay_head
 from lbproxy.upstream.retry import ANSWERS, Answer, Kind, backoff, may_retry
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ class Lifecycle:
         self.backoffs = 0
         self.server: Optional[ServerState] = None
         self.pending: Optional[Deferred[IResponse]] = None
-        self.relay: Optional[relay.BodyRelay] = None
+        self.relay: Optional[BodyRelay] = None
         self.leave_queue: Optional[Callable[[], None]] = None
         #: Why the proxy cancelled the attempt or body in flight, if it did.
         self.cancelled_for: Optional[Kind] = None
@@ -335,9 +335,9 @@ class Lifecycle:
                 pool.record_success(server)
             if pool.observes_latency:
                 pool.record_latency(server, self.clock.seconds() - self.sent_at)
-        relay.relay_head(self, response)
+        relay_head(self, response)
         self._enter(RELAYING)
-        body = relay.BodyRelay(self)
+        body = BodyRelay(self)
         self.relay = body
         response.deliverBody(body)
         if self.relay is not None and self.state is RELAYING:
