@@ -14,6 +14,7 @@ from twisted.web._newclient import ResponseDone
 # lbproxy.config first: importing lbproxy.routing before it is an import cycle.
 from lbproxy import config  # noqa: F401
 from lbproxy.record import IExchange, RequestRecord
+from lbproxy.upstream import attempt as attempts
 from lbproxy.upstream import lifecycle
 from lbproxy.upstream.lifecycle import Lifecycle
 from tests.test_forwarder import ForwarderCase, ScriptedResponse
@@ -29,29 +30,40 @@ class LifecycleStateTests(ForwarderCase):
         assert isinstance(exchange, Lifecycle)
         return exchange
 
-    def timers(self, exchange: Lifecycle) -> List[float]:
-        """When the lifecycle's timers are due, from now (the channel's aside)."""
+    def timers(self, exchange: Lifecycle, *others: object) -> List[float]:
+        """
+        When the timers of the lifecycle and its attempt are due, from now
+        (the channel's aside).
+        """
         now = self.clock.seconds()
+        owners = (exchange, exchange.attempt, *others)
         return [
             round(call.getTime() - now, 3)
             for call in self.clock.getDelayedCalls()
-            if getattr(call.func, "__self__", None) is exchange
+            if any(getattr(call.func, "__self__", None) is owner for owner in owners)
         ]
+
+    def attempt_state(self, exchange: Lifecycle) -> str:
+        assert exchange.attempt is not None
+        return exchange.attempt.state
 
     def test_a_response_moves_to_relaying_then_done(self) -> None:
         d = self.request()
         request = self.channel.requests[-1]
         exchange = self.exchange()
-        self.assertEqual(exchange.state, lifecycle.AWAITING_RESPONSE)
+        self.assertEqual(exchange.state, lifecycle.ATTEMPTING)
+        self.assertEqual(self.attempt_state(exchange), attempts.AWAITING_RESPONSE)
         self.assertEqual(self.timers(exchange), [10.0])
         response = ScriptedResponse()
         d.callback(response)
-        self.assertEqual(exchange.state, lifecycle.RELAYING)
+        self.assertEqual(self.attempt_state(exchange), attempts.RELAYING)
         self.assertEqual(self.timers(exchange), [60.0])
+        attempt = exchange.attempt
+        assert attempt is not None
         response.transport.protocol.connectionLost(Failure(ResponseDone()))
-        self.assertEqual(exchange.state, lifecycle.DONE)
+        self.assertEqual((exchange.state, attempt.state), (lifecycle.DONE, attempts.ENDED))
         self.assertIsNone(request.exchange)
-        self.assertEqual(self.timers(exchange), [])
+        self.assertEqual(self.timers(exchange, attempt), [])
 
     def test_the_response_timer_of_a_failed_attempt_goes_with_it(self) -> None:
         first = self.request()
@@ -63,7 +75,7 @@ class LifecycleStateTests(ForwarderCase):
         # second attempt has its own 10 s from now.
         self.clock.advance(5)
         self.assertEqual(self.agent.cancelled, 0)
-        self.assertEqual(exchange.state, lifecycle.AWAITING_RESPONSE)
+        self.assertEqual(self.attempt_state(exchange), attempts.AWAITING_RESPONSE)
         self.assertEqual(self.timers(exchange), [5.0])
         self.clock.advance(5)
         self.assertEqual(self.agent.cancelled, 1)
@@ -75,13 +87,15 @@ class LifecycleStateTests(ForwarderCase):
         self.assertEqual(exchange.state, lifecycle.BACKING_OFF)
         self.assertEqual(self.timers(exchange), [0.05])
         self.clock.advance(0.05)
-        self.assertEqual(exchange.state, lifecycle.AWAITING_RESPONSE)
+        self.assertEqual(exchange.state, lifecycle.ATTEMPTING)
+        self.assertEqual(self.attempt_state(exchange), attempts.AWAITING_RESPONSE)
         self.assertEqual(len(self.agent.sent), 3)
 
     def test_client_lost_while_backing_off_sends_nothing_more(self) -> None:
         self.request().errback(Failure(error.ConnectionRefusedError()))
         self.agent.sent[-1][-1].errback(Failure(error.ConnectionRefusedError()))
         exchange = self.exchange()
+        self.assertEqual(exchange.attempt, None)
         self.channel.connectionLost(Failure(error.ConnectionDone()))
         self.assertEqual(exchange.state, lifecycle.DONE)
         self.assertEqual(self.timers(exchange), [])
