@@ -165,7 +165,20 @@ class Attempt(Protocol):
         kind = classify(
             failure, cancelled_for is Kind.TIMED_OUT, cancelled_for is Kind.UPLOAD_STALLED
         )
-        self.lifecycle.attempt_failed(self, kind, describe(failure))
+        forwarder = self.forwarder
+        if kind is Kind.TIMED_OUT:
+            cause = f"no response within {forwarder.response_timeout:g}s"
+        elif kind is Kind.UPLOAD_STALLED:
+            cause = f"the client sent no body byte for {forwarder.upload_idle_timeout:g}s; closing"
+        elif kind is Kind.NOT_SENT:
+            cause = f"cannot connect: {describe(failure)}"
+        elif kind is Kind.FAILED:
+            cause = f"request failed: {describe(failure)}"
+        elif kind is Kind.CANCELLED:
+            cause = "attempt cancelled"
+        else:
+            cause = describe(failure)
+        self.lifecycle.attempt_failed(self, kind, cause)
 
     # -- the response -------------------------------------------------------
 

@@ -65,6 +65,9 @@ BACKING_OFF = "backing off"
 ATTEMPTING = "attempting"
 DONE = "done"
 
+NO_SERVER = Answer(503, b"Service Unavailable", b"no server is available")
+ALL_BUSY = Answer(503, b"Service Unavailable", b"every server is busy")
+
 
 @implementer(IExchange)
 class Lifecycle:
@@ -161,7 +164,7 @@ class Lifecycle:
             self._enter(QUEUED, pool.config.queue_timeout)
             self.leave_queue = pool.wait(self._queue_ready)
             return
-        self._answer_unavailable(b"no server is available")
+        self._answer(NO_SERVER, self.pool.retry_after())
 
     def _queue_ready(self) -> None:
         self.leave_queue = None
@@ -175,7 +178,7 @@ class Lifecycle:
             pool=self.pool.name,
             seconds=self.pool.config.queue_timeout,
         )
-        self._answer_unavailable(b"every server is busy")
+        self._answer(ALL_BUSY, self.pool.retry_after())
 
     def _attempt(self, server: ServerState) -> None:
         if self.state is DONE:
@@ -198,34 +201,26 @@ class Lifecycle:
     # -- how an attempt ended -------------------------------------------------
 
     def attempt_failed(self, attempt: Attempt, kind: Kind, cause: str) -> None:
-        """An attempt failed before any response (classified as C{kind})."""
+        """
+        An attempt failed before any response, as C{kind}; C{cause} says
+        how, for a log line.
+        """
         if self.state is DONE:
             return
         self.attempt = None
         server = attempt.server
-        blame = BLAME[kind]
         if kind is Kind.UNSENDABLE:
+            # The client's request: not the server's failure at all.
             log.info("request not forwarded: {cause}", cause=cause)
             self.record.server = None
-        elif kind is Kind.UPLOAD_STALLED:
-            log.warn(
-                "server {server}: the client sent no body byte for {idle:g}s; closing",
-                server=server.name,
-                idle=self.forwarder.upload_idle_timeout,
-            )
-        elif blame is Blame.OURS:
-            log.warn("server {server}: attempt cancelled", server=server.name)
-        if blame is not Blame.SERVER:
+        elif BLAME[kind] is not Blame.SERVER:
+            log.warn("server {server}: {cause}", server=server.name, cause=cause)
+        if BLAME[kind] is not Blame.SERVER:
             self._answer(ANSWERS[kind])
             return
         self.pool.record_failure(server)
-        if kind is Kind.TIMED_OUT:
-            cause = f"no response within {self.forwarder.response_timeout:g}s"
-        elif kind is Kind.NOT_SENT:
-            cause = f"cannot connect: {cause}"
+        if kind is Kind.NOT_SENT:
             server.stats.connect_failures += 1
-        else:
-            cause = f"request failed: {cause}"
         self._retry_or_answer(kind, "server {server}: {cause}", server, cause)
 
     def response_complete(self) -> None:
@@ -290,14 +285,10 @@ class Lifecycle:
         if attempt is not None:
             attempt.stop()
 
-    def _answer(self, answer: Answer) -> None:
-        self._done()
-        self.request.respond_error(answer.code, answer.phrase, answer.detail, close=answer.close)
-
-    def _answer_unavailable(self, detail: bytes) -> None:
+    def _answer(self, answer: Answer, retry_after: Optional[int] = None) -> None:
         self._done()
         self.request.respond_error(
-            503, b"Service Unavailable", detail, retry_after=self.pool.retry_after()
+            answer.code, answer.phrase, answer.detail, close=answer.close, retry_after=retry_after
         )
 
 
