@@ -15,11 +15,11 @@ from twisted.logger import Logger
 from lbproxy import reload as plans
 from lbproxy.config import ProxyConfig
 from lbproxy.front.resource import ProxyResource
-from lbproxy.front.site import ProxyRequest, ProxySite
+from lbproxy.front.site import ProxySite
 from lbproxy.front.tls import SNIConnectionCreator
 from lbproxy.listeners import StartError
 from lbproxy.ops import accesslog
-from lbproxy.ops.stats import method_label, status_class
+from lbproxy.ops.accounting import Accounting
 from lbproxy.upstream.backend import BackendAgent, BackendConnectionPool
 from lbproxy.upstream.discovered import DiscoveredPools
 from lbproxy.upstream.health import HealthChecker
@@ -46,7 +46,7 @@ class ProxyService(service.MultiService):
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
-        self.reactor = self._reactor = reactor
+        self.reactor = reactor
         self.config = config
         self.started_at = reactor.seconds()
         self.connections = BackendConnectionPool(reactor, persistent=True)
@@ -55,10 +55,10 @@ class ProxyService(service.MultiService):
         self.checkers: Dict[str, HealthChecker] = {}
         self.resource = ProxyResource(None)
         self.site = ProxySite(self.resource, reactor=reactor)
-        self.site.request_done = self._request_done
+        self.accounting = Accounting(reactor)
+        self.site.request_done = self.accounting.request_done
         self.ports: Dict[str, IListeningPort] = {}
         self.admin_port: Optional[IListeningPort] = None
-        self.access_log: Optional[accesslog.AccessLog] = None
         self.reloads = {"ok": 0, "refused": 0}
         # The tls: listeners' certificates, swapped whole on reload.
         self.tls = SNIConnectionCreator()
@@ -70,6 +70,15 @@ class ProxyService(service.MultiService):
         plan = self._prepare_inside(config)
         self._apply_inside(plan)
         self._planned_first: Optional[plans.Plan] = plan
+
+    @property
+    def access_log(self) -> Optional[accesslog.AccessLog]:
+        """The open access log, if any (the accounting writes to it)."""
+        return self.accounting.access_log
+
+    @access_log.setter
+    def access_log(self, value: Optional[accesslog.AccessLog]) -> None:
+        self.accounting.access_log = value
 
     # -- preparing and applying a configuration (see lbproxy.reload) --------
 
@@ -145,28 +154,6 @@ class ProxyService(service.MultiService):
     def seconds(self) -> float:
         return float(self.reactor.seconds())
 
-    # -- requests -----------------------------------------------------------
-
-    def _request_done(self, request: ProxyRequest, status: int, duration: float) -> None:
-        """
-        Count a finished request against its server (or its pool when no
-        server took it) and write its access log line.
-        """
-        server = request.server
-        method = method_label(request.method)
-        klass = status_class(status)
-        now = self._reactor.seconds()
-        pool = request.pool
-        if server is not None:
-            server.stats.record(method, klass, duration, now)
-        elif pool is not None:
-            pool.stats.record_unrouted(method, klass)
-        if pool is not None:
-            pool.stats.record(klass, duration, now)
-        access_log = self.access_log
-        if access_log is not None:
-            access_log.write(_entry(request, status, duration, now))
-
     # -- starting and stopping ------------------------------------------------
 
     def privilegedStartService(self) -> None:
@@ -213,29 +200,6 @@ class ProxyService(service.MultiService):
         drained.addCallback(finish)
         stopping.append(drained)
         return DeferredList(stopping)
-
-
-def _entry(request: ProxyRequest, status: int, duration: float, now: float) -> accesslog.Entry:
-    address = request.getClientAddress()
-    headers = request.requestHeaders
-    referer = headers.getRawHeaders(b"referer")
-    agent = headers.getRawHeaders(b"user-agent")
-    server = request.server
-    return accesslog.Entry(
-        time=now,
-        client=getattr(address, "host", "unix"),
-        method=request.method,
-        target=request.uri,
-        protocol=request.clientproto,
-        status=status,
-        sent=request.sentLength,
-        duration=duration,
-        server=server.name if server is not None else None,
-        attempts=request.attempts,
-        request_id=request.request_id,
-        referer=referer[0] if referer else None,
-        user_agent=agent[0] if agent else None,
-    )
 
 
 __all__ = ["ProxyService", "StartError"]

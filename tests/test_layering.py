@@ -23,13 +23,7 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(lbproxy.__file__))
 #: to move into lbproxy/_twisted.py (the one module that may name Twisted's
 #: internals): (module, expression).  The test fails when an entry no
 #: longer occurs, so that the list only shrinks.
-KNOWN_PRIVATE_READS: Set[Tuple[str, str]] = {
-    ("lbproxy.front.channel", "http._ChunkedTransferDecoder"),
-    ("lbproxy.front.channel", "http._MalformedChunkedDataError"),
-    ("lbproxy.front.site", "channel._command"),
-    ("lbproxy.front.site", "channel._path"),
-    ("lbproxy.front.site", "channel._version"),
-}
+KNOWN_PRIVATE_READS: Set[Tuple[str, str]] = set()
 
 #: Modules allowed to name Twisted's private parts.
 TWISTED_INTERNALS_MODULE = "lbproxy._twisted"

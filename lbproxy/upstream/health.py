@@ -20,10 +20,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 
+from lbproxy._twisted import HTTP11ClientFactory
 from lbproxy.config import PoolConfig
 from lbproxy.upstream.pool import Pool, ServerState
 from lbproxy.upstream.timers import ServerTimers
@@ -135,7 +136,7 @@ def describe_failure(failure: Failure, timeout: float) -> str:
     return f"{type(value).__name__}: {text}" if text else type(value).__name__
 
 
-class _QuietFactory(_HTTP11ClientFactory):
+class _QuietFactory(HTTP11ClientFactory):
     # Twisted logs "Starting factory" and "Stopping factory" for every
     # connection of a noisy factory: two lines per check.
     noisy = False
