@@ -15,7 +15,8 @@ from lbproxy.config import parse
 from lbproxy.config.dns import DnsEntry, Found
 from lbproxy.config.found import all_servers
 from lbproxy.reload import server_key
-from lbproxy.upstream.discovery import LOOKUP_DEADLINE, Discovery, update_pool
+from lbproxy.upstream.discovery import Discovery, update_pool
+from lbproxy.upstream.dnslookup import LOOKUP_DEADLINE
 from lbproxy.upstream.health import HealthChecker
 from lbproxy.upstream.pool import WEIGHT_SCALE, Pool, ServerState
 

@@ -14,7 +14,7 @@ from twisted.names import dns
 from twisted.web import server
 
 from lbproxy.config.dns import ADDRESS, SRV, DnsEntry, Found
-from lbproxy.upstream.discovery import QuietResolver, lookup, make_resolver
+from lbproxy.upstream.dnslookup import QuietResolver, lookup, make_resolver
 from lbproxy.upstream.pool import WEIGHT_SCALE
 from tests.dns_support import DNSServer, Zone
 from tests.support import Backend, ProxyTestCase, default_handler, held_handler, wait_until
@@ -70,7 +70,7 @@ class DNSTestCase(ProxyTestCase):
 
 
 class LookupTests(DNSTestCase):
-    """lbproxy.discovery.lookup against the server."""
+    """lbproxy.upstream.dnslookup.lookup against the server."""
 
     @defer.inlineCallbacks
     def test_srv_targets_from_the_additional_section_or_looked_up(self):  # type: ignore[no-untyped-def]

@@ -64,7 +64,8 @@ class DiscoveredPools:
                 self.discoveries.pop(name).disownServiceParent()
         if not wanted:
             return
-        from lbproxy.upstream.discovery import Discovery, make_resolver
+        from lbproxy.upstream.discovery import Discovery
+        from lbproxy.upstream.dnslookup import make_resolver
 
         old = self._resolver
         if old is None or old[0] != config.resolver:
