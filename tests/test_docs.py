@@ -110,3 +110,38 @@ class TestingKitExampleTests(unittest.SynchronousTestCase):
         namespace: dict = {}
         exec(compile(example, "README.md", "exec"), namespace)
         self.assertEqual(len(namespace["harness"].backend("a").seen), 2)
+
+
+class WebApplicationExampleTests(unittest.TestCase):
+    def test_the_walkthrough_configuration_is_valid_and_routes_as_described(self) -> None:
+        """The README's "In front of a web application" configuration parses
+        (with certificates made here in place of its paths) and routes as its
+        text says."""
+        from lbproxy.config import parse
+        from tests.test_tls_front import Certificates
+
+        text = section(read("README.md"), "In front of a web application")
+        [ini] = re.findall(r"```ini\n(.*?)```", text, re.S)
+        certs = Certificates(os.path.abspath(self.mktemp()))
+        certs.leaf("shop", ["shop.example"])
+        certs.leaf("api", ["api.shop.example"])
+        for label, name in (("shop", "shop.example"), ("api", "api.shop.example")):
+            ini = ini.replace(f"/etc/lbproxy/tls/{name}/fullchain.pem", certs.path(f"{label}.crt"))
+            ini = ini.replace(f"/etc/lbproxy/tls/{name}/privkey.pem", certs.path(f"{label}.key"))
+        config = parse(ini, "README.md")
+        router = config.router()
+
+        def route(host: bytes, target: bytes, scheme: bytes = b"https") -> str:
+            found = router.match(host, b"GET", target, lambda name: None, scheme)
+            assert found is not None
+            return found[0].name or f"default pool {found[0].pool}"
+
+        self.assertEqual(route(b"shop.example", b"/", b"http"), "https")
+        self.assertEqual(route(b"api.shop.example", b"/v1/orders"), "api")
+        self.assertEqual(route(b"shop.example", b"/static/app.css"), "static")
+        self.assertEqual(route(b"shop.example", b"/live"), "live")
+        self.assertEqual(route(b"shop.example", b"/cart"), "default pool app")
+        self.assertEqual(config.pool, "app")
+        assert config.tls is not None
+        self.assertEqual(sorted(config.tls.exact), ["api.shop.example", "shop.example"])
+        self.assertIs(config.tls.choose(b"unknown.example"), config.tls.choose(b"shop.example"))

@@ -119,6 +119,31 @@ class MatchTests(unittest.TestCase):
         assert found is not None
         self.assertEqual((found[0].name, found[1]), ("r", b"/"))
 
+    def test_scheme_tells_plain_from_tls_connections(self) -> None:
+        r = router(
+            "[route:plain]\nscheme = http\nredirect = 301 https://{host}{uri}\n"
+            "[route:secure]\nscheme = https\npath = /s\npool = a\n[route:rest]\npool = b\n",
+            pools=("a", "b"),
+        )
+        cases = [
+            (b"http", b"/s", "plain"),
+            (b"http", b"/x", "plain"),
+            (b"https", b"/s", "secure"),
+            (b"https", b"/x", "rest"),
+        ]
+        for scheme, target, name in cases:
+            found = r.match(b"h", b"GET", target, no_headers, scheme)
+            assert found is not None
+            self.assertEqual(found[0].name, name, (scheme, target))
+        # Without the argument a request is taken as plain HTTP.
+        found = r.match(b"h", b"GET", b"/s", no_headers)
+        assert found is not None
+        self.assertEqual(found[0].name, "plain")
+        self.assertIn(
+            "[route:x] scheme: must be http or https, got 'ftp'",
+            error(config_text("[route:x]\nscheme = ftp\npool = a\n", "", ("a",))),
+        )
+
     def test_header_without_a_value_asks_for_presence(self) -> None:
         r = router(
             "[route:r]\nheader =\n  X-A\n  X-B: yes\npool = a\n[route:b]\npool = b\n",
@@ -444,7 +469,7 @@ class ConfigErrorTests(unittest.TestCase):
             ),
             (
                 "[route:r]\npool = a\npoll = a\n",
-                "t.ini: [route:r] poll: unknown key (did you mean pool? known: host, path, methods, header, pool, redirect, return, strip_prefix, rewrite_prefix, host_rewrite, request_headers, response_headers)",
+                "t.ini: [route:r] poll: unknown key (did you mean pool? known: host, path, methods, scheme, header, pool, redirect, return, strip_prefix, rewrite_prefix, host_rewrite, request_headers, response_headers)",
             ),
             (
                 "[route:all]\npool = a\n[route:late]\npath = /x\npool = a\n",

@@ -117,7 +117,13 @@ class ProxyResource(Resource):
         headers = request.requestHeaders
         hosts = headers.getRawHeaders(b"host")
         host = hosts[0] if hosts else None
-        found = routes.router.match(host, request.method, request.target, headers.getRawHeaders)
+        found = routes.router.match(
+            host,
+            request.method,
+            request.target,
+            headers.getRawHeaders,
+            b"https" if request.isSecure() else b"http",
+        )
         if found is None:
             request.respond_error(404, b"Not Found", b"no route for this request")
             return NOT_DONE_YET

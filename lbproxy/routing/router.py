@@ -93,11 +93,12 @@ def _route(
 
 
 # An entry of a candidate list: the route, its prefixes (None: any path), its
-# methods and header matches.
+# methods, scheme and header matches.
 _Entry = Tuple[
     Route,
     Optional[Tuple[bytes, ...]],
     Optional[frozenset],
+    Optional[bytes],
     Tuple[Tuple[bytes, Optional[bytes]], ...],
 ]
 
@@ -128,7 +129,7 @@ class _PathIndex:
         for segment in segments:
             chosen: List[_Entry] = []
             for entry in entries:
-                route, prefixes, methods, headers = entry
+                route, prefixes, methods, scheme, headers = entry
                 if prefixes is None or _any_path(entry):
                     # Its prefixes are kept whole: the first one written
                     # that matches is the one reported.
@@ -136,7 +137,7 @@ class _PathIndex:
                     continue
                 mine = tuple(p for p in prefixes if _first_segment(p) == segment)
                 if mine:
-                    chosen.append((route, mine, methods, headers))
+                    chosen.append((route, mine, methods, scheme, headers))
             self.by_segment[segment] = tuple(chosen)
 
 
@@ -162,7 +163,7 @@ class Router:
         for config in routes:
             route = _route(config, config.pool, request_rules, response_rules)
             paths = tuple(p.encode("ascii") for p in config.paths) or None
-            entries.append((config, (route, paths, config.methods, config.headers)))
+            entries.append((config, (route, paths, config.methods, config.scheme, config.headers)))
         self.default: Optional[Route] = (
             _route(None, default_pool, request_rules, response_rules)
             if default_pool is not None
@@ -214,6 +215,7 @@ class Router:
         method: bytes,
         target: bytes,
         header: HeaderGetter,
+        scheme: bytes = b"http",
     ) -> Optional[Tuple[Route, Optional[bytes]]]:
         """
         The route of a request, and the path prefix it matched (L{None} when
@@ -224,6 +226,7 @@ class Router:
             L{None}.
         @param target: The request target in origin-form (or C{*}).
         @param header: Reads a request header by its lower-case name.
+        @param scheme: C{b"https"} for a request that came over TLS.
         """
         paths = self._for_host(host)
         query = target.find(b"?")
@@ -231,7 +234,7 @@ class Router:
         end = path.find(b"/", 1)
         segment = path[1:end] if end > 0 else path[1:]
         candidates = paths.by_segment.get(segment, paths.any_path)
-        for route, prefixes, methods, headers in candidates:
+        for route, prefixes, methods, wanted, headers in candidates:
             matched = None
             if prefixes is not None:
                 for prefix in prefixes:
@@ -244,6 +247,8 @@ class Router:
                 else:
                     continue
             if methods is not None and method not in methods:
+                continue
+            if wanted is not None and wanted != scheme:
                 continue
             if headers and not _headers_match(headers, header):
                 continue

@@ -73,6 +73,8 @@ class RouteConfig:
         name under C{example.com}.  Empty: any host.
     @ivar paths: Path prefixes, matched on segment boundaries.  Empty: any.
     @ivar methods: The methods it matches, or L{None} for all.
+    @ivar scheme: C{b"http"} or C{b"https"}: only requests that came over a
+        plain or a TLS connection; L{None} for both.
     @ivar headers: C{(lower-case name, value)} pairs that must all be
         present; a value of L{None} asks only that the header be there.
     @ivar pool: The pool that takes its requests, if that is its action.
@@ -88,6 +90,7 @@ class RouteConfig:
     hosts: Tuple[str, ...] = ()
     paths: Tuple[str, ...] = ()
     methods: Optional[FrozenSet[bytes]] = None
+    scheme: Optional[bytes] = None
     headers: Tuple[Tuple[bytes, Optional[bytes]], ...] = ()
     pool: Optional[str] = None
     redirect: Optional[Redirect] = None
@@ -99,7 +102,13 @@ class RouteConfig:
 
     def matches_everything(self) -> bool:
         """Whether every request matches this route."""
-        return not self.hosts and not self.paths and self.methods is None and not self.headers
+        return (
+            not self.hosts
+            and not self.paths
+            and self.methods is None
+            and self.scheme is None
+            and not self.headers
+        )
 
 
 # -- single values --------------------------------------------------------------
@@ -238,6 +247,14 @@ def parse_return(text: str) -> DirectAnswer:
     return DirectAnswer(status, phrase.encode("ascii"), data)
 
 
+def parse_scheme(text: str) -> bytes:
+    """C{scheme}: C{http} (a plain connection) or C{https} (TLS)."""
+    value = text.strip()
+    if value not in ("http", "https"):
+        raise ValueError(f"must be http or https, got {value!r}")
+    return value.encode("ascii")
+
+
 def parse_host_rewrite(text: str) -> str:
     value = text.strip()
     if parse_authority(value.encode("ascii", "replace")) is None:
@@ -252,6 +269,7 @@ ROUTE_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
     "host": (parse_hosts, ()),
     "path": (parse_paths, ()),
     "methods": (parse_methods, None),
+    "scheme": (parse_scheme, None),
     "header": (parse_header_matches, ()),
     "pool": (parse_pool_name, None),
     "redirect": (parse_redirect, None),
@@ -295,6 +313,7 @@ def build_route(name: str, values: Mapping[str, object], written: FrozenSet[str]
         hosts=values["host"],  # type: ignore[arg-type]
         paths=values["path"],  # type: ignore[arg-type]
         methods=values["methods"],  # type: ignore[arg-type]
+        scheme=values["scheme"],  # type: ignore[arg-type]
         headers=values["header"],  # type: ignore[arg-type]
         pool=values["pool"],  # type: ignore[arg-type]
         redirect=values["redirect"],  # type: ignore[arg-type]
