@@ -411,6 +411,7 @@ def _entry(request: ProxyRequest, status: int, duration: float, now: float) -> a
         request_id=request.request_id,
         referer=referer[0] if referer else None,
         user_agent=agent[0] if agent else None,
+        received=request.received_bytes if status == 101 else None,
     )
 
 

@@ -52,6 +52,7 @@ from lbproxy.config.values import (
     parse_size,
     parse_status_range,
     parse_token,
+    parse_upgrade,
     parse_via,
 )
 from lbproxy.routing import (
@@ -185,6 +186,10 @@ class FrontLimits:
     max_body_size: int = 10 * 1024 * 1024
     client_header_timeout: float = 10.0
     client_body_timeout: float = 30.0
+    #: The protocols a request may upgrade to (lower-cased names).
+    upgrade: FrozenSet[bytes] = frozenset({b"websocket"})
+    #: Seconds an upgraded connection (a tunnel) may pass no byte either way.
+    tunnel_timeout: float = 3600.0
 
 
 _LIMITS = FrontLimits()
@@ -194,6 +199,8 @@ _LIMIT_KEYS = (
     "max_body_size",
     "client_header_timeout",
     "client_body_timeout",
+    "upgrade",
+    "tunnel_timeout",
 )
 
 
@@ -423,6 +430,8 @@ _PROXY_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
     "access_log": (parse_access_log, None),
     "access_log_format": (parse_log_format, "combined"),
     "shutdown_timeout": (parse_duration, 30.0),
+    "upgrade": (parse_upgrade, _LIMITS.upgrade),
+    "tunnel_timeout": (parse_positive_duration, _LIMITS.tunnel_timeout),
     "request_headers": (parse_request_rules, ()),
     "response_headers": (parse_response_rules, ()),
 }

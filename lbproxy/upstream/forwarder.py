@@ -17,6 +17,7 @@ in-flight count of the chosen server is released exactly once.
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Set, cast
 
 from OpenSSL.SSL import Error as SSLError
@@ -42,6 +43,7 @@ from lbproxy.front.body import StreamedBody
 from lbproxy.routing import Change, Facts, Route, changes
 from lbproxy.upstream.backend import BackendAgent, UnsendableRequest
 from lbproxy.upstream.pool import Pool, ServerState
+from lbproxy.upstream.tunnel import Switched, Tunnel, requested_upgrade, tunnel_timeout
 
 if TYPE_CHECKING:
     from lbproxy.front.site import ProxyRequest
@@ -217,6 +219,7 @@ class _Exchange:
         self.key = pool.request_key(client, outgoing.getRawHeaders, request.uri)
         if pool.sticky is not None:
             self.cookie_server = pool.sticky_server(outgoing.getRawHeaders(b"cookie"))
+        upgrade = requested_upgrade(request)
         remove, add = rules.request_changes(
             outgoing.getAllRawHeaders(), client, scheme, version, self.forwarder.via
         )
@@ -224,6 +227,9 @@ class _Exchange:
             outgoing.removeHeader(name)
         for name, values in add:
             outgoing.setRawHeaders(name, values)
+        if upgrade is not None:
+            outgoing.setRawHeaders(b"Connection", [b"Upgrade"])
+            outgoing.setRawHeaders(b"Upgrade", [upgrade])
         request_id = rules.kept_request_id(outgoing.getRawHeaders(b"x-request-id"))
         if request_id is None:
             request_id = os.urandom(16).hex().encode("ascii")
@@ -501,6 +507,15 @@ class _Exchange:
         sticky = self.pool.sticky
         if sticky is not None and server is not None and server is not self.cookie_server:
             relayed.addRawHeader(b"Set-Cookie", sticky.set_cookie(server))
+        if isinstance(response, Switched):
+            # The server switched protocols: the connections become a
+            # tunnel, which holds the server's in-flight slot until closed.
+            self.server = None
+            request.exchange = None
+            assert server is not None
+            release = partial(self.pool.release, server)
+            Tunnel(request, response, release, self.clock, tunnel_timeout(request)).start()
+            return
         relay = _BodyRelay(self)
         self.relay = relay
         response.deliverBody(relay)
