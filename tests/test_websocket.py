@@ -14,10 +14,16 @@ from typing import Any, Callable, List, Optional
 
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from twisted.trial import unittest
+from twisted.web._newclient import HTTPClientParser, Request
+from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 
 from lbproxy import config
 from lbproxy.ops.admin import status
+from lbproxy.upgrade import accepted_switch, offered_upgrade
 from tests.support import HOST, ProxyTestCase, proxy_config, wait_until
 
 PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ws_peer.py")
@@ -26,6 +32,67 @@ SWITCH = (
     b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n"
     b"X-Backend: raw\r\n\r\n"
 )
+
+
+WS = frozenset({b"websocket"})
+
+
+class OfferedUpgradeTests(unittest.TestCase):
+    """Which upgrades go on to a backend: pure rules, table-tested."""
+
+    def offered(self, *args: Any, **kwargs: Any) -> Optional[bytes]:
+        call = dict(
+            method=b"GET",
+            version=b"HTTP/1.1",
+            connection=[b"keep-alive, Upgrade"],
+            upgrade=[b"websocket"],
+            has_body=False,
+            allowed=WS,
+        )
+        call.update(kwargs)
+        return offered_upgrade(**call)  # type: ignore[arg-type]
+
+    def test_websocket_goes_on(self) -> None:
+        self.assertEqual(self.offered(), b"websocket")
+        self.assertEqual(self.offered(upgrade=[b"WebSocket"]), b"WebSocket")
+
+    def test_declined(self) -> None:
+        for why, change in [
+            ("no upgrade option", dict(connection=[b"keep-alive"])),
+            ("no Connection", dict(connection=[])),
+            ("HTTP/1.0", dict(version=b"HTTP/1.0")),
+            ("POST", dict(method=b"POST")),
+            ("a body", dict(has_body=True)),
+            ("not allowed", dict(upgrade=[b"foo"])),
+            ("nothing allowed", dict(allowed=frozenset())),
+            ("h2c, even if allowed", dict(upgrade=[b"h2c"], allowed=frozenset({b"h2c"}))),
+            ("not a token", dict(upgrade=[b"web socket"])),
+            ("empty", dict(upgrade=[b" , "])),
+        ]:
+            self.assertIsNone(self.offered(**change), why)
+
+    def test_only_allowed_offers_go_on(self) -> None:
+        self.assertEqual(self.offered(upgrade=[b"h2c, websocket", b"foo/1"]), b"websocket")
+        allowed = frozenset({b"websocket", b"foo"})
+        self.assertEqual(
+            self.offered(upgrade=[b"foo/1, websocket"], allowed=allowed), b"foo/1, websocket"
+        )
+
+    def test_accepted_switch(self) -> None:
+        self.assertTrue(accepted_switch(b"websocket", [b"WebSocket"]))
+        self.assertTrue(accepted_switch(b"foo/1, websocket", [b"foo/2"]))
+        self.assertFalse(accepted_switch(b"websocket", []))
+        self.assertFalse(accepted_switch(b"websocket", [b"h2c"]))
+        self.assertFalse(accepted_switch(b"websocket", [b"websocket, foo"]))
+
+    def test_twisted_internals_of_the_switch_are_there(self) -> None:
+        # lbproxy/upstream/tunnel.py (watch_for_switch) and
+        # lbproxy/front/channel.py (start_tunnel) rely on these.
+        parser = HTTPClientParser(Request(b"GET", b"/", Headers(), None), lambda rest: None)
+        parser.makeConnection(StringTransport())
+        for name in ("_responseDeferred", "clearLineBuffer", "allHeadersReceived", "connHeaders"):
+            self.assertTrue(hasattr(parser, name), f"HTTPClientParser.{name}")
+        self.assertTrue(hasattr(HTTPChannel(), "_dataBuffer"), "HTTPChannel._dataBuffer")
 
 
 class Peer(protocol.ProcessProtocol):
@@ -184,13 +251,13 @@ class WebSocketTests(_Base):
     @defer.inlineCallbacks
     def test_thousands_of_messages_both_ways(self):  # type: ignore[no-untyped-def]
         yield self.start()
-        outcome = yield self.result((self.ws_client("echo")))
+        outcome = yield self.result(self.ws_client("echo"))
         self.assertEqual(outcome["messages"], 9000)
 
     @defer.inlineCallbacks
     def test_large_frames(self):  # type: ignore[no-untyped-def]
         yield self.start()
-        outcome = yield self.result((self.ws_client("large")))
+        outcome = yield self.result(self.ws_client("large"))
         self.assertEqual(outcome["largest"], 8 << 20)
 
     @defer.inlineCallbacks
@@ -247,7 +314,7 @@ class WebSocketTests(_Base):
     @defer.inlineCallbacks
     def test_idle_tunnel_closed_after_tunnel_timeout(self):  # type: ignore[no-untyped-def]
         yield self.start(tunnel_timeout="1s")
-        outcome = yield self.result((self.ws_client("idle")))
+        outcome = yield self.result(self.ws_client("idle"))
         self.assertGreater(outcome["closed_after"], 0.8)
         self.assertLess(outcome["closed_after"], 15)
         yield wait_until(lambda: self.in_flight() == 0)
@@ -352,7 +419,7 @@ class UpgradeTests(_Base):
         self.upgrade_backend(lambda head: b"HTTP/1.1 101 Switching Protocols\r\n\r\nstray")
         self.start_proxy(proxy_config([self.backend_url], pool={"retries": "0"}))
         client = yield self.connect(upgrade_request())
-        yield client.closed
+        yield wait_until(lambda: client.received.endswith(b"failed to answer\n"))
         self.assertTrue(client.received.startswith(b"HTTP/1.1 502 "), client.received)
         self.assertNotIn(b"stray", client.received)
         self.assertEqual(self.in_flight(), 0)
@@ -362,7 +429,7 @@ class UpgradeTests(_Base):
         self._switching(b"h2c")
         self.start_proxy(proxy_config([self.backend_url], pool={"retries": "0"}))
         client = yield self.connect(upgrade_request())
-        yield client.closed
+        yield wait_until(lambda: client.received.endswith(b"failed to answer\n"))
         self.assertTrue(client.received.startswith(b"HTTP/1.1 502 "), client.received)
 
     @defer.inlineCallbacks
@@ -411,5 +478,3 @@ class UpgradeTests(_Base):
         tunnel.backend.loseConnection()
         yield client.closed
         yield wait_until(lambda: self.in_flight() == 0)
-
-

@@ -175,9 +175,7 @@ SCENARIOS = {
 
 
 async def client(url, scenario):
-    async with connect(
-        url, max_size=None, max_queue=1, ping_interval=None, open_timeout=20
-    ) as ws:
+    async with connect(url, max_size=None, max_queue=1, ping_interval=None, open_timeout=20) as ws:
         return await SCENARIOS[scenario](ws)
 
 

@@ -38,9 +38,10 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser, RequestNotSent
 from twisted.web.client import (
     URI,
@@ -224,7 +225,7 @@ class _BackendProtocol(HTTP11ClientProtocol):
             why=why,
         )
 
-    def connectionLost(self, reason):  # type: ignore[no-untyped-def]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.switched is not None:
             self.switched.connection_lost(reason)
         super().connectionLost(reason)

@@ -220,11 +220,12 @@ class Tunnel:
         self.client_open = False
         self.backend_open = True
         self.channel: Any = None
-        self.backend = switched.connection.transport
+        #: The backend connection's transport (a TCP or TLS transport).
+        self.backend: Any = switched.connection.transport
 
     def start(self) -> None:
         request = self.request
-        channel = request.channel
+        channel: Any = request.channel
         connection = self.switched.connection
         if channel is None or channel.transport is None:
             # The client left while the 101 was on its way.
