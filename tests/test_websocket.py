@@ -25,6 +25,7 @@ from lbproxy import config
 from lbproxy.ops.admin import status
 from lbproxy.upgrade import accepted_switch, offered_upgrade
 from tests.support import HOST, ProxyTestCase, proxy_config, wait_until
+from tests.test_tls_front import Certificates
 
 PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ws_peer.py")
 
@@ -222,8 +223,10 @@ class _Base(ProxyTestCase):
         port = yield server.next_line()
         return f"http://{HOST}:{int(port)}"
 
-    def ws_client(self, scenario: str, path: str = "/ws") -> Peer:
-        return self.spawn("client", f"ws://{HOST}:{self.port}{path}", scenario)
+    def ws_client(self, scenario: str, path: str = "/ws", *tls: str) -> Peer:
+        scheme = "wss" if tls else "ws"
+        host = tls[0] if tls else HOST
+        return self.spawn("client", f"{scheme}://{host}:{self.port}{path}", scenario, *tls[1:])
 
     @defer.inlineCallbacks
     def result(self, peer: Peer):  # type: ignore[no-untyped-def]
@@ -253,6 +256,19 @@ class WebSocketTests(_Base):
         yield self.start()
         outcome = yield self.result(self.ws_client("echo"))
         self.assertEqual(outcome["messages"], 9000)
+
+    @defer.inlineCallbacks
+    def test_through_a_tls_listener(self):  # type: ignore[no-untyped-def]
+        files = Certificates(os.path.abspath(self.mktemp()))
+        files.leaf("a", ["a.example.test"])
+        url = yield self.ws_server()
+        listen = (
+            f"ssl:0:interface={HOST}:privateKey={files.path('a.key')}:certKey={files.path('a.crt')}"
+        )
+        self.start_proxy(proxy_config([url]).replace(f"tcp:0:interface={HOST}", listen))
+        client = self.ws_client("large", "/ws", "a.example.test", files.ca_file)
+        outcome = yield self.result(client)
+        self.assertEqual(outcome["largest"], 8 << 20)
 
     @defer.inlineCallbacks
     def test_large_frames(self):  # type: ignore[no-untyped-def]

@@ -9,9 +9,11 @@ runs in the test's reactor.
         messages of SIZE bytes, then the text C{pushed}; C{hold} stops
         reading until a line arrives on stdin, then answers
         C{got <bytes read since the hold>} after the text C{end}.
-    python tests/ws_peer.py client URL SCENARIO
+    python tests/ws_peer.py client URL SCENARIO [CAFILE]
         Runs SCENARIO against URL and prints one JSON object on the last
         line of stdout: C{{"ok": true, ...}} or C{{"ok": false, "error": ...}}.
+        A C{wss://} URL is reached on 127.0.0.1, its certificate checked
+        against CAFILE.
         Where a scenario waits for the test, it prints C{waiting} and reads
         a line from stdin.
 
@@ -21,6 +23,7 @@ idle tunnel.
 
 import asyncio
 import json
+import ssl
 import sys
 import time
 
@@ -174,8 +177,12 @@ SCENARIOS = {
 }
 
 
-async def client(url, scenario):
-    async with connect(url, max_size=None, max_queue=1, ping_interval=None, open_timeout=20) as ws:
+async def client(url, scenario, ca_file=None):
+    tls = {}
+    if ca_file is not None:
+        tls = {"ssl": ssl.create_default_context(cafile=ca_file), "host": "127.0.0.1"}
+    options = dict(max_size=None, max_queue=1, ping_interval=None, open_timeout=20)
+    async with connect(url, **options, **tls) as ws:
         return await SCENARIOS[scenario](ws)
 
 
@@ -184,7 +191,7 @@ def main():
         asyncio.run(server())
         return
     try:
-        result = asyncio.run(asyncio.wait_for(client(sys.argv[2], sys.argv[3]), 60))
+        result = asyncio.run(asyncio.wait_for(client(*sys.argv[2:]), 60))
         result["ok"] = True
     except Exception as e:  # reported to the test, which fails with it
         result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
