@@ -324,12 +324,14 @@ class ProxyService(service.MultiService):
         klass = status_class(status)
         now = self._reactor.seconds()
         pool = request.pool
+        # A tunnel's latency is the time to its 101, not how long it stayed open.
+        latency = duration if request.switched_after is None else request.switched_after
         if server is not None:
-            server.stats.record(method, klass, duration, now)
+            server.stats.record(method, klass, latency, now)
         elif pool is not None:
             pool.stats.record_unrouted(method, klass)
         if pool is not None:
-            pool.stats.record(klass, duration, now)
+            pool.stats.record(klass, latency, now)
         access_log = self.access_log
         if access_log is not None:
             access_log.write(_entry(request, status, duration, now))

@@ -73,6 +73,10 @@ class ProxyRequest(server.Request):
     request_id = b""
     #: When its first line arrived (monotonic seconds).
     started = 0.0
+    #: For an upgraded request (a tunnel): seconds from its first line to
+    #: the 101, which its server's latency statistics take (its whole
+    #: duration goes to the access log).
+    switched_after: Optional[float] = None
     #: Handed to the resource, and not yet reported as done.
     _reporting = False
 

@@ -26,6 +26,7 @@ Three pieces, each with one job:
 
 from __future__ import annotations
 
+from time import monotonic
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, cast
 
 import attr
@@ -239,6 +240,7 @@ class Tunnel:
         # The head is written: the request is reported as a 101 whose body
         # is what went to the client.
         request.startedWriting = True
+        request.switched_after = monotonic() - request.started
         early = channel.start_tunnel(self)
         # Each side's reads pause while the other side cannot keep up.
         channel.registerProducer(self.backend, True)
