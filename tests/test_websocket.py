@@ -14,15 +14,12 @@ from typing import Any, Callable, List, Optional
 
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
-from twisted.web._newclient import HTTPClientParser, Request
-from twisted.web.http import HTTPChannel
-from twisted.web.http_headers import Headers
 
 from lbproxy import config
 from lbproxy.ops.admin import status
+from lbproxy.ops.snapshot import snapshot
 from lbproxy.upgrade import accepted_switch, offered_upgrade
 from tests.support import HOST, ProxyTestCase, proxy_config, wait_until
 from tests.test_tls_front import Certificates
@@ -85,15 +82,6 @@ class OfferedUpgradeTests(unittest.TestCase):
         self.assertFalse(accepted_switch(b"websocket", []))
         self.assertFalse(accepted_switch(b"websocket", [b"h2c"]))
         self.assertFalse(accepted_switch(b"websocket", [b"websocket, foo"]))
-
-    def test_twisted_internals_of_the_switch_are_there(self) -> None:
-        # lbproxy/upstream/tunnel.py (watch_for_switch) and
-        # lbproxy/front/channel.py (start_tunnel) rely on these.
-        parser = HTTPClientParser(Request(b"GET", b"/", Headers(), None), lambda rest: None)
-        parser.makeConnection(StringTransport())
-        for name in ("_responseDeferred", "clearLineBuffer", "allHeadersReceived", "connHeaders"):
-            self.assertTrue(hasattr(parser, name), f"HTTPClientParser.{name}")
-        self.assertTrue(hasattr(HTTPChannel(), "_dataBuffer"), "HTTPChannel._dataBuffer")
 
 
 class Peer(protocol.ProcessProtocol):
@@ -240,7 +228,9 @@ class _Base(ProxyTestCase):
         return [c.tunnel for c in self.proxy.site.channels if c.tunnel is not None]
 
     def in_flight(self) -> int:
-        return sum(s["in_flight"] for p in status(self.proxy)["pools"] for s in p["servers"])
+        return sum(
+            s["in_flight"] for p in status(snapshot(self.proxy))["pools"] for s in p["servers"]
+        )
 
 
 class WebSocketTests(_Base):
@@ -349,7 +339,7 @@ class WebSocketTests(_Base):
         outcome = yield self.result(client)
         self.assertEqual(outcome["second"], "second")
         yield wait_until(lambda: self.proxy.access_log is not None and not self.tunnels())
-        (server,) = status(self.proxy)["pools"][0]["servers"]
+        (server,) = status(snapshot(self.proxy))["pools"][0]["servers"]
         self.assertLess(server["latency_ms"]["p99"], 500)
         yield wait_until(lambda: self.in_flight() == 0)
         yield wait_until(lambda: not self.proxy.site.channels)

@@ -20,8 +20,10 @@ Three pieces, each with one job:
    transports' own.  A tunnel that moves no byte either way for
    C{tunnel_timeout} is cut.  When one side closes, the other is closed
    once its pending bytes are written.  The server's in-flight slot is
-   held until its connection is gone; the request is reported (status 101,
-   its duration, the bytes each way) when the client connection is gone.
+   held until its connection is gone (the attempt that made the tunnel
+   gives it back, L{lbproxy.upstream.attempt}); the request is reported
+   (status 101, its duration, the bytes each way, in its L{RequestRecord})
+   when the client connection is gone.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from lbproxy._twisted import take_response_deferred
+from lbproxy.record import RequestRecord
 from lbproxy.upgrade import accepted_switch, offered_upgrade
 
 if TYPE_CHECKING:
@@ -158,8 +162,7 @@ def watch_for_switch(
         # Nothing more is parsed (HTTPParser ignores lines once DONE); the
         # Deferred is fired here, not by the parser.
         parser.state = "DONE"
-        deferred = parser._responseDeferred
-        del parser._responseDeferred
+        deferred = take_response_deferred(parser)
         answer = parser.connHeaders.getRawHeaders(b"upgrade", [])
         transport = protocol.transport
         if not accepted_switch(offered, answer):
@@ -203,12 +206,14 @@ class Tunnel:
     def __init__(
         self,
         request: ProxyRequest,
+        record: RequestRecord,
         switched: Switched,
         release: Callable[[], None],
         clock: IReactorTime,
         idle_timeout: float,
     ) -> None:
         self.request = request
+        self.record = record
         self.switched = switched
         self._release: Optional[Callable[[], None]] = release
         self.clock = clock
@@ -240,7 +245,10 @@ class Tunnel:
         # The head is written: the request is reported as a 101 whose body
         # is what went to the client.
         request.startedWriting = True
-        request.switched_after = monotonic() - request.started
+        record = self.record
+        # The clock of the duration the front records.
+        record.switched_after = monotonic() - record.started
+        record.received = 0
         early = channel.start_tunnel(self)
         # Each side's reads pause while the other side cannot keep up.
         channel.registerProducer(self.backend, True)
@@ -257,7 +265,7 @@ class Tunnel:
         if not self.backend_open:
             return
         self.bytes_up += len(data)
-        self.request.received_bytes = self.bytes_up
+        self.record.received = self.bytes_up
         self.last_byte = self.clock.seconds()
         self.backend.write(data)
 
@@ -313,7 +321,7 @@ class Tunnel:
             return
         log.info(
             "tunnel to server {server}: no byte for {seconds:g}s; closing",
-            server=getattr(self.request.server, "name", "?"),
+            server=getattr(self.record.server, "name", "?"),
             seconds=self.idle_timeout,
         )
         self.close()
