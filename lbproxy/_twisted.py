@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
+from twisted.internet.defer import Deferred
 from twisted.web import http
 from twisted.web._newclient import (
     HTTP11ClientProtocol,
@@ -81,6 +82,10 @@ INTERNALS: Dict[Tuple[str, str], str] = {
     ("HTTPClientParser", "request/response/headers/connHeaders"): (
         "the finished response's method, status and framing headers"
     ),
+    ("HTTPClientParser before its response", "_responseDeferred/allHeadersReceived"): (
+        "a 101 ends HTTP on an upgraded connection: upstream/tunnel.py fires the response "
+        "Deferred itself (Twisted's parser skips every 1xx)"
+    ),
     # -- the front (front/channel.py, front/site.py) ------------------------
     ("HTTPChannel", "_command/_path/_version"): (
         "the request line, which a request with a body is dispatched with before "
@@ -90,6 +95,10 @@ INTERNALS: Dict[Tuple[str, str], str] = {
         "the body decoder in use: the chunked one is swapped for the stricter one"
     ),
     ("HTTPChannel", "_send100Continue"): ("no 100 Continue on a connection being refused"),
+    ("HTTPChannel", "_dataBuffer"): (
+        "the bytes read past a request while it is handled: after a 101 they are the "
+        "tunnel's first (front/channel.py start_tunnel)"
+    ),
     ("HTTPChannel", "_buffer/line_mode"): (
         "LineReceiver's partial line: a bare LF in it is refused"
     ),
@@ -111,6 +120,27 @@ def request_line(channel: http.HTTPChannel) -> Tuple[bytes, bytes, bytes]:
     return (channel._command, channel._path, channel._version)  # type: ignore[attr-defined]
 
 
+def take_response_deferred(parser: HTTPClientParser) -> Deferred:  # type: ignore[type-arg]
+    """
+    The Deferred that C{parser} would fire with its response, taken from
+    it: the parser will not fire it (a switched connection's, which the
+    caller fires).
+    """
+    deferred = parser._responseDeferred
+    del parser._responseDeferred
+    return deferred  # type: ignore[no-any-return]
+
+
+def take_buffered_data(channel: http.HTTPChannel) -> bytes:
+    """
+    The bytes C{channel} has read past the request it is handling (held
+    until that request is done), taken from it.
+    """
+    buffered = b"".join(channel._dataBuffer)  # type: ignore[attr-defined]
+    channel._dataBuffer = []  # type: ignore[attr-defined]
+    return buffered
+
+
 __all__ = [
     "INTERNALS",
     "ChunkedTransferDecoder",
@@ -123,4 +153,6 @@ __all__ = [
     "ResponseDone",
     "WrapperException",
     "request_line",
+    "take_buffered_data",
+    "take_response_deferred",
 ]

@@ -27,6 +27,9 @@ HOP_BY_HOP: FrozenSet[bytes] = frozenset(
         b"trailer",
         b"transfer-encoding",
         b"upgrade",
+        # RFC 9113 section 3.2.1 (h2c): connection-specific, listed in
+        # Connection or not.
+        b"http2-settings",
     }
 )
 

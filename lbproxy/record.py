@@ -41,6 +41,13 @@ class RequestRecord:
     Set by the front when it is over: C{status} (499 when the client went
     away before the response began), C{sent} (response bytes) and
     C{duration} (seconds).
+
+    Set by a tunnel (after a C{101}, L{lbproxy.upstream.tunnel}):
+    C{switched_after}, the seconds from the request's arrival to the
+    C{101}, which the server's latency statistics take instead of the
+    tunnel's whole duration; C{received}, the bytes from the client through
+    the tunnel (C{sent} then counts the bytes to the client after the
+    C{101} head).
     """
 
     method: bytes
@@ -57,6 +64,8 @@ class RequestRecord:
     status: int = 0
     sent: int = 0
     duration: float = 0.0
+    switched_after: Optional[float] = None
+    received: Optional[int] = None
 
 
 class IExchange(Interface):

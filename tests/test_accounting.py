@@ -77,6 +77,20 @@ class AccountingTests(unittest.TestCase):
         self.assertEqual(self.pool.stats.unrouted, {("GET", "5xx"): 1})
         self.assertIsNone(self.log.entries[0].server)
 
+    def test_a_tunnel_counts_its_time_to_the_101_and_logs_its_bytes(self) -> None:
+        server = self.pool.servers[0]
+        tunnel = self.record(
+            server=server, status=101, duration=30.0, switched_after=0.004, received=7
+        )
+        self.accounting.request_done(tunnel)
+        self.accounting.request_done(self.record(server=server, duration=0.004))
+        # Both count as 4 ms: the tunnel's 30 s open are not its latency.
+        [p100] = server.stats.recent.percentiles(self.clock.seconds(), 1.0)
+        assert p100 is not None
+        self.assertLess(p100, 1.0)
+        self.assertEqual([e.received for e in self.log.entries], [7, None])
+        self.assertEqual(self.log.entries[0].duration, 30.0)
+
     def test_no_access_log_writes_nothing(self) -> None:
         self.accounting.access_log = None
         self.accounting.request_done(self.record())

@@ -5,11 +5,13 @@ agent and a Clock: each state's timer has one purpose and goes with it.
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Tuple
 
 from twisted.internet import error
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseDone
+from twisted.web.http_headers import Headers
 
 # lbproxy.config first: importing lbproxy.routing before it is an import cycle.
 from lbproxy import config  # noqa: F401
@@ -17,6 +19,7 @@ from lbproxy.record import IExchange, RequestRecord
 from lbproxy.upstream import attempt as attempts
 from lbproxy.upstream import lifecycle
 from lbproxy.upstream.lifecycle import Lifecycle
+from lbproxy.upstream.tunnel import Switched, SwitchedConnection
 from tests.test_forwarder import ForwarderCase, ScriptedResponse
 
 
@@ -122,3 +125,72 @@ class LifecycleStateTests(ForwarderCase):
         self.assertIs(record.server, self.pool.servers[1])
         self.assertRegex(record.request_id, rb"^[0-9a-f]{32}$")
         self.assertGreater(record.sent, 0)
+
+
+UPGRADE = b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+
+
+class TunnelStateTests(ForwarderCase):
+    """
+    A 101 makes the attempt a tunnel: it holds the server's slot until the
+    server's side closes and gives it back once; the record gets the
+    tunnel's bytes and its time to the 101.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.reported: List[RequestRecord] = []
+        self.channel.site.request_done = self.reported.append
+
+    def switch(self) -> Tuple[Lifecycle, SwitchedConnection, StringTransport]:
+        d = self.request(UPGRADE)
+        sent_headers = self.agent.sent[-1][3]
+        self.assertEqual(sent_headers.getRawHeaders(b"upgrade"), [b"websocket"])
+        self.assertEqual(sent_headers.getRawHeaders(b"connection"), [b"Upgrade"])
+        exchange = self.channel.requests[-1].exchange
+        assert isinstance(exchange, Lifecycle)
+        backend = StringTransport()
+        connection = SwitchedConnection(backend, b"early")
+        d.callback(Switched(101, b"Switching Protocols", Headers(), b"websocket", connection))
+        return exchange, connection, backend
+
+    def test_a_101_moves_to_tunnelling_then_done_when_the_server_closes(self) -> None:
+        exchange, connection, backend = self.switch()
+        attempt = exchange.attempt
+        assert attempt is not None
+        self.assertEqual(
+            (exchange.state, attempt.state), (lifecycle.TUNNELLING, attempts.TUNNELLING)
+        )
+        self.assertEqual((self.active(), self.pool.log), ([1, 0], ["+a"]))
+        head, _, early = self.client.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n"), head)
+        self.assertIn(b"\r\nUpgrade: websocket", head)
+        self.assertEqual(early, b"early")
+        self.channel.dataReceived(b"up")
+        self.assertEqual(backend.value(), b"up")
+        connection.connection_lost(Failure(error.ConnectionDone()))
+        connection.connection_lost(Failure(error.ConnectionDone()))
+        self.assertEqual((self.active(), self.pool.log), ([0, 0], ["+a", "-a"]))
+        self.assertEqual((exchange.state, attempt.state), (lifecycle.DONE, attempts.ENDED))
+        self.assertIsNone(self.channel.requests[-1].exchange)
+        self.assertTrue(self.client.disconnecting)
+        self.assertEqual(self.reported, [])
+        self.channel.connectionLost(Failure(error.ConnectionDone()))
+        [record] = self.reported
+        self.assertEqual((record.status, record.sent, record.received), (101, 5, 2))
+        self.assertIsNotNone(record.switched_after)
+
+    def test_the_client_leaving_closes_the_server_side_and_the_slot_goes_back_once(
+        self,
+    ) -> None:
+        exchange, connection, backend = self.switch()
+        self.channel.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual(exchange.state, lifecycle.DONE)
+        # The server's connection closes once its bytes are written; the
+        # slot is held until it has.
+        self.assertTrue(backend.disconnecting)
+        self.assertEqual(self.active(), [1, 0])
+        [record] = self.reported
+        self.assertEqual((record.status, record.received), (101, 0))
+        connection.connection_lost(Failure(error.ConnectionDone()))
+        self.assertEqual((self.active(), self.pool.log), ([0, 0], ["+a", "-a"]))

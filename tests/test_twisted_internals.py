@@ -10,6 +10,7 @@ import importlib
 from typing import Dict, List, Tuple
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -26,6 +27,13 @@ from lbproxy._twisted import (
 )
 
 
+class _Held(Request):
+    """A request that is never answered: the channel holds what follows it."""
+
+    def process(self) -> None:
+        pass
+
+
 def _owners() -> Dict[str, object]:
     """A live instance (or the class) of every owner named in INTERNALS."""
     from twisted.web._newclient import Request as ClientRequest
@@ -33,6 +41,8 @@ def _owners() -> Dict[str, object]:
     parser = HTTPClientParser(ClientRequest(b"GET", b"/", Headers(), None), lambda rest: None)
     parser.makeConnection(StringTransport())
     parser.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    waiting = HTTPClientParser(ClientRequest(b"GET", b"/", Headers(), None), lambda rest: None)
+    waiting.makeConnection(StringTransport())
     channel = HTTPChannel()
     channel.makeConnection(StringTransport())
     channel.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -45,6 +55,7 @@ def _owners() -> Dict[str, object]:
         "_HTTP11ClientFactory": HTTP11ClientFactory(lambda p: None, "metadata"),
         "HTTP11ClientProtocol": HTTP11ClientProtocol(),
         "HTTPClientParser": parser,
+        "HTTPClientParser before its response": waiting,
         "HTTPChannel": channel,
         "_ChunkedTransferDecoder": decoder,
         "Request": Request(channel),
@@ -107,6 +118,31 @@ class TwistedInternalsTests(unittest.TestCase):
             (b"POST", b"/a?b", b"HTTP/1.1"),
             "HTTPChannel._command/_path/_version no longer hold the request line",
         )
+        channel.connectionLost(None)  # type: ignore[arg-type]
+
+    def test_a_parsers_response_deferred_can_be_taken(self) -> None:
+        from twisted.web._newclient import Request as ClientRequest
+
+        parser = HTTPClientParser(ClientRequest(b"GET", b"/", Headers(), None), lambda rest: None)
+        parser.makeConnection(StringTransport())
+        deferred = _twisted.take_response_deferred(parser)
+        self.assertIsInstance(deferred, Deferred)
+        self.assertFalse(
+            hasattr(parser, "_responseDeferred"),
+            "HTTPClientParser._responseDeferred is no longer where its response Deferred is",
+        )
+
+    def test_bytes_past_a_request_are_taken_from_the_channel(self) -> None:
+        channel = HTTPChannel()
+        channel.requestFactory = lambda *a, **k: _Held(*a, **k)  # type: ignore[assignment]
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\nearly bytes")
+        self.assertEqual(
+            _twisted.take_buffered_data(channel),
+            b"early bytes",
+            "HTTPChannel._dataBuffer no longer holds the bytes past a request being handled",
+        )
+        self.assertEqual(_twisted.take_buffered_data(channel), b"")
         channel.connectionLost(None)  # type: ignore[arg-type]
 
     def test_a_missing_internal_is_named(self) -> None:

@@ -84,6 +84,10 @@ class FrontLimits:
     max_body_size: int = 10 * 1024 * 1024
     client_header_timeout: float = 10.0
     client_body_timeout: float = 30.0
+    #: The protocols a request may upgrade to (lower-cased names).
+    upgrade: FrozenSet[bytes] = frozenset({b"websocket"})
+    #: Seconds an upgraded connection (a tunnel) may pass no byte either way.
+    tunnel_timeout: float = 3600.0
 
 
 #: The limits when the [proxy] section sets none.

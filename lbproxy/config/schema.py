@@ -30,6 +30,7 @@ from lbproxy.config.values import (
     parse_size,
     parse_status_range,
     parse_token,
+    parse_upgrade,
     parse_via,
 )
 from lbproxy.routing import parse_request_rules, parse_response_rules
@@ -47,6 +48,8 @@ LIMIT_KEYS = (
     "max_body_size",
     "client_header_timeout",
     "client_body_timeout",
+    "upgrade",
+    "tunnel_timeout",
 )
 
 PROXY_KEYS: Schema = {
@@ -65,6 +68,8 @@ PROXY_KEYS: Schema = {
     "access_log": (parse_access_log, None),
     "access_log_format": (parse_log_format, "combined"),
     "shutdown_timeout": (parse_duration, 30.0),
+    "upgrade": (parse_upgrade, DEFAULT_LIMITS.upgrade),
+    "tunnel_timeout": (parse_positive_duration, DEFAULT_LIMITS.tunnel_timeout),
     "request_headers": (parse_request_rules, ()),
     "response_headers": (parse_response_rules, ()),
     "resolver": (parse_resolver, None),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Callable, Optional, Tuple
+from typing import Callable, FrozenSet, Optional, Tuple
 
 from twisted.internet.endpoints import serverFromString
 
@@ -115,6 +115,20 @@ def parse_via(text: str) -> Optional[str]:
     if not TOKEN.match(text):
         raise ValueError(f"must be a name made of letters, digits and -._, or off, got {text!r}")
     return text
+
+
+def parse_upgrade(text: str) -> FrozenSet[bytes]:
+    """
+    The protocols a request may upgrade to, space or comma separated
+    (C{websocket}); empty for none.  C{h2c} is refused: it is never tunnelled.
+    """
+    names = [name for name in re.split(r"[\s,]+", text.strip()) if name]
+    for name in names:
+        if not TOKEN.match(name):
+            raise ValueError(f"expected protocol names such as websocket, got {name!r}")
+        if name.lower() == "h2c":
+            raise ValueError("h2c cannot be allowed: lbproxy never tunnels HTTP/2 cleartext")
+    return frozenset(name.lower().encode("ascii") for name in names)
 
 
 def parse_algorithm(text: str) -> str:

@@ -16,14 +16,15 @@ header sections that take too long (408).
 from __future__ import annotations
 
 from typing import Optional, Tuple
+from typing import Protocol as Structure
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http
 
 from lbproxy import headers as rules
-from lbproxy._twisted import ChunkedTransferDecoder, MalformedChunkedDataError
+from lbproxy._twisted import ChunkedTransferDecoder, MalformedChunkedDataError, take_buffered_data
 from lbproxy.config import FrontLimits
 from lbproxy.front.errors import error_response
 
@@ -91,6 +92,18 @@ class StrictChunkedDecoder(ChunkedTransferDecoder):
         return more
 
 
+class Tunnelled(Structure):
+    """
+    What takes a client connection's bytes after a C{101}
+    (L{lbproxy.upstream.tunnel.Tunnel}): declared here so that the front
+    does not import the upstream side.
+    """
+
+    def from_client(self, data: bytes) -> None: ...
+
+    def client_lost(self, reason: Failure) -> None: ...
+
+
 class ProxyChannel(http.HTTPChannel):
     """
     An HTTP server connection of the proxy, with L{FrontLimits}.
@@ -110,12 +123,18 @@ class ProxyChannel(http.HTTPChannel):
     _request_version = b""
     _header_timer: Optional[IDelayedCall] = None
     refused = False
+    #: After a 101: the tunnel that takes this connection's bytes
+    #: (L{lbproxy.upstream.tunnel.Tunnel}); no more HTTP is parsed.
+    tunnel: Optional[Tunnelled] = None
 
     def connectionMade(self) -> None:
         self.MAX_LENGTH = max(self.limits.max_request_line, self.limits.max_header_size) + 2
         super().connectionMade()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_client(data)
+            return
         if self.refused:
             return
         if self._phase == self._IDLE and self._header_timer is None:
@@ -223,7 +242,25 @@ class ProxyChannel(http.HTTPChannel):
         self._phase = self._IDLE
         super().requestDone(request)
 
+    def start_tunnel(self, tunnel: Tunnelled) -> bytes:
+        """
+        Hand this connection to C{tunnel}: from now on every byte goes to its
+        C{from_client}.  Returns the bytes that arrived after the request
+        (twisted.web keeps them in C{_dataBuffer} while a request is handled).
+        """
+        self.tunnel = tunnel
+        self._cancel_header_timer()
+        self.setTimeout(None)
+        early = take_buffered_data(self)
+        # twisted.web pauses reading while it holds more than 16 KB.
+        producer = IPushProducer(self.transport, None)
+        if producer is not None:
+            producer.resumeProducing()
+        return early
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.tunnel is not None:
+            self.tunnel.client_lost(reason)
         self._cancel_header_timer()
         closed = getattr(self.factory, "connection_closed", None)
         if closed is not None:

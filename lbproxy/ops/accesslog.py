@@ -65,6 +65,9 @@ class Entry:
     request_id: bytes
     referer: Optional[bytes]
     user_agent: Optional[bytes]
+    #: For a tunnel (status 101): the bytes from the client; C{sent} then
+    #: counts the bytes to the client after the 101 head.
+    received: Optional[int] = None
 
 
 class _LocalTime:
@@ -90,7 +93,8 @@ def combined(entry: Entry, clock: Callable[[float], str]) -> str:
         127.0.0.1 - - [24/Nov/2026:17:46:26 +0000] "GET /a HTTP/1.1" 200 12 "-" "curl/7.88.1"
             0.003 b1 1 5f0c...
 
-    (one line; broken here for width).
+    (one line; broken here for width).  A tunnel's line (status 101) ends
+    with one more field: the bytes received from the client.
     """
     request = _quoted(b"%s %s %s" % (entry.method, entry.target, entry.protocol))
     referer = _quoted(entry.referer) if entry.referer is not None else "-"
@@ -98,7 +102,8 @@ def combined(entry: Entry, clock: Callable[[float], str]) -> str:
     return (
         f'{entry.client} - - [{clock(entry.time)}] "{request}" {entry.status} {entry.sent} '
         f'"{referer}" "{agent}" {entry.duration:.3f} {entry.server or "-"} {entry.attempts} '
-        f"{_quoted(entry.request_id) or '-'}\n"
+        f"{_quoted(entry.request_id) or '-'}"
+        f"{'' if entry.received is None else f' {entry.received}'}\n"
     )
 
 
@@ -120,6 +125,8 @@ def as_json(entry: Entry, clock: Callable[[float], str]) -> str:
         "referer": _text(entry.referer) if entry.referer is not None else None,
         "user_agent": _text(entry.user_agent) if entry.user_agent is not None else None,
     }
+    if entry.received is not None:
+        record["received"] = entry.received
     return json.dumps(record, separators=(",", ":")) + "\n"
 
 

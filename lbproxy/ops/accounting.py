@@ -38,13 +38,14 @@ class Accounting:
         klass = status_class(status)
         now = self._clock.seconds()
         pool = record.pool
-        duration = record.duration
+        # A tunnel's latency is its time to the 101, not how long it stayed open.
+        latency = record.duration if record.switched_after is None else record.switched_after
         if server is not None:
-            server.stats.record(method, klass, duration, now)
+            server.stats.record(method, klass, latency, now)
         elif pool is not None:
             pool.stats.record_unrouted(method, klass)
         if pool is not None:
-            pool.stats.record(klass, duration, now)
+            pool.stats.record(klass, latency, now)
         access_log = self.access_log
         if access_log is not None:
             access_log.write(entry(record, now))
@@ -70,6 +71,7 @@ def entry(record: RequestRecord, now: float) -> accesslog.Entry:
         request_id=record.request_id,
         referer=referer[0] if referer else None,
         user_agent=agent[0] if agent else None,
+        received=record.received,
     )
 
 

@@ -13,6 +13,7 @@ States (L{Attempt.state}) and the one timer each has::
                                                                 timer, stop
     RELAYING           gap between response body bytes          body ends, timer, stop
                        (idle_timeout)
+    TUNNELLING         (the tunnel's: tunnel_timeout)           the server's side closed
     ENDED              -                                        (final)
 
 Transitions::
@@ -22,14 +23,22 @@ Transitions::
     SENDING --the body has all gone--> AWAITING_RESPONSE
     SENDING | AWAITING_RESPONSE --timer--> the request is cancelled: a failure follows
     SENDING | AWAITING_RESPONSE --response--> RELAYING
+    SENDING | AWAITING_RESPONSE --101 Switching Protocols--> TUNNELLING, the
+        lifecycle is told (switched); the connections are a byte tunnel
+        (L{lbproxy.upstream.tunnel.Tunnel})
     SENDING | AWAITING_RESPONSE --failure--> ENDED, the lifecycle is told (classified)
     RELAYING --timer (a stall)--> the body is stopped: its end follows
     RELAYING --body ends--> ENDED, the lifecycle is told (complete, or how it failed)
-    any --stop (the client went away)--> the request cancelled or the body stopped
+    TUNNELLING --the server's connection closed--> ENDED, the lifecycle is told
+        (tunnel closed)
+    any --stop (the client went away)--> the request cancelled or the body
+        stopped; a tunnel hears of it from the client connection itself and
+        closes the server's side once its bytes are written
 
 The server's in-flight count is taken at the start and given back exactly
-once, when the attempt ends.  The attempt is also the protocol that the
-response body is delivered to, so that relaying costs no object more.
+once, when the attempt ends: a tunnel holds it while it is open.  The
+attempt is also the protocol that the response body is delivered to, so
+that relaying costs no object more.
 """
 
 from __future__ import annotations
@@ -49,10 +58,12 @@ from lbproxy.upstream.failures import classify, describe
 from lbproxy.upstream.pool import ServerState
 from lbproxy.upstream.relay import Exchange, relay_head
 from lbproxy.upstream.retry import Kind
+from lbproxy.upstream.tunnel import Switched, Tunnel, tunnel_timeout
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
+    from lbproxy.record import RequestRecord
     from lbproxy.upstream.backend import BackendAgent
 
 
@@ -85,16 +96,24 @@ class Lifecycle(Exchange, Structure):
     @property
     def forwarder(self) -> Settings: ...
 
+    @property
+    def record(self) -> RequestRecord: ...
+
     def attempt_failed(self, attempt: Attempt, kind: Kind, cause: str) -> None: ...
 
     def response_complete(self) -> None: ...
 
     def response_failed(self, attempt: Attempt, kind: Kind, cause: str) -> None: ...
 
+    def switched(self) -> None: ...
+
+    def tunnel_closed(self) -> None: ...
+
 
 SENDING = "sending"
 AWAITING_RESPONSE = "awaiting response"
 RELAYING = "relaying"
+TUNNELLING = "tunnelling"
 ENDED = "ended"
 
 
@@ -195,6 +214,8 @@ class Attempt(Protocol):
             cast(IPushProducer, self.transport).stopProducing()
 
     def _end(self) -> None:
+        if self.state is ENDED:
+            return
         self._enter(ENDED)
         self.lifecycle.pool.release(self.server)
 
@@ -234,6 +255,9 @@ class Attempt(Protocol):
         if pool.observes_latency:
             pool.record_latency(server, self.clock.seconds() - self.sent_at)
         relay_head(lifecycle, server, response)
+        if isinstance(response, Switched):
+            self._tunnel(response)
+            return
         self._enter(RELAYING)
         response.deliverBody(self)
         if self.state is RELAYING:
@@ -241,6 +265,30 @@ class Attempt(Protocol):
             # idle_timeout.
             self.last_byte = self.clock.seconds()
             self._timer = self.clock.callLater(self.forwarder.idle_timeout, self._check_idle)
+
+    def _tunnel(self, switched: Switched) -> None:
+        """
+        The server switched protocols: the two connections become a byte
+        tunnel, which holds the server's slot until the server's side closes.
+        """
+        self._enter(TUNNELLING)
+        lifecycle = self.lifecycle
+        lifecycle.switched()
+        request = lifecycle.request
+        tunnel = Tunnel(
+            request,
+            lifecycle.record,
+            switched,
+            self._tunnel_closed,
+            self.clock,
+            tunnel_timeout(request),
+        )
+        tunnel.start()
+
+    def _tunnel_closed(self) -> None:
+        """The tunnel's server connection is gone: the slot goes back."""
+        self._end()
+        self.lifecycle.tunnel_closed()
 
     def connectionMade(self) -> None:
         # The backend connection is the request's producer: a client that
@@ -276,4 +324,4 @@ class Attempt(Protocol):
             lifecycle.response_failed(self, Kind.BROKEN, describe(reason))
 
 
-__all__ = ["AWAITING_RESPONSE", "ENDED", "RELAYING", "SENDING", "Attempt"]
+__all__ = ["AWAITING_RESPONSE", "ENDED", "RELAYING", "SENDING", "TUNNELLING", "Attempt"]

@@ -38,9 +38,10 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
@@ -53,6 +54,7 @@ from lbproxy._twisted import (
     RequestNotSent,
 )
 from lbproxy.config import PoolConfig, ServerConfig
+from lbproxy.upstream.tunnel import Switched, SwitchedConnection, watch_for_switch
 
 log = Logger()
 
@@ -105,6 +107,8 @@ class _BackendProtocol(HTTP11ClientProtocol):
         self._tainted = False
         #: Closed by this class: never to be handed out again.
         self._discarded = False
+        #: After a 101: the connection is a tunnel's, no longer HTTP.
+        self.switched: Optional[SwitchedConnection] = None
 
     @property
     def state(self) -> str:
@@ -118,6 +122,9 @@ class _BackendProtocol(HTTP11ClientProtocol):
         return super().state  # type: ignore[no-any-return]
 
     def dataReceived(self, data: bytes) -> None:
+        if self.switched is not None:
+            self.switched.data_received(data)
+            return
         if self._parser is None:
             # No request in flight, or its response is complete.
             self._discard(f"{len(data)} bytes arrived while no response was expected")
@@ -185,14 +192,28 @@ class _BackendProtocol(HTTP11ClientProtocol):
             why=why,
         )
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.switched is not None:
+            self.switched.connection_lost(reason)
+        super().connectionLost(reason)
+
+    def _switch(self, connection: SwitchedConnection) -> None:
+        self.switched = connection
+
     def request(self, request):  # type: ignore[no-untyped-def]
         if self._discarded:
             return fail(RequestNotSent())
         result = super().request(request)
         parser = self._parser
         if parser is not None:
+            offered = request.headers.getRawHeaders(b"upgrade")
+            if offered:
+                # An upgrade request: a 101 ends HTTP on this connection.
+                watch_for_switch(self, parser, offered[0], self._switch)
 
             def keep_connection_header(response: IResponse) -> IResponse:
+                if isinstance(response, Switched):
+                    return response
                 framing = parser.connHeaders
                 if framing.hasHeader(b"transfer-encoding") and framing.hasHeader(b"content-length"):
                     # Ambiguous framing: this connection cannot be trusted

@@ -6,7 +6,10 @@ headers, its C{X-Request-ID}, the route's header rules) and hands it to a
 L{Lifecycle}, the state machine that walks the pool's candidates, waits in
 the pool's queue, retries, times out and relays the response (see
 L{lbproxy.upstream.lifecycle}).  The retry policy is in
-L{lbproxy.upstream.retry}.
+L{lbproxy.upstream.retry}.  A request that asks for an allowed protocol
+upgrade (L{lbproxy.upgrade}) goes on with its C{Connection: Upgrade} and
+C{Upgrade} headers; a C{101} makes its attempt a tunnel
+(L{lbproxy.upstream.tunnel}).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from lbproxy.upstream.lifecycle import Lifecycle
 from lbproxy.upstream.pool import Pool
 from lbproxy.upstream.relay import change_headers
 from lbproxy.upstream.retry import IDEMPOTENT, RETRY_BACKOFF
+from lbproxy.upstream.tunnel import requested_upgrade
 
 if TYPE_CHECKING:
     from lbproxy.front.site import ProxyRequest
@@ -79,6 +83,8 @@ class Forwarder:
         if pool.sticky is not None:
             cookie_server = pool.sticky_server(outgoing.getRawHeaders(b"cookie"))
         version = record.protocol[len(b"HTTP/") :]
+        # Read before the hop-by-hop headers go.
+        upgrade = requested_upgrade(request)
         remove, add = rules.request_changes(
             outgoing.getAllRawHeaders(), client, record.scheme, version, self.via
         )
@@ -86,6 +92,9 @@ class Forwarder:
             outgoing.removeHeader(name)
         for name, values in add:
             outgoing.setRawHeaders(name, values)
+        if upgrade is not None:
+            outgoing.setRawHeaders(b"Connection", [b"Upgrade"])
+            outgoing.setRawHeaders(b"Upgrade", [upgrade])
         request_id = rules.kept_request_id(outgoing.getRawHeaders(b"x-request-id"))
         if request_id is None:
             request_id = os.urandom(16).hex().encode("ascii")

@@ -9,7 +9,8 @@ state gives::
     NEW          -                   start
     QUEUED       queue_timeout       a server slot frees, the timer, client lost
     BACKING_OFF  the retry back-off  the timer, client lost
-    ATTEMPTING   (the attempt's)     the attempt's end, client lost
+    ATTEMPTING   (the attempt's)     the attempt's end, a 101, client lost
+    TUNNELLING   (the tunnel's)      the tunnel's end, client lost
     DONE         -                   (final)
 
 Transitions::
@@ -23,10 +24,15 @@ Transitions::
     ATTEMPTING --response failed after a byte reached the client--> DONE (cut short)
     ATTEMPTING --the client's failure--> DONE (400 or 408, connection closed)
     ATTEMPTING --a server's failure--> retry, or DONE (502 or 504)
+    ATTEMPTING --101 Switching Protocols--> TUNNELLING: the attempt holds the
+           server's slot and the two connections are a byte tunnel
+           (L{lbproxy.upstream.tunnel}) until one side closes
+    TUNNELLING --the server's side closed--> DONE (the attempt gave the slot back)
     retry: the next candidate --> ATTEMPTING, or BACKING_OFF when every
            candidate has had its turn; no candidate --> DONE (502)
     BACKING_OFF --timer--> ATTEMPTING
-    any --client lost--> DONE (the attempt stopped, the queue left)
+    any --client lost--> DONE (the attempt stopped, the queue left; a tunnel
+           closes its server's side itself, and is reported as a 101)
 
 An attempt (L{lbproxy.upstream.attempt.Attempt}) is a state machine of its
 own: sending, awaiting the response, relaying the body, each with its timer.
@@ -63,6 +69,7 @@ NEW = "new"
 QUEUED = "queued"
 BACKING_OFF = "backing off"
 ATTEMPTING = "attempting"
+TUNNELLING = "tunnelling"
 DONE = "done"
 
 NO_SERVER = Answer(503, b"Service Unavailable", b"no server is available")
@@ -291,6 +298,19 @@ class Lifecycle:
             log.warn(what, server=server.name, cause=cause)
             self._answer(ANSWERS[kind])
 
+    def switched(self) -> None:
+        """
+        The attempt's server switched protocols (a C{101}): the attempt is a
+        tunnel now, holding the server's slot until it closes.
+        """
+        if self.state is ATTEMPTING:
+            self._enter(TUNNELLING)
+
+    def tunnel_closed(self) -> None:
+        """The tunnel's server connection is gone (its slot given back)."""
+        if self.state is not DONE:
+            self._done()
+
     # -- the client side and the end -----------------------------------------
 
     def client_lost(self, reason: Failure) -> None:
@@ -309,4 +329,4 @@ class Lifecycle:
         )
 
 
-__all__ = ["ATTEMPTING", "BACKING_OFF", "DONE", "NEW", "QUEUED", "Lifecycle"]
+__all__ = ["ATTEMPTING", "BACKING_OFF", "DONE", "NEW", "QUEUED", "TUNNELLING", "Lifecycle"]
