@@ -17,9 +17,10 @@ from twisted.python.failure import Failure
 from lbproxy.config import ProxyConfig, ServerConfig
 from lbproxy.config.tls import is_tls_listen
 from lbproxy.config.values import describe_address
+from lbproxy.front.h2 import H2_PROTOCOLS
 from lbproxy.front.resource import ProxyResource, Routes
 from lbproxy.front.site import ProxyRequest, ProxySite
-from lbproxy.front.tls import ServerContexts, SNIConnectionCreator, server_endpoint
+from lbproxy.front.tls import PROTOCOLS, ServerContexts, SNIConnectionCreator, server_endpoint
 from lbproxy.ops import accesslog
 from lbproxy.ops.stats import method_label, status_class
 from lbproxy.upstream.backend import BackendAgent, BackendConnectionPool, make_route, tls_policy
@@ -140,8 +141,9 @@ class ProxyService(service.MultiService):
         tls = plan.config.tls
         if tls is None:
             return
+        protocols = H2_PROTOCOLS if plan.config.http2 else PROTOCOLS
         try:
-            plan.tls = ServerContexts(tls)
+            plan.tls = ServerContexts(tls, protocols)
         except ValueError as e:
             raise StartError(f"{plan.config.path}: {e}") from None
 
@@ -249,6 +251,8 @@ class ProxyService(service.MultiService):
         site.limits = config.limits
         site.timeOut = config.keepalive_timeout
         site.max_connections = config.max_connections
+        site.http2 = config.http2 and config.tls is not None
+        site.http2_max_streams = config.http2_max_streams
         self.connections.maxPersistentPerHost = config.backend_keepalive
         # Twisted's pool cannot keep zero idle connections: it keeps none at all.
         self.connections.persistent = config.backend_keepalive > 0

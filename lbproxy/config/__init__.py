@@ -226,6 +226,8 @@ class ProxyConfig:
         backend server.
     @ivar backend_keepalive_timeout: Seconds an idle backend connection is
         kept before it is closed.
+    @ivar http2: Offer HTTP/2 by ALPN on the tls: listeners.
+    @ivar http2_max_streams: Streams an HTTP/2 client may have open at once.
     """
 
     path: str
@@ -244,6 +246,8 @@ class ProxyConfig:
     access_log: Optional[str] = None
     access_log_format: str = "combined"
     shutdown_timeout: float = 30.0
+    http2: bool = True
+    http2_max_streams: int = 100
     admin: Optional[AdminConfig] = None
     tls: Optional[TLSConfig] = None
 
@@ -423,6 +427,8 @@ _PROXY_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
     "access_log": (parse_access_log, None),
     "access_log_format": (parse_log_format, "combined"),
     "shutdown_timeout": (parse_duration, 30.0),
+    "http2": (parse_bool, True),
+    "http2_max_streams": (parse_int(1, 10000), 100),
     "request_headers": (parse_request_rules, ()),
     "response_headers": (parse_response_rules, ()),
 }

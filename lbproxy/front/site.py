@@ -325,6 +325,10 @@ class ProxySite(server.Site):
     """
 
     request_done: Optional[Callable[[ProxyRequest, int, float], None]] = None
+    #: Serve HTTP/2 to clients whose TLS handshake chose it by ALPN
+    #: (L{lbproxy.front.h2}), with at most this many streams at once.
+    http2 = False
+    http2_max_streams = 100
 
     noisy = False
     displayTracebacks = False
@@ -355,6 +359,10 @@ class ProxySite(server.Site):
         channel = super().buildProtocol(addr)
         channel.limits = self.limits
         self.channels.add(channel)
+        if self.http2:
+            from lbproxy.front.h2 import NegotiatingChannel
+
+            return NegotiatingChannel(self, channel)
         return channel
 
     def connection_closed(self, channel: ProxyChannel) -> None:
