@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -31,6 +32,7 @@ from tests.support import (
     Backend,
     ProxyTestCase,
     curl,
+    held_handler,
     proxy_config,
     wait_until,
 )
@@ -419,6 +421,39 @@ class HTTP2Tests(ProxyTestCase):
             ("GET", "/logged", "HTTP/2", 200),
         )
         self.assertEqual(self.proxy.pools["test"].servers[0].stats.served, 1)
+
+    @defer.inlineCallbacks
+    def test_stopping_refuses_new_streams_and_closes_after_those_in_flight(self):  # type: ignore[no-untyped-def]
+        web = self.backend("web", held_handler)
+        self.start(web)
+        client = yield self.client()
+        self.addCleanup(client.close)
+        first = yield in_thread(client.start, "GET", "/held")
+        yield wait_until(lambda: web.held)
+        self.proxy.site.close_connections()
+
+        def refused() -> Any:
+            stream = client.start("GET", "/late")
+            client.until(lambda: client._ended(stream))
+            return [e for e in client.events if getattr(e, "stream_id", None) == stream][-1]
+
+        event = yield in_thread(refused)
+        self.assertIsInstance(event, h2.events.StreamReset)
+        self.assertEqual(event.error_code, h2.errors.ErrorCodes.REFUSED_STREAM)
+        web.held[0].callback(b"done\n")
+
+        def finish() -> Any:
+            headers, body = client.response(first)
+            client.read_to_close()
+            return headers[b":status"], body, client.goaway()
+
+        status, body, goaway = yield in_thread(finish)
+        self.assertEqual((status, body), (b"200", b"done\n"))
+        self.assertIsNotNone(goaway)
+        self.assertEqual(goaway.error_code, h2.errors.ErrorCodes.NO_ERROR)
+        self.assertEqual([s.uri for s in web.seen], [b"/held"])
+        client.close()
+        yield wait_until(lambda: not self.proxy.site.channels)
 
 
 class TokenBucketTests(unittest.TestCase):

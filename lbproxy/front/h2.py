@@ -533,6 +533,9 @@ class ProxyH2Connection(H2Connection):
         self._tryToWriteControlData()
         if self.transport is not None:
             self.transport.loseConnection()
+            # TLS waits for the client's close_notify: not for ever.
+            if self.abortTimeout is not None and self._abortingCall is None:
+                self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
 
     def connectionLost(
         self, reason: Failure = connectionDone, _cancelTimeouts: bool = True
