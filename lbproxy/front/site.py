@@ -10,13 +10,18 @@ from time import monotonic
 from typing import Any, Callable, Optional, Set, Tuple, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IProtocolNegotiationFactory,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http import datetimeToString
 from twisted.web.resource import IResource
+from zope.interface import classImplementsOnly, implementedBy
 
 from lbproxy.config import FrontLimits
 from lbproxy.front.body import StreamedBody
@@ -415,3 +420,12 @@ class ProxySite(server.Site):
 
     def log(self, request: http.Request) -> None:
         pass
+
+
+# ALPN is lbproxy.front.tls's: a Site that provides
+# IProtocolNegotiationFactory has Twisted's TLS wrapper replace the ALPN
+# callback of the listener's default OpenSSL context on every connection.
+classImplementsOnly(
+    ProxySite,
+    *(i for i in implementedBy(server.Site) if i is not IProtocolNegotiationFactory),
+)
