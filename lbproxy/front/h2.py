@@ -45,14 +45,14 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._http2 import H2Connection, H2Stream
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from lbproxy import headers as rules
+from lbproxy._twisted import H2Connection, H2Stream
 from lbproxy.config import FrontLimits
 from lbproxy.front.body import StreamedBody
 from lbproxy.front.channel import ProxyChannel, request_line_refusal
-from lbproxy.front.site import ProxyRequest, _nothing
+from lbproxy.front.site import ProxyRequest
 
 log = Logger()
 
@@ -86,6 +86,10 @@ CONNECTION_SPECIFIC = frozenset(
 
 _NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
 _ENHANCE_YOUR_CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+
+
+def _nothing() -> None:
+    pass
 
 
 class TokenBucket:
@@ -240,13 +244,14 @@ class H2Request(ProxyRequest):
     stream's flow control, and whose refusals end the stream only.
     """
 
-    _front: StreamFront
+    #: Its stream, as the proxy's front (set by the connection).
+    stream_front: StreamFront
     _length_seen = False
     _header_timer: Optional[IDelayedCall] = None
 
     @property
     def front(self) -> StreamFront:  # type: ignore[override]
-        return self._front
+        return self.stream_front
 
     def gotLength(self, length: Optional[int]) -> None:
         """
@@ -404,7 +409,7 @@ class ProxyH2Connection(H2Connection):
         request = H2Request(stream, queued=queued)
         front = StreamFront(self.limits, stream, self.clock.callLater)
         front.request = request
-        request._front = front
+        request.stream_front = front
         self._last_request = request
         return request
 
