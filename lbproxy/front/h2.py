@@ -31,8 +31,7 @@ What differs from HTTP/1.1, and why:
 
 from __future__ import annotations
 
-from io import BytesIO
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 import h2.config
 import h2.connection
@@ -41,38 +40,27 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.iweb import UNKNOWN_LENGTH
 
-from lbproxy import headers as rules
 from lbproxy._twisted import H2Connection, H2Stream
 from lbproxy.config import FrontLimits
-from lbproxy.front.body import StreamedBody
-from lbproxy.front.channel import ProxyChannel, request_line_refusal
-from lbproxy.front.site import ProxyRequest
+from lbproxy.front.channel import ProxyChannel
+from lbproxy.front.h2head import (
+    CONTROL_BURST,
+    CONTROL_RATE,
+    RESET_BURST,
+    RESET_RATE,
+    TokenBucket,
+    request_head_problem,
+)
+from lbproxy.front.h2request import H2Request, StreamFront
 
 log = Logger()
 
-Refusal = Tuple[int, bytes, bytes]
-HeaderList = List[Tuple[bytes, bytes]]
-
 #: What ALPN offers when HTTP/2 is on, in the server's order of preference.
 H2_PROTOCOLS = (b"h2", b"http/1.1")
-
-#: Streams a client may reset in a burst, and how many more it earns a
-#: second (CVE-2023-44487: each reset stream was a request started for
-#: nothing).  A browser cancels a few a second at most.
-RESET_BURST = 100
-RESET_RATE = 10.0
-
-#: PING and SETTINGS frames a client may send in a burst, and how many more
-#: it earns a second: each one is answered, so a flood costs the server
-#: what it costs the client.
-CONTROL_BURST = 200
-CONTROL_RATE = 20.0
 
 #: Response bytes queued per stream before its backend is paused.
 SEND_BUFFER = 256 * 1024
@@ -86,261 +74,6 @@ CONNECTION_SPECIFIC = frozenset(
 
 _NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
 _ENHANCE_YOUR_CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
-
-
-def _nothing() -> None:
-    pass
-
-
-class TokenBucket:
-    """
-    At most C{burst} events at once, and C{rate} more a second after that.
-    Times are arguments: a bucket knows no clock.
-    """
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = float(burst)
-        self.stamp = now
-
-    def take(self, now: float) -> bool:
-        """Spend a token if there is one; C{False} when the bucket is empty."""
-        # A clock that steps back refills nothing rather than draining.
-        elapsed = max(0.0, now - self.stamp)
-        self.stamp = now
-        self.tokens = min(float(self.burst), self.tokens + elapsed * self.rate)
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
-
-
-def request_head_problem(
-    headers: Sequence[Tuple[bytes, bytes]], limits: FrontLimits
-) -> Tuple[Optional[Refusal], HeaderList]:
-    """
-    Check an HTTP/2 request's header block against the front's rules, and
-    make it what an HTTP/1.1 backend expects.
-
-    The same limits as HTTP/1.1: C{:path} at most the request line's 8 KB
-    (414), at most C{max_headers} fields and C{max_header_size} bytes
-    counted as HTTP/1.1 lines (431), every field valid as an HTTP/1.1 field
-    line and the method a token (400).  C{:authority} stands for C{Host}
-    (RFC 9113 section 8.3.1): a request needs one of them, and both must
-    agree.  Cookie fields, which HTTP/2 sends split, are joined with C{"; "}
-    (RFC 9113 section 8.2.3).
-
-    @returns: C{(refusal, headers)}: why the stream must be refused, or
-        L{None}; and the header block to build the request from.
-    """
-    method = path = authority = None
-    fields: HeaderList = []
-    cookies: List[bytes] = []
-    hosts: List[bytes] = []
-    size = 0
-    count = 0
-    for name, value in headers:
-        if name.startswith(b":"):
-            if name == b":method":
-                method = value
-            elif name == b":path":
-                path = value
-            elif name == b":authority":
-                authority = value
-            fields.append((name, value))
-            continue
-        count += 1
-        size += len(name) + len(value) + 4
-        problem = rules.field_line_problem(name + b": " + value)
-        if problem is not None:
-            return (400, b"Bad Request", problem), fields
-        if name == b"cookie":
-            cookies.append(value)
-        elif name == b"host":
-            hosts.append(value)
-        else:
-            fields.append((name, value))
-    if count > limits.max_headers:
-        return (431, b"Request Header Fields Too Large", b"too many header fields"), fields
-    if size > limits.max_header_size:
-        return (431, b"Request Header Fields Too Large", b"the header section is too large"), fields
-    if method is None:
-        return (400, b"Bad Request", b"invalid method"), fields
-    if path is not None:
-        if len(path) + len(method) + 10 > limits.max_request_line:
-            return (414, b"URI Too Long", b"the request line is too long"), fields
-        if not (path.startswith(b"/") or path == b"*"):
-            return (400, b"Bad Request", b"invalid request target"), fields
-        problem_line = request_line_refusal(method + b" " + path + b" HTTP/1.1")
-        if problem_line is not None:
-            return problem_line, fields
-    elif not rules.is_token(method):
-        return (400, b"Bad Request", b"invalid method"), fields
-    if authority is not None:
-        if any(host != authority for host in hosts):
-            return (400, b"Bad Request", b"Host disagrees with :authority"), fields
-    elif len(hosts) == 1:
-        fields.append((b"host", hosts[0]))
-    elif hosts:
-        return (400, b"Bad Request", b"more than one Host header"), fields
-    else:
-        return (400, b"Bad Request", b"an HTTP/2 request needs :authority"), fields
-    if cookies:
-        fields.append((b"cookie", b"; ".join(cookies)))
-    return None, fields
-
-
-class StreamFront:
-    """
-    What an L{H2Request} sees of its client: the front's limits, and its
-    stream, which a refusal ends (where HTTP/1.1 closes the connection).
-
-    A refusal decided while Twisted is still making the stream (by
-    C{gotLength}) is answered once the connection has the stream (L{open}).
-    """
-
-    refused = False
-
-    def __init__(
-        self,
-        limits: FrontLimits,
-        stream: H2Stream,
-        call_later: Callable[..., IDelayedCall],
-    ) -> None:
-        self.limits = limits
-        self.transport = stream
-        self.call_later = call_later
-        self.request: Optional[H2Request] = None
-        self._ready = False
-        self._answer: Optional[Refusal] = None
-
-    def refuse(self, code: int, phrase: bytes, detail: bytes) -> None:
-        """Answer C{code} on this stream; the rest of its body is ignored."""
-        if self._answer is not None:
-            return
-        self.refused = True
-        self._answer = (code, phrase, detail)
-        if self._ready and self.request is not None:
-            self.request.reject(code, phrase, detail)
-
-    def open(self, problem: Optional[Refusal]) -> None:
-        """
-        The stream exists: answer C{problem} (the header block's, which
-        comes first) or a refusal decided meanwhile.
-        """
-        self._ready = True
-        if problem is not None:
-            self.refused = True
-            self._answer = problem
-        if self._answer is not None and self.request is not None:
-            self.request.reject(*self._answer)
-
-
-class H2Request(ProxyRequest):
-    """
-    The request of one HTTP/2 stream: a L{ProxyRequest} whose request line
-    comes from the stream's pseudo-headers, whose body is paused through the
-    stream's flow control, and whose refusals end the stream only.
-    """
-
-    #: Its stream, as the proxy's front (set by the connection).
-    stream_front: StreamFront
-    _length_seen = False
-    _header_timer: Optional[IDelayedCall] = None
-
-    @property
-    def front(self) -> StreamFront:  # type: ignore[override]
-        return self.stream_front
-
-    def gotLength(self, length: Optional[int]) -> None:
-        """
-        The header block is complete (C{length}: its C{content-length}, or
-        L{None} when it has none and the method may have a body).  A request
-        with a body is handed on in the next reactor turn, its body streaming
-        after it; one without waits for the end of its stream, at most
-        C{client_header_timeout}.
-        """
-        front = self.front
-        if self._length_seen:
-            front.refuse(400, b"Bad Request", b"more than one Content-Length")
-            return
-        self._length_seen = True
-        self.content = BytesIO()
-        limit = front.limits.max_body_size
-        if length is not None and length < 0:
-            front.refuse(400, b"Bad Request", b"invalid Content-Length")
-            return
-        if limit and length is not None and length > limit:
-            front.refuse(413, b"Content Too Large", b"the request body is too large")
-            return
-        if length == 0:
-            if self.requestHeaders.hasHeader(b"content-length"):
-                self.body = StreamedBody(0, _nothing, _nothing)
-                self.body.finish()
-            self._header_timer = front.call_later(
-                front.limits.client_header_timeout, self._end_timed_out
-            )
-            return
-        self.body = StreamedBody(length, self._pause_client, self._resume_client)
-        stream: Any = self.channel
-        self._head = (stream.command, stream.path or b"", b"HTTP/2")
-        self._schedule_dispatch()
-
-    def reject(self, code: int, phrase: bytes, detail: bytes) -> None:
-        """Answer C{code}; whatever more the stream brings is ignored."""
-        self._rejected = True
-        self.respond_error(code, phrase, detail)
-
-    def _end_timed_out(self) -> None:
-        self._header_timer = None
-        self.front.refuse(408, b"Request Timeout", b"the request took too long to arrive")
-
-    def _cancel_header_timer(self) -> None:
-        timer, self._header_timer = self._header_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-
-    def _schedule_dispatch(self) -> None:
-        head, self._head = self._head, None
-        if head is not None:
-            self.front.call_later(0, self._dispatch_early, *head)
-
-    def _dispatch_early(self, command: bytes, path: bytes, version: bytes) -> None:
-        body = self.body
-        if body is not None and body.complete and body.length is UNKNOWN_LENGTH:
-            # The whole body came with the request: it goes with a length.
-            body.length = self.received_bytes
-        super()._dispatch_early(command, path, version)
-
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        self._cancel_header_timer()
-        # CONNECT has no :path (and is refused by the resource).
-        super().requestReceived(command, path or b"", version)
-
-    def _pause_client(self) -> None:
-        if self.channel is not None and not self._disconnected:
-            self.channel.pauseProducing()  # type: ignore[attr-defined]
-
-    def _resume_client(self) -> None:
-        if self.channel is not None and not self._disconnected and not self.finished:
-            try:
-                self.channel.resumeProducing()  # type: ignore[attr-defined]
-            except h2.exceptions.ProtocolError:
-                pass
-
-    def cut_short(self) -> None:
-        """End a response that cannot be completed: reset its stream."""
-        if self.channel is not None and not self._disconnected:
-            self.channel.abortConnection()  # type: ignore[attr-defined]
-
-    def connectionLost(self, reason: Failure) -> None:
-        self._cancel_header_timer()
-        super().connectionLost(reason)
-
-    def finish(self) -> None:
-        self._cancel_header_timer()
-        super().finish()
 
 
 class _GuardedH2(h2.connection.H2Connection):
@@ -596,10 +329,16 @@ class NegotiatingChannel(Protocol):
 
 
 __all__ = [
+    "CONTROL_BURST",
+    "CONTROL_RATE",
     "H2_PROTOCOLS",
     "H2Request",
     "NegotiatingChannel",
     "ProxyH2Connection",
+    "RESET_BURST",
+    "RESET_RATE",
+    "SEND_BUFFER",
+    "StreamFront",
     "TokenBucket",
     "request_head_problem",
 ]
