@@ -20,6 +20,7 @@ from typing import Dict, Tuple
 
 from twisted.internet.defer import Deferred
 from twisted.web import http
+from twisted.web._http2 import H2Connection, H2Stream
 from twisted.web._newclient import (
     HTTP11ClientProtocol,
     HTTPClientParser,
@@ -56,6 +57,10 @@ INTERNALS: Dict[Tuple[str, str], str] = {
     ("twisted.web.client", "_HTTP11ClientFactory"): (
         "the connection factory of HTTPConnectionPool: extended by the backend pool "
         "and the health checker's quiet pool"
+    ),
+    ("twisted.web._http2", "H2Connection/H2Stream"): (
+        "HTTP/2 on the front (front/h2.py) extends Twisted's connection; its streams "
+        "are the requests' channels"
     ),
     ("twisted.web.http", "_ChunkedTransferDecoder/_MalformedChunkedDataError"): (
         "the front's stricter chunked decoder (front/channel.py) extends Twisted's"
@@ -108,6 +113,31 @@ INTERNALS: Dict[Tuple[str, str], str] = {
     ("_ChunkedTransferDecoder", "_dataReceived_CHUNK_LENGTH/_dataReceived_TRAILER"): (
         "the decoder's steps for a chunk-size line and a trailer line, overridden to check them"
     ),
+    # -- HTTP/2 on the front (front/h2.py) ----------------------------------
+    ("H2Connection", "_requestReceived"): (
+        "a stream's header block arrives: checked against the front's limits, "
+        "refused while stopping, before Twisted makes the stream's request"
+    ),
+    ("H2Connection", "_requestDataReceived/_requestEnded/_requestAborted"): (
+        "events for a stream: those of a stream already answered and gone are "
+        "dropped (its data's window given back) instead of raising KeyError"
+    ),
+    ("H2Connection", "_requestDone"): (
+        "a stream's response is over: the client is told to stop sending a body "
+        "still arriving (RST_STREAM NO_ERROR), and a stopping connection closes"
+    ),
+    ("H2Connection", "_stillProducing"): ("the connection has not yet been closed"),
+    ("H2Connection", "_tryToWriteControlData"): (
+        "writes the frames the h2 state machine has queued (GOAWAY, RST_STREAM)"
+    ),
+    ("H2Connection", "_outboundStreamQueues/_sendPrioritisedData"): (
+        "the response bytes queued per stream, and the loop that sends them: "
+        "capped at SEND_BUFFER, capped streams resumed as the queue drains"
+    ),
+    ("H2Connection", "_abortingCall"): (
+        "TimeoutMixin's pending forced close: set when a closing connection is "
+        "given abortTimeout to finish its TLS close"
+    ),
     ("Request", "_disconnected"): ("twisted.web.server.Request's flag for a client that went away"),
 }
 
@@ -144,6 +174,8 @@ def take_buffered_data(channel: http.HTTPChannel) -> bytes:
 __all__ = [
     "INTERNALS",
     "ChunkedTransferDecoder",
+    "H2Connection",
+    "H2Stream",
     "HTTP11ClientFactory",
     "HTTP11ClientProtocol",
     "HTTPClientParser",

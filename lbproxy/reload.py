@@ -22,9 +22,10 @@ from twisted.internet.interfaces import IListeningPort
 from lbproxy.config import ProxyConfig, ServerConfig
 from lbproxy.config.dns import Found
 from lbproxy.config.found import all_servers
+from lbproxy.front.h2 import H2_PROTOCOLS, NegotiatingChannel
 from lbproxy.front.resource import Routes
 from lbproxy.front.site import ProxySite
-from lbproxy.front.tls import ServerContexts, SNIConnectionCreator
+from lbproxy.front.tls import PROTOCOLS, ServerContexts, SNIConnectionCreator
 from lbproxy.listeners import StartError, announce, listen
 from lbproxy.ops import accesslog
 from lbproxy.upstream.backend import BackendAgent, BackendConnectionPool, make_route, tls_policy
@@ -133,8 +134,9 @@ def prepare_tls(plan: Plan) -> None:
     tls = plan.config.tls
     if tls is None:
         return
+    protocols = H2_PROTOCOLS if plan.config.http2 else PROTOCOLS
     try:
-        plan.tls = ServerContexts(tls)
+        plan.tls = ServerContexts(tls, protocols)
     except ValueError as e:
         raise StartError(f"{plan.config.path}: {e}") from None
 
@@ -216,6 +218,8 @@ def apply_front(config: ProxyConfig, site: ProxySite, connections: BackendConnec
     site.limits = config.limits
     site.timeOut = config.keepalive_timeout
     site.max_connections = config.max_connections
+    site.negotiate = NegotiatingChannel if config.http2 and config.tls is not None else None
+    site.http2_max_streams = config.http2_max_streams
     connections.maxPersistentPerHost = config.backend_keepalive
     # Twisted's pool cannot keep zero idle connections: it keeps none at all.
     connections.persistent = config.backend_keepalive > 0

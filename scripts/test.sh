@@ -7,6 +7,7 @@
 #   bash scripts/test.sh --cpython  CPython only (quicker, for development)
 #
 # Missing system tools are installed with apt-get when run as root (curl;
+# nghttp2-client's h2load for the HTTP/2 tests;
 # pypy3; systemd's systemd-analyze and systemd-socket-activate for the unit
 # and socket-activation tests; chromium and chromium-driver for the
 # dashboard's browser test); otherwise the script says what to install.
@@ -18,6 +19,7 @@ want_pypy=yes
 
 need_packages=()
 command -v curl >/dev/null || need_packages+=(curl)
+command -v h2load >/dev/null || need_packages+=(nghttp2-client)
 command -v systemd-analyze >/dev/null || need_packages+=(systemd)
 command -v systemd-socket-activate >/dev/null || need_packages+=(systemd)
 command -v chromium >/dev/null || need_packages+=(chromium)

@@ -234,8 +234,8 @@ class TLSFrontTests(ProxyTestCase):
         self.assertEqual((client.version, status), ("TLSv1.2", 200))
 
     @defer.inlineCallbacks
-    def test_alpn_offers_http_1_1_only_for_now(self):  # type: ignore[no-untyped-def]
-        self.start_proxy(self.config_text())
+    def test_alpn_offers_http_1_1_only_when_http2_is_off(self):  # type: ignore[no-untyped-def]
+        self.start_proxy(self.config_text().replace("[proxy]\n", "[proxy]\nhttp2 = off\n"))
         client, status, _ = yield self.client("a.example.test", alpn=["h2", "http/1.1"])
         self.assertEqual((client.alpn, status), ("http/1.1", 200))
         client, status, _ = yield self.client("a.example.test")

@@ -11,6 +11,7 @@ from typing import Dict, List, Tuple
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -21,6 +22,7 @@ from lbproxy import _twisted
 from lbproxy._twisted import (
     INTERNALS,
     ChunkedTransferDecoder,
+    H2Connection,
     HTTP11ClientFactory,
     HTTP11ClientProtocol,
     HTTPClientParser,
@@ -59,6 +61,8 @@ def _owners() -> Dict[str, object]:
         "HTTPChannel": channel,
         "_ChunkedTransferDecoder": decoder,
         "Request": Request(channel),
+        # Its first send loop goes on the given clock, never run.
+        "H2Connection": H2Connection(Clock()),
     }
     channel.connectionLost(None)  # type: ignore[arg-type]
     return owners
@@ -144,6 +148,23 @@ class TwistedInternalsTests(unittest.TestCase):
         )
         self.assertEqual(_twisted.take_buffered_data(channel), b"")
         channel.connectionLost(None)  # type: ignore[arg-type]
+
+    def test_the_http2_internals_have_the_shapes_lbproxy_expects(self) -> None:
+        connection = H2Connection(Clock())
+        self.assertIsInstance(
+            connection._outboundStreamQueues,  # type: ignore[attr-defined]
+            dict,
+            "H2Connection._outboundStreamQueues is no longer a dict of stream queues",
+        )
+        self.assertIs(
+            connection._stillProducing,  # type: ignore[attr-defined]
+            True,
+            "H2Connection._stillProducing no longer says the connection is open",
+        )
+        self.assertIsNone(
+            connection._abortingCall,  # type: ignore[attr-defined]
+            "H2Connection._abortingCall no longer starts as None",
+        )
 
     def test_a_missing_internal_is_named(self) -> None:
         table = {

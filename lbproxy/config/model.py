@@ -123,6 +123,8 @@ class ProxyConfig:
         backend server.
     @ivar backend_keepalive_timeout: Seconds an idle backend connection is
         kept before it is closed.
+    @ivar http2: Offer HTTP/2 by ALPN on the tls: listeners.
+    @ivar http2_max_streams: Streams an HTTP/2 client may have open at once.
     """
 
     path: str
@@ -141,6 +143,8 @@ class ProxyConfig:
     access_log: Optional[str] = None
     access_log_format: str = "combined"
     shutdown_timeout: float = 30.0
+    http2: bool = True
+    http2_max_streams: int = 100
     admin: Optional[AdminConfig] = None
     tls: Optional[TLSConfig] = None
     #: Name servers for DNS discovery, as (address, port); L{None}: the system's.

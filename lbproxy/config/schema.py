@@ -70,6 +70,8 @@ PROXY_KEYS: Schema = {
     "shutdown_timeout": (parse_duration, 30.0),
     "upgrade": (parse_upgrade, DEFAULT_LIMITS.upgrade),
     "tunnel_timeout": (parse_positive_duration, DEFAULT_LIMITS.tunnel_timeout),
+    "http2": (parse_bool, True),
+    "http2_max_streams": (parse_int(1, 10000), 100),
     "request_headers": (parse_request_rules, ()),
     "response_headers": (parse_response_rules, ()),
     "resolver": (parse_resolver, None),

@@ -10,12 +10,17 @@ from time import monotonic
 from typing import Any, Callable, Optional, Set, Tuple, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IProtocolNegotiationFactory,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource
+from zope.interface import classImplementsOnly, implementedBy
 
 from lbproxy._twisted import request_line
 from lbproxy.config import FrontLimits
@@ -323,6 +328,13 @@ class ProxySite(server.Site):
     """
 
     request_done: Optional[Callable[[RequestRecord], None]] = None
+    #: Serve HTTP/2 to clients whose TLS handshake chose it by ALPN: given
+    #: the site and a new connection's HTTP/1.1 channel, the protocol that
+    #: picks one of them (L{lbproxy.front.h2.NegotiatingChannel}, set by the
+    #: service); L{None}: HTTP/1.1 only.
+    negotiate: Optional[Callable[[ProxySite, ProxyChannel], Protocol]] = None
+    #: Streams an HTTP/2 client may have open at once.
+    http2_max_streams = 100
 
     noisy = False
     displayTracebacks = False
@@ -353,6 +365,8 @@ class ProxySite(server.Site):
         channel = super().buildProtocol(addr)
         channel.limits = self.limits
         self.channels.add(channel)
+        if self.negotiate is not None:
+            return self.negotiate(self, channel)
         return channel
 
     def connection_closed(self, channel: ProxyChannel) -> None:
@@ -405,3 +419,12 @@ class ProxySite(server.Site):
 
     def log(self, request: http.Request) -> None:
         pass
+
+
+# ALPN is lbproxy.front.tls's: a Site that provides
+# IProtocolNegotiationFactory has Twisted's TLS wrapper replace the ALPN
+# callback of the listener's default OpenSSL context on every connection.
+classImplementsOnly(
+    ProxySite,
+    *(i for i in implementedBy(server.Site) if i is not IProtocolNegotiationFactory),
+)

@@ -35,8 +35,8 @@ CIPHERS = (
     b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 )
 
-#: What ALPN offers, in the server's order of preference.  HTTP/2 will add
-#: b"h2" in front of it.
+#: What ALPN offers, in the server's order of preference, without HTTP/2
+#: (with it: L{lbproxy.front.h2.H2_PROTOCOLS}).
 PROTOCOLS = (b"http/1.1",)
 
 
