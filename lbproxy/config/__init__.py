@@ -53,6 +53,7 @@ from lbproxy.config.values import (
     parse_status_range,
     parse_token,
     parse_via,
+    parse_workers,
 )
 from lbproxy.routing import (
     ROUTE_KEYS,
@@ -244,6 +245,9 @@ class ProxyConfig:
     access_log: Optional[str] = None
     access_log_format: str = "combined"
     shutdown_timeout: float = 30.0
+    #: Worker processes serving the listeners (1: the twistd process serves
+    #: them itself, as before workers existed).
+    workers: int = 1
     admin: Optional[AdminConfig] = None
     tls: Optional[TLSConfig] = None
 
@@ -423,6 +427,7 @@ _PROXY_KEYS: Dict[str, Tuple[Callable[[str], object], object]] = {
     "access_log": (parse_access_log, None),
     "access_log_format": (parse_log_format, "combined"),
     "shutdown_timeout": (parse_duration, 30.0),
+    "workers": (parse_workers, 1),
     "request_headers": (parse_request_rules, ()),
     "response_headers": (parse_response_rules, ()),
 }

@@ -1,0 +1,225 @@
+"""
+Worker processes over real processes and sockets: `twistd -n lbproxy` with
+`workers = 2` supervising two `python -m lbproxy.workers.worker` processes
+that serve the listening socket it bound; a worker killed and restarted;
+SIGTERM with a request in flight; reloads under load; systemd's socket;
+`workers = 1` staying one process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import threading
+from typing import Dict, List
+
+from twisted.internet import defer, threads
+from twisted.trial import unittest
+
+from lbproxy.config import ConfigError, parse
+from lbproxy.config.values import cores
+from lbproxy.workers.supervisor import MAX_BACKOFF, backoff
+from tests.support import HOST, curl, fetch, held_handler, proxy_config, refused, wait_until
+from tests.test_operations import OperationsTestCase, config_with_port, load_loop
+from tests.test_twistd import _free_port, run, tool
+
+
+def worker_pids(output: bytes) -> Dict[int, int]:
+    """The live pid of each worker number, from the supervisor's log."""
+    pids: Dict[int, int] = {}
+    for match in re.finditer(rb"worker (\d+) started \(pid (\d+), generation (\d+)\)", output):
+        pids[int(match.group(1))] = int(match.group(2))
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+class ConfigTests(unittest.TestCase):
+    def test_default_is_one_process(self) -> None:
+        self.assertEqual(parse(proxy_config(["http://127.0.0.1:1"]), "x.ini").workers, 1)
+
+    def test_auto_is_one_per_core(self) -> None:
+        config = parse(proxy_config(["http://127.0.0.1:1"], workers="auto"), "x.ini")
+        self.assertEqual(config.workers, cores())
+
+    def test_bad_value_is_one_line(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            parse(proxy_config(["http://127.0.0.1:1"], workers="many"), "x.ini")
+        self.assertEqual(
+            str(caught.exception),
+            "x.ini: [proxy] workers: must be auto or a whole number from 1 to 256, got 'many'",
+        )
+
+
+class BackoffTests(unittest.TestCase):
+    def test_doubles_from_a_quarter_second_up_to_the_cap(self) -> None:
+        self.assertEqual([backoff(n) for n in range(5)], [0.0, 0.25, 0.5, 1.0, 2.0])
+        self.assertEqual(backoff(100), MAX_BACKOFF)
+
+
+class WorkerProcessTests(OperationsTestCase):
+    def start(self, servers: List[str], workers: int = 2, **proxy: str):  # type: ignore[no-untyped-def]
+        port = _free_port()
+        path = self.write(config_with_port(servers, port, workers=str(workers), **proxy))
+        proc = self.twistd(path)
+        return port, path, proc
+
+    @defer.inlineCallbacks
+    def ready(self, proc, workers: int = 2):  # type: ignore[no-untyped-def]
+        for number in range(workers):
+            yield proc.wait_for(rb"worker %d: lbproxy listening on" % number)
+
+    @defer.inlineCallbacks
+    def test_workers_serve_and_stop_drains_then_exits_0(self):  # type: ignore[no-untyped-def]
+        (a,) = self.backends("a", handler=held_handler)
+        port, _, proc = self.start([a.url])
+        yield self.ready(proc)
+        pids = worker_pids(proc.output)
+        self.assertEqual(sorted(pids), [0, 1])
+        self.assertNotIn(proc.transport.pid, pids.values())
+        pending = threads.deferToThread(fetch, port, "GET", "/slow")
+        yield wait_until(lambda: a.held)
+        proc.transport.signalProcess("TERM")
+        yield proc.wait_for(rb"stopping: waiting up to 30s for 1 client connections")
+        # The listening socket closes with the last worker's copy: refused now.
+        yield wait_until(lambda: refused(port))
+        self.assertFalse(proc.exited.called)
+        a.held[0].callback(b"slow but complete")
+        response = yield pending
+        self.assertEqual((response.status, response.body), (200, b"slow but complete"))
+        code = yield proc.exited
+        self.assertEqual(code, 0, proc.output)
+        self.assertEqual(
+            len(re.findall(rb"worker \d \(pid \d+\) ended: exit status 0", proc.output)), 2
+        )
+        self.assertFalse(any(alive(pid) for pid in pids.values()))
+        self.assertNotIn(b"Traceback", proc.output)
+
+    @defer.inlineCallbacks
+    def test_a_killed_worker_is_restarted_and_logged(self):  # type: ignore[no-untyped-def]
+        (a,) = self.backends("a")
+        port, _, proc = self.start([a.url])
+        yield self.ready(proc)
+        pids = worker_pids(proc.output)
+        os.kill(pids[1], signal.SIGKILL)
+        yield proc.wait_for(
+            rb"worker 1 \(pid %d\) died \(killed by signal 9\) after [\d.]+s: starting another in [\d.]+s"
+            % pids[1]
+        )
+        yield proc.wait_for(rb"worker 1 started \(pid (?!%d)\d+, generation 1\)" % pids[1])
+        # No request fails meanwhile: the other worker, then both, serve.
+        for n in range(20):
+            response = yield threads.deferToThread(fetch, port, "GET", f"/{n}")
+            self.assertEqual(response.body, b"a\n")
+        self.assertTrue(alive(worker_pids(proc.output)[1]))
+        self.assertTrue(alive(pids[0]))
+
+    @defer.inlineCallbacks
+    def test_three_reloads_under_load_lose_no_request(self):  # type: ignore[no-untyped-def]
+        backends = self.backends("a", "b", "c")
+        url = {b.name: f"{b.url} name={b.name}" for b in backends}
+        layouts = [["a", "b"], ["b", "c"], ["a", "c"], ["a", "b", "c"]]
+        port = _free_port()
+        path = self.write(config_with_port([url[n] for n in layouts[0]], port, workers="2"))
+        proc = self.twistd(path)
+        yield self.ready(proc)
+        stop = threading.Event()
+        self.addCleanup(stop.set)
+        loading = threads.deferToThread(load_loop, port, stop)
+        yield wait_until(lambda: sum(len(b.seen) for b in backends) >= 50)
+        first = worker_pids(proc.output)
+        for number, layout in enumerate(layouts[1:], 1):
+            self.write(config_with_port([url[n] for n in layout], port, workers="2"))
+            proc.transport.signalProcess("HUP")
+            yield proc.wait_for(rb"(?s)(workers of generation %d serve.*?)" % (number + 1))
+            before = {b.name: len(b.seen) for b in backends}
+            yield wait_until(
+                lambda layout=layout, before=before: all(
+                    len(b.seen) > before[b.name] + 10 for b in backends if b.name in layout
+                )
+            )
+        # The first generation finished and exited.
+        yield wait_until(lambda: not any(alive(pid) for pid in first.values()))
+        stop.set()
+        ok, errors = yield loading
+        self.assertEqual(errors, [])
+        self.assertGreater(ok, 200)
+        self.assertEqual(ok, sum(len(b.seen) for b in backends))
+        self.assertNotIn(b"Traceback", proc.output)
+
+    @defer.inlineCallbacks
+    def test_sigusr1_reaches_the_workers_which_write_the_access_log(self):  # type: ignore[no-untyped-def]
+        (a,) = self.backends("a")
+        log_path = os.path.join(self.dir, "access.log")
+        port, _, proc = self.start([f"{a.url} name=a"], access_log=log_path)
+        yield self.ready(proc)
+        for n in range(6):
+            yield threads.deferToThread(fetch, port, "GET", f"/first{n}")
+        os.rename(log_path, log_path + ".1")
+        proc.transport.signalProcess(signal.SIGUSR1)
+        yield proc.wait_for(rb"(?s)worker \d: access log reopened.*worker \d: access log reopened")
+        yield threads.deferToThread(fetch, port, "GET", "/second")
+        yield wait_until(lambda: os.path.exists(log_path) and os.path.getsize(log_path) > 0)
+        with open(log_path + ".1") as f:
+            self.assertEqual(f.read().count("GET /first"), 6)
+        with open(log_path) as f:
+            self.assertIn("GET /second", f.read())
+
+    @defer.inlineCallbacks
+    def test_one_worker_is_the_single_process_of_before(self):  # type: ignore[no-untyped-def]
+        (a,) = self.backends("a")
+        port, _, proc = self.start([a.url], workers=1)
+        yield proc.wait_for(rb"lbproxy listening on")
+        response = yield threads.deferToThread(fetch, port)
+        self.assertEqual(response.body, b"a\n")
+        self.assertNotIn(b"worker 0", proc.output)
+
+    @defer.inlineCallbacks
+    def test_ready_goes_to_systemd_from_the_supervisor_only(self):  # type: ignore[no-untyped-def]
+        (a,) = self.backends("a")
+        notify_path, receiver = self.notifications()
+        port = _free_port()
+        path = self.write(config_with_port([a.url], port, workers="2"))
+        proc = self.twistd(path, NOTIFY_SOCKET=notify_path)
+        pid = proc.transport.pid
+        yield self.ready(proc)
+        proc.transport.signalProcess("HUP")
+        yield proc.wait_for(rb"workers of generation 2 serve")
+        proc.transport.signalProcess("TERM")
+        code = yield proc.exited
+        self.assertEqual(code, 0)
+        self.assertEqual(receiver.states(), ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"])
+        self.assertIn(f"MAINPID={pid}", receiver.messages[0])
+
+    @defer.inlineCallbacks
+    def test_workers_serve_a_socket_passed_by_systemd(self):  # type: ignore[no-untyped-def]
+        activate = shutil.which("systemd-socket-activate")
+        if activate is None:
+            raise AssertionError("systemd-socket-activate is missing: apt-get install systemd")
+        (a,) = self.backends("a")
+        port = _free_port()
+        path = self.write(
+            proxy_config([a.url], workers="2").replace(
+                f"listen = tcp:0:interface={HOST}", "listen = systemd:domain=INET:name=web"
+            )
+        )
+        proc = run(
+            self, activate, "-l", f"{HOST}:{port}", "--fdname=web",
+            tool("twistd"), "-n", "--pidfile=", "lbproxy", "-c", path,
+        )  # fmt: skip
+        yield proc.wait_for(rb"Listening on")
+        out, err, code = yield curl(f"http://{HOST}:{port}/")
+        self.assertEqual((code, out), (0, b"a\n"), err)
+        yield self.ready(proc)
+        for n in range(4):
+            out, err, code = yield curl(f"http://{HOST}:{port}/{n}")
+            self.assertEqual((code, out), (0, b"a\n"), err)
+        self.assertNotIn(b"Traceback", proc.output)
