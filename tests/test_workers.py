@@ -223,3 +223,77 @@ class WorkerProcessTests(OperationsTestCase):
             out, err, code = yield curl(f"http://{HOST}:{port}/{n}")
             self.assertEqual((code, out), (0, b"a\n"), err)
         self.assertNotIn(b"Traceback", proc.output)
+
+
+class SharedStateTests(OperationsTestCase):
+    """The group's state is one: in-flight sums, max_connections, admin actions."""
+
+    def start(self, servers: List[str], pool: Dict[str, str], admin: bool = False):  # type: ignore[no-untyped-def]
+        port = _free_port()
+        text = config_with_port(servers, port, workers="2")
+        text = text.replace("algorithm = round_robin", f"algorithm = {pool.pop('algorithm')}")
+        text += "".join(f"{k} = {v}\n" for k, v in pool.items())
+        admin_port = _free_port()
+        if admin:
+            text += f"[admin]\nlisten = tcp:{admin_port}:interface={HOST}\n"
+        proc = self.twistd(self.write(text))
+        return port, admin_port, proc
+
+    @defer.inlineCallbacks
+    def ready(self, proc):  # type: ignore[no-untyped-def]
+        for number in range(2):
+            yield proc.wait_for(rb"worker %d: lbproxy listening on" % number)
+
+    @defer.inlineCallbacks
+    def test_least_connections_counts_in_flight_over_all_workers(self):  # type: ignore[no-untyped-def]
+        # Requests held by both servers, sent one at a time on new
+        # connections (which land on either worker): each goes to the server
+        # with fewer in flight summed over the workers, so the two stay level.
+        a, b = self.backends("a", "b", handler=held_handler)
+        port, _, proc = self.start([a.url, b.url], {"algorithm": "least_connections"})
+        yield self.ready(proc)
+        pending = []
+        for n in range(1, 9):
+            pending.append(threads.deferToThread(fetch, port, "GET", f"/{n}"))
+            yield wait_until(lambda n=n: len(a.held) + len(b.held) == n)
+            self.assertLessEqual(abs(len(a.held) - len(b.held)), 1, (len(a.held), len(b.held)))
+        for d in a.held + b.held:
+            d.callback(b"done")
+        responses = yield defer.gatherResults(pending)
+        self.assertEqual({r.status for r in responses}, {200})
+
+    @defer.inlineCallbacks
+    def test_max_connections_holds_over_all_workers(self):  # type: ignore[no-untyped-def]
+        (a,) = self.backends("a", handler=held_handler)
+        port, _, proc = self.start([f"{a.url} max_connections=2"], {"algorithm": "round_robin"})
+        yield self.ready(proc)
+        pending = []
+        for n in range(5):
+            pending.append(threads.deferToThread(fetch, port, "GET", f"/{n}"))
+            yield wait_until(lambda n=n: len(a.held) == min(n + 1, 2))
+        # The other three wait in their worker's queue; each freed slot lets
+        # one more through, whichever worker freed it.
+        for released in range(3):
+            a.held[released].callback(b"done")
+            yield wait_until(lambda r=released: len(a.held) == 3 + r)
+        for d in a.held[3:]:
+            d.callback(b"done")
+        responses = yield defer.gatherResults(pending)
+        self.assertEqual([r.status for r in responses], [200] * 5)
+
+    @defer.inlineCallbacks
+    def test_drain_from_the_admin_api_applies_to_every_worker(self):  # type: ignore[no-untyped-def]
+        a, b = self.backends("a", "b")
+        port, admin_port, proc = self.start(
+            [f"{a.url} name=a", f"{b.url} name=b"], {"algorithm": "round_robin"}, admin=True
+        )
+        yield self.ready(proc)
+        out, err, code = yield curl(
+            "-s", "-X", "POST", f"http://{HOST}:{admin_port}/pools/test/servers/a/drain"
+        )
+        self.assertEqual(code, 0, err)
+        before = len(a.seen)
+        for n in range(16):
+            response = yield threads.deferToThread(fetch, port, "GET", f"/{n}")
+            self.assertEqual(response.body, b"b\n")
+        self.assertEqual(len(a.seen), before)

@@ -180,6 +180,9 @@ class Pool:
         self.on_change: Optional[Callable[[ServerState, str, str], None]] = None
         self._waiting: Deque[Callable[[], None]] = deque()
         self._timers: dict = {}
+        # Hook (lbproxy.workers.shared.PoolShare): in a worker process, the
+        # group's view of the servers, synced before each choice.
+        self.shared: Optional[Any] = None
         self._set_servers(servers)
 
     def _set_servers(self, servers: List[ServerState]) -> None:
@@ -253,6 +256,8 @@ class Pool:
 
         @param key: The request's key, for algorithms that hash it.
         """
+        if self.shared is not None:
+            self.shared.sync()  # hook: the worker group's state
         now = self.clock.seconds() if self.observes_latency else 0.0
         if preferred is not None and self.by_name.get(preferred.name) is not preferred:
             preferred = None  # a server a reload removed
@@ -314,6 +319,8 @@ class Pool:
 
     def dispatch(self, server: ServerState) -> None:
         server.active += 1
+        if self.shared is not None:
+            self.shared.dispatched(server, 1)  # hook: this worker's column
         if self._limited:
             limit = server.config.max_connections
             if limit is not None and server.active >= limit:
@@ -322,10 +329,16 @@ class Pool:
 
     def release(self, server: ServerState) -> None:
         server.active -= 1
+        if self.shared is not None:
+            self.shared.dispatched(server, -1)  # hook: this worker's column
         if self._limited and server.full and server.active < (server.config.max_connections or 0):
             server.full = False
             server.refresh()
             self._wake()
+
+    def wake(self) -> None:
+        """Let waiting requests try again (a slot may have been freed elsewhere)."""
+        self._wake()
 
     def _wake(self) -> None:
         while self._waiting and any(s.usable for s in self.servers):
@@ -366,6 +379,8 @@ class Pool:
             server.ejected = True
             server.ejected_at = now
             server.refresh()
+            if self.shared is not None:
+                self.shared.ejected(server, now + config.fail_timeout)  # hook: for all workers
             self._changed(server, "ejected", f"{server.fails} failed requests")
             log.warn(
                 "server {server} taken out for {seconds:g}s after {fails} failed requests",

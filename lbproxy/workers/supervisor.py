@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from lbproxy.config import ProxyConfig
 from lbproxy.ops.process import ProcessControl
 from lbproxy.service import ProxyService
+from lbproxy.workers.shared import MAX_SLOTS, GroupState
 from lbproxy.workers.worker import WorkerArguments
 
 log = Logger()
@@ -155,10 +156,13 @@ class WorkerGroup(Service):
         slot = 0
         while slot in used:
             slot += 1
+        if slot >= MAX_SLOTS:
+            raise RuntimeError(f"more than {MAX_SLOTS} worker processes at once")
         return slot
 
     def _spawn(self, number: int) -> WorkerProcess:
         worker = WorkerProcess(self, number, self._free_slot(), self.generation)
+        self.supervisor.group_state.slot_in_use(worker.slot)
         listeners = self.supervisor.inherited_listeners()
         shared = self.supervisor.shared_fd()
         arguments = WorkerArguments(
@@ -202,6 +206,8 @@ class WorkerGroup(Service):
         """A worker process ended: restart it if it was not asked to."""
         if worker in self.live:
             self.live.remove(worker)
+        # Its requests are no longer in flight anywhere.
+        self.supervisor.group_state.slot_ended(worker.slot)
         value = reason.value
         status = getattr(value, "exitCode", None)
         signal_number = getattr(value, "signal", None)
@@ -331,6 +337,8 @@ class SupervisorService(ProxyService):
     def __init__(self, config: ProxyConfig, path: str, reactor: Any = None) -> None:
         super().__init__(_supervisor_config(config), reactor)
         self.full_config = config
+        self.group_state = GroupState(self)
+        self.group_state.map_servers()
         self.workers = WorkerGroup(self, path, self._reactor)
         self.workers.setServiceParent(self)
 
@@ -349,12 +357,21 @@ class SupervisorService(ProxyService):
         ]
 
     def shared_fd(self) -> Optional[int]:
-        """The shared table's file descriptor, once there is one."""
-        return None
+        """The shared table's file descriptor."""
+        return self.group_state.table.fd
+
+    def startService(self) -> None:
+        super().startService()
+        self.group_state.start(self._reactor)
+
+    def stopService(self) -> Deferred[Any]:
+        self.group_state.stop()
+        return super().stopService()
 
     def reload(self, config: ProxyConfig) -> None:
         super().reload(_supervisor_config(config))
         self.full_config = config
+        self.group_state.map_servers()
         self.workers.roll()
 
 
