@@ -72,7 +72,7 @@ class SharedTable:
         self.doubles = memoryview(self._map).cast("d")
 
     @classmethod
-    def create(cls) -> "SharedTable":
+    def create(cls) -> SharedTable:
         """A new zeroed table in a memory file (inheritable by workers)."""
         if hasattr(os, "memfd_create"):
             fd = os.memfd_create("lbproxy-shared", 0)
