@@ -19,46 +19,20 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web._newclient import (
     HTTP11ClientProtocol,
-    HTTPClientParser,
     Request,
     RequestNotSent,
     ResponseDone,
     ResponseFailed,
 )
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory, readBody
+from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 
-from lbproxy.upstream.backend import TWISTED_INTERNALS, BackendConnectionPool, _BackendProtocol
+from lbproxy.upstream.backend import BackendConnectionPool, _BackendProtocol
 from tests.support import CLIENT_TIMEOUT, HOST, ProxyTestCase, proxy_config, wait_until
 from tests.test_forwarder import ForwarderCase, ScriptedResponse
 
 
 class TwistedInternalsTests(unittest.TestCase):
-    def test_every_twisted_internal_the_backend_uses_is_there(self) -> None:
-        pool = HTTPConnectionPool(reactor)
-        parser = HTTPClientParser(Request(b"GET", b"/", Headers(), None), lambda rest: None)
-        parser.makeConnection(StringTransport())
-        parser.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-        owners = {
-            "Agent": Agent,
-            "HTTPConnectionPool": pool,
-            "_HTTP11ClientFactory": _HTTP11ClientFactory(lambda p: None, "metadata"),
-            "HTTP11ClientProtocol": HTTP11ClientProtocol(),
-            "HTTPClientParser": parser,
-        }
-        missing = [
-            f"{owner}.{name} ({why})"
-            for (owner, names), why in TWISTED_INTERNALS.items()
-            for name in names.split("/")
-            if not hasattr(owners[owner], name)
-        ]
-        self.assertEqual(
-            missing,
-            [],
-            "this Twisted release changed internals that lbproxy/upstream/backend.py relies on",
-        )
-        self.assertIsInstance(pool._connections, dict)
-
     def test_the_parser_hands_over_the_bytes_past_a_response(self) -> None:
         protocol, transport, pooled = _connected()
         _exchange(protocol, b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA")
@@ -66,7 +40,7 @@ class TwistedInternalsTests(unittest.TestCase):
             (pooled, protocol.state),
             ([], "DISCARDED"),
             "HTTP11ClientProtocol._finishResponse no longer receives the bytes read "
-            "past the end of a response: see TWISTED_INTERNALS in lbproxy/upstream/backend.py",
+            "past the end of a response: see INTERNALS in lbproxy/_twisted.py",
         )
 
 

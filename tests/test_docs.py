@@ -82,8 +82,31 @@ class DocumentedCommandTests(unittest.TestCase):
         twistd = [line for line in lines if "twistd" in line]
         self.assertEqual(
             twistd,
+            [".venv/bin/twistd -n lbproxy -c lbproxy.ini"],
+        )
+
+    def test_readme_begins_with_the_demo_and_the_test_suite(self) -> None:
+        # The first two commands: one installs and runs the demo, one runs
+        # the whole test suite (the command .ci/run runs).
+        readme = read("README.md")
+        first = shell_lines(readme[: readme.index("\n## ")])
+        self.assertEqual(
+            first,
             [
+                "python3 -m venv .venv && .venv/bin/pip install . && "
                 ".venv/bin/twistd -n lbproxy -c etc/demo.ini --demo",
-                ".venv/bin/twistd -n lbproxy -c lbproxy.ini",
+                "bash scripts/test.sh",
             ],
         )
+        self.assertIn("bash scripts/test.sh", read(".ci/run"))
+
+
+class TestingKitExampleTests(unittest.SynchronousTestCase):
+    def test_readme_example_runs(self) -> None:
+        """The README's "Testing your configuration" example runs as written."""
+        text = section(read("README.md"), "Testing your configuration")
+        [example] = re.findall(r"```python\n(.*?)```", text, re.S)
+        self.assertIn("harness.clock.advance(5)", example)
+        namespace: dict = {}
+        exec(compile(example, "README.md", "exec"), namespace)
+        self.assertEqual(len(namespace["harness"].backend("a").seen), 2)

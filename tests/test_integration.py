@@ -350,7 +350,7 @@ class FailureTests(ProxyTestCase):
         lines: List[str] = []
 
         def observe(event):  # type: ignore[no-untyped-def]
-            if event.get("log_namespace", "").startswith("lbproxy.upstream.forwarder"):
+            if event.get("log_namespace", "").startswith("lbproxy.upstream.lifecycle"):
                 lines.append(formatEvent(event))
 
         globalLogPublisher.addObserver(observe)

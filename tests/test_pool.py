@@ -170,6 +170,53 @@ class PassiveCheckTests(unittest.TestCase):
         self.assertTrue(pool.servers[0].usable)
 
 
+class TimerTests(unittest.TestCase):
+    def test_reload_forgets_a_removed_servers_reinstatement_and_ramp(self) -> None:
+        clock = Clock()
+        pool = make_pool(
+            ["http://a:1 name=a", "http://b:1 name=b"],
+            clock,
+            max_fails="1",
+            health_check="GET /",
+            health_fall="1",
+            health_rise="1",
+            slow_start="30s",
+        )
+        a, b = pool.servers
+        pool.record_failure(a)  # a reinstatement pending
+        pool.record_check(b, False, "refused")
+        pool.record_check(b, True, "status 200")  # a ramp pending
+        self.assertEqual(len(clock.getDelayedCalls()), 2)
+        pool.reconfigure(pool.config, [])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_ejection_ends_a_ramp_and_reinstatement_starts_one(self) -> None:
+        clock = Clock()
+        pool = make_pool(
+            ["http://a:1 name=a weight=10", "http://b:1 name=b"],
+            clock,
+            max_fails="1",
+            fail_timeout="10s",
+            health_check="GET /",
+            health_fall="1",
+            health_rise="1",
+            slow_start="30s",
+        )
+        a = pool.servers[0]
+        pool.record_check(a, False, "refused")
+        pool.record_check(a, True, "status 200")
+        clock.advance(15)
+        pool.record_failure(a)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)  # the reinstatement only
+        clock.advance(10)
+        self.assertTrue(a.usable)
+        self.assertEqual(a.weight, 10 * WEIGHT_SCALE // 10)  # ramping again from a tenth
+        pool.set_weight(a, 5)  # an operator's weight ends the ramp
+        self.assertEqual(a.weight, 5 * WEIGHT_SCALE)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        pool.stop()
+
+
 class BackupTests(unittest.TestCase):
     def test_backup_only_while_every_primary_is_out(self) -> None:
         clock = Clock()

@@ -34,6 +34,10 @@ def tool(name: str) -> str:
     return path
 
 
+#: Peak RSS growth allowed while 300 MiB pass through: a sixth of it.
+FLAT_TRANSFER_MIB = 48
+
+
 class _Process(protocol.ProcessProtocol):
     """A subprocess whose output is collected; waits for a line pattern or the exit."""
 
@@ -226,7 +230,10 @@ class TwistdTests(unittest.TestCase):
         sampler = RSSSampler(proc.pid)
         yield download(300 * 1024 * 1024)
         growth_mib = sampler.stop()
-        self.assertLess(growth_mib, 16, f"peak RSS grew by {growth_mib:.1f} MiB")
+        # Holding the body would grow the process by hundreds of MiB; the
+        # bound leaves room for PyPy's transient heap during a transfer,
+        # which grows with the baseline heap (more modules, more growth).
+        self.assertLess(growth_mib, FLAT_TRANSFER_MIB, f"peak RSS grew by {growth_mib:.1f} MiB")
 
     @defer.inlineCallbacks
     def test_300_mib_form_upload_keeps_memory_flat(self):  # type: ignore[no-untyped-def]
@@ -266,7 +273,10 @@ class TwistdTests(unittest.TestCase):
         yield upload()
         growth_mib = sampler.stop()
         self.assertEqual(sink.bodies[-1], size)
-        self.assertLess(growth_mib, 16, f"peak RSS grew by {growth_mib:.1f} MiB")
+        # Holding the body would grow the process by hundreds of MiB; the
+        # bound leaves room for PyPy's transient heap during a transfer,
+        # which grows with the baseline heap (more modules, more growth).
+        self.assertLess(growth_mib, FLAT_TRANSFER_MIB, f"peak RSS grew by {growth_mib:.1f} MiB")
 
     @defer.inlineCallbacks
     def test_500_slowloris_connections_cost_little_and_block_nobody(self):  # type: ignore[no-untyped-def]

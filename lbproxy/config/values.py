@@ -16,6 +16,10 @@ from twisted.internet.endpoints import serverFromString
 from lbproxy.balancing import lookup
 from lbproxy.config.tls import is_tls_listen, parse_tls_listen
 
+# Defined below the config package, so that routing (which config imports)
+# can use it without an import circle.
+from lbproxy.routing.routes import parse_bool as parse_bool
+
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -65,15 +69,6 @@ def parse_size(low: int, high: int) -> Callable[[str], int]:
         return size
 
     return parse
-
-
-def parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("yes", "true", "on", "1"):
-        return True
-    if value in ("no", "false", "off", "0"):
-        return False
-    raise ValueError(f"must be yes or no, got {text.strip()!r}")
 
 
 def parse_health_check(text: str) -> Tuple[str, str]:

@@ -23,7 +23,9 @@ from twisted.python.failure import Failure
 from twisted.web import http
 
 from lbproxy import headers as rules
+from lbproxy._twisted import ChunkedTransferDecoder, MalformedChunkedDataError
 from lbproxy.config import FrontLimits
+from lbproxy.front.errors import error_response
 
 Refusal = Tuple[int, bytes, bytes]
 
@@ -63,19 +65,7 @@ def transfer_coding_refusal(value: bytes, version: bytes) -> Optional[Refusal]:
     return (501, b"Not Implemented", b"unsupported transfer coding")
 
 
-def error_response(code: int, phrase: bytes, detail: bytes) -> bytes:
-    """
-    A complete response that ends the connection: status, a one-line text
-    body of the proxy's own (nothing from the request), C{Connection: close}.
-    """
-    body = b"%d %s: %s\n" % (code, phrase, detail)
-    return (
-        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (code, phrase, len(body), body)
-    )
-
-
-class StrictChunkedDecoder(http._ChunkedTransferDecoder):
+class StrictChunkedDecoder(ChunkedTransferDecoder):
     """
     twisted.web's chunked decoder, which also holds trailer fields to the
     rules of header fields (L{rules.field_line_problem}) and chunk
@@ -89,14 +79,14 @@ class StrictChunkedDecoder(http._ChunkedTransferDecoder):
         if end > 0:
             semicolon = self._buffer.find(b";", 0, end)
             if semicolon >= 0 and rules.chunk_extension_problem(bytes(self._buffer[semicolon:end])):
-                raise http._MalformedChunkedDataError("invalid chunk extension")
+                raise MalformedChunkedDataError("invalid chunk extension")
         more: bool = super()._dataReceived_CHUNK_LENGTH()
         return more
 
     def _dataReceived_TRAILER(self) -> bool:
         end = self._buffer.find(b"\r\n", self._start)
         if end > 0 and rules.field_line_problem(bytes(self._buffer[:end])) is not None:
-            raise http._MalformedChunkedDataError("invalid trailer field")
+            raise MalformedChunkedDataError("invalid trailer field")
         more: bool = super()._dataReceived_TRAILER()
         return more
 
@@ -196,7 +186,7 @@ class ProxyChannel(http.HTTPChannel):
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
         ok: bool = super()._maybeChooseTransferDecoder(header, data)  # type: ignore[misc]
         decoder = self._transferDecoder
-        if ok and type(decoder) is http._ChunkedTransferDecoder:
+        if ok and type(decoder) is ChunkedTransferDecoder:
             self._transferDecoder = StrictChunkedDecoder(
                 decoder.dataCallback, decoder.finishCallback
             )
@@ -211,7 +201,7 @@ class ProxyChannel(http.HTTPChannel):
         decoder = self._transferDecoder
         if decoder is None or self.refused:
             return
-        if isinstance(decoder, http._ChunkedTransferDecoder):
+        if isinstance(decoder, ChunkedTransferDecoder):
             if limit and getattr(decoder, "length", 0) > limit:
                 self.refuse(413, b"Content Too Large", b"the request body is too large")
             elif getattr(decoder, "state", "") in ("CHUNK_LENGTH", "TRAILER") and b"\n" in getattr(

@@ -15,7 +15,8 @@ from twisted.web.server import NOT_DONE_YET
 from lbproxy import headers as rules
 from lbproxy.front.site import ProxyRequest
 from lbproxy.routing import Facts, Route, Router, changes, host_name, rewrite_target
-from lbproxy.upstream.forwarder import Forwarder, change_headers
+from lbproxy.upstream.forwarder import Forwarder
+from lbproxy.upstream.relay import change_headers
 
 Refusal = Tuple[int, bytes, bytes]
 
@@ -142,7 +143,8 @@ def answer(request: ProxyRequest, route: Route, facts: Optional[Facts]) -> None:
     request_id = rules.kept_request_id(request.requestHeaders.getRawHeaders(b"x-request-id"))
     if request_id is None:
         request_id = os.urandom(16).hex().encode("ascii")
-    request.request_id = request_id
+    if request.record is not None:
+        request.record.request_id = request_id
     headers = request.responseHeaders
     redirect = route.redirect
     if redirect is not None:

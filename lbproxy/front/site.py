@@ -15,12 +15,14 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
-from twisted.web.http import datetimeToString
 from twisted.web.resource import IResource
 
+from lbproxy._twisted import request_line
 from lbproxy.config import FrontLimits
 from lbproxy.front.body import StreamedBody
 from lbproxy.front.channel import ProxyChannel, error_response
+from lbproxy.front.errors import ErrorPage
+from lbproxy.record import IExchange, RequestRecord
 
 log = Logger()
 
@@ -52,8 +54,11 @@ class ProxyRequest(server.Request):
     """
 
     defaultContentType = None
-    #: The forwarder's record of this request while it is on its way.
-    exchange: Optional[Any] = None
+    #: The request on its way to a server, told of the client's side
+    #: (attached and detached by the lifecycle).
+    exchange: Optional[IExchange] = None
+    #: What is known of the request: created when it is handed on.
+    record: Optional[RequestRecord] = None
     #: The request target that goes to a backend: as sent, or the
     #: origin-form of an absolute-form one (see L{lbproxy.front.resource}).
     target = b""
@@ -65,12 +70,6 @@ class ProxyRequest(server.Request):
     _head: Optional[Tuple[bytes, bytes, bytes]] = None
     #: Refused mid-body: whatever the parser still delivers is ignored.
     _rejected = False
-    #: Set by the forwarder: the request's pool, the last server it was sent
-    #: to, how many attempts it took, and its X-Request-ID.
-    pool: Optional[Any] = None
-    server: Optional[Any] = None
-    attempts = 0
-    request_id = b""
     #: When its first line arrived (monotonic seconds).
     started = 0.0
     #: Handed to the resource, and not yet reported as done.
@@ -111,9 +110,8 @@ class ProxyRequest(server.Request):
             return
         self.body = StreamedBody(length, self._pause_client, self._resume_client)
         channel = self.channel
-        # The request line is known to the channel only until the body ends;
-        # these attributes have been HTTPChannel's since Twisted 16.
-        self._head = (channel._command, channel._path, channel._version)  # type: ignore[attr-defined]
+        # The request line is known to the channel only until the body ends.
+        self._head = request_line(channel)
         if length is not None:
             self._schedule_dispatch()
 
@@ -142,8 +140,9 @@ class ProxyRequest(server.Request):
         body.feed(data)
         if self._head is not None:
             self._schedule_dispatch()
-        if self.exchange is not None:
-            self.exchange.touch()
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.touch()
 
     def _body_too_large(self) -> None:
         # A chunked body grew past max_body_size: stop the backend side,
@@ -151,7 +150,7 @@ class ProxyRequest(server.Request):
         # connection (a response cannot be taken back).
         self._rejected = True
         reason = Failure(BodyTooLarge())
-        exchange, self.exchange = self.exchange, None
+        exchange = self.exchange
         if exchange is not None:
             exchange.client_lost(reason)
         if self.body is not None:
@@ -214,6 +213,16 @@ class ProxyRequest(server.Request):
     def process(self) -> None:
         self.site = self.channel.site  # type: ignore[attr-defined]
         self._reporting = True
+        address = self.getClientAddress()
+        self.record = RequestRecord(
+            method=self.method,
+            target=self.uri,
+            protocol=self.clientproto,
+            client=getattr(address, "host", "unix"),
+            scheme=b"https" if self.isSecure() else b"http",
+            headers=self.requestHeaders,
+            started=self.started,
+        )
         try:
             self.site.resource.render(self)
         except Exception:
@@ -228,11 +237,11 @@ class ProxyRequest(server.Request):
         that every request would pay for).
         """
         super().connectionLost(reason)
-        # The forwarder hears first, so that the body's failure that follows
-        # is known as the client's, never taken for the server's.
+        # The lifecycle hears first (and detaches itself), so that the
+        # body's failure that follows is known as the client's, never taken
+        # for the server's.
         exchange = self.exchange
         if exchange is not None:
-            self.exchange = None
             exchange.client_lost(reason)
         if self.body is not None and not self.body.complete:
             self.body.fail(reason)
@@ -247,8 +256,12 @@ class ProxyRequest(server.Request):
         if self._reporting:
             self._reporting = False
             done = cast(ProxySite, self.site).request_done
-            if done is not None:
-                done(self, status, monotonic() - self.started)
+            record = self.record
+            if done is not None and record is not None:
+                record.status = status
+                record.sent = self.sentLength
+                record.duration = monotonic() - record.started
+                done(record)
 
     def cut_short(self) -> None:
         """
@@ -285,22 +298,7 @@ class ProxyRequest(server.Request):
         """
         if self._disconnected or self.finished:
             return
-        body = b"%d %s: %s\n" % (code, phrase, detail)
-        self.setResponseCode(code, phrase)
-        headers = self.responseHeaders
-        for name in list(name for name, _ in headers.getAllRawHeaders()):
-            if name.lower() != b"connection":
-                headers.removeHeader(name)
-        if close and self.channel is not None:
-            self.channel.persistent = False
-            headers.setRawHeaders(b"Connection", [b"close"])
-        if retry_after is not None:
-            headers.setRawHeaders(b"Retry-After", [b"%d" % retry_after])
-        headers.setRawHeaders(b"Content-Type", [b"text/plain; charset=utf-8"])
-        headers.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
-        headers.setRawHeaders(b"Date", [datetimeToString()])
-        self.write(body)
-        self.finish()
+        ErrorPage(code, phrase, detail, close, retry_after).write_to(self)
 
 
 class _Busy(Protocol):
@@ -318,13 +316,13 @@ class ProxySite(server.Site):
     limits, at most C{max_connections} at once (more are answered 503 and
     closed, never queued).
 
-    @ivar request_done: Called with C{(request, status, seconds)} once for
-        every request that reached the proxy resource, when it is over
-        (counters and the access log); L{None} for nothing.
+    @ivar request_done: Called with the L{RequestRecord} of every request
+        that reached the proxy resource, once, when it is over (counters and
+        the access log); L{None} for nothing.
     @ivar channels: The open client connections.
     """
 
-    request_done: Optional[Callable[[ProxyRequest, int, float], None]] = None
+    request_done: Optional[Callable[[RequestRecord], None]] = None
 
     noisy = False
     displayTracebacks = False

@@ -25,7 +25,7 @@ import hmac
 import ipaddress
 import json
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Protocol, Tuple
 from urllib.parse import unquote, urlsplit
 
 from twisted.logger import Logger
@@ -33,14 +33,20 @@ from twisted.web import http, server
 from twisted.web.resource import Resource
 
 from lbproxy import __version__
-from lbproxy.config import MAX_WEIGHT
+from lbproxy.config import MAX_WEIGHT, ProxyConfig
 from lbproxy.config.values import describe_address
-from lbproxy.front.channel import error_response
+from lbproxy.front.errors import api_error, error_response
+from lbproxy.ops import metrics
 from lbproxy.ops.history import history
-from lbproxy.upstream.pool import WEIGHT_SCALE, Pool, ServerState
-
-if TYPE_CHECKING:
-    from lbproxy.service import ProxyService
+from lbproxy.ops.snapshot import (
+    PoolSnapshot,
+    ProxySnapshot,
+    ProxySource,
+    ServerSnapshot,
+    server_snapshot,
+    snapshot,
+)
+from lbproxy.upstream.pool import Pool, ServerState
 
 #: Largest request body the admin listener reads (a weight is a few bytes).
 MAX_ADMIN_BODY = 1024
@@ -50,54 +56,64 @@ ACTIONS = ("drain", "enable", "maint")
 log = Logger()
 
 
+class Operated(ProxySource, Protocol):
+    """
+    What the admin listener reads and drives: the read model's source, the
+    running configuration (for the C{[admin]} token) and the pools an
+    operator acts on.
+    """
+
+    @property
+    def config(self) -> ProxyConfig: ...
+
+    @property
+    def pools(self) -> Mapping[str, Pool]: ...
+
+
 def _ms(seconds: Optional[float]) -> Optional[float]:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-def server_status(server: ServerState, now: float) -> Dict[str, Any]:
-    stats = server.stats
-    p50, p99 = stats.recent.percentiles(now, 0.5, 0.99)
+def server_status(server: ServerSnapshot) -> Dict[str, Any]:
+    """One server in C{/status} (and in the answer to a write action)."""
     return {
         "name": server.name,
-        "url": server.config.url,
+        "url": server.url,
         "state": server.state,
         "backup": server.backup,
-        "weight": server.base_weight,
-        "effective_weight": server.weight / WEIGHT_SCALE,
-        "in_flight": server.active,
-        "max_connections": server.config.max_connections,
-        "requests_served": stats.served,
-        "failed_attempts": stats.failures,
-        "failed_connects": stats.connect_failures,
-        "last_health_check": server.last_check or None,
-        "requests_last_minute": stats.recent.count(now),
-        "latency_ms": {"p50": _ms(p50), "p99": _ms(p99)},
+        "weight": server.weight,
+        "effective_weight": server.effective_weight,
+        "in_flight": server.in_flight,
+        "max_connections": server.max_connections,
+        "requests_served": server.served,
+        "failed_attempts": server.failures,
+        "failed_connects": server.connect_failures,
+        "last_health_check": server.last_health_check,
+        "requests_last_minute": server.requests_last_minute,
+        "latency_ms": {"p50": _ms(server.p50), "p99": _ms(server.p99)},
     }
 
 
-def pool_status(pool: Pool, active: bool, now: float) -> Dict[str, Any]:
+def pool_status(pool: PoolSnapshot) -> Dict[str, Any]:
     return {
         "name": pool.name,
-        "algorithm": pool.config.algorithm,
-        "takes_requests": active,
+        "algorithm": pool.algorithm,
+        "takes_requests": pool.takes_requests,
         "queue_length": pool.queue_length,
-        "retries_made": pool.stats.retries,
-        "servers": [server_status(s, now) for s in pool.servers],
+        "retries_made": pool.retries,
+        "servers": [server_status(s) for s in pool.servers],
     }
 
 
-def status(proxy: ProxyService) -> Dict[str, Any]:
-    now = proxy._reactor.seconds()
+def status(taken: ProxySnapshot) -> Dict[str, Any]:
+    """The C{/status} document of a snapshot."""
     return {
         "version": __version__,
-        "uptime_seconds": round(now - proxy.started_at, 3),
-        "config": proxy.config.path,
-        "client_connections": proxy.site.open_connections,
-        "reloads": dict(proxy.reloads),
-        "pools": [
-            pool_status(pool, name in proxy.config.used_pools(), now)
-            for name, pool in proxy.pools.items()
-        ],
+        "uptime_seconds": round(taken.uptime, 3),
+        "config": taken.config_path,
+        "client_connections": taken.client_connections,
+        "reloads": dict(taken.reloads),
+        "pools": [pool_status(pool) for pool in taken.pools],
     }
 
 
@@ -106,7 +122,7 @@ class AdminResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, proxy: ProxyService) -> None:
+    def __init__(self, proxy: Operated) -> None:
         super().__init__()
         self.proxy = proxy
         self._registry: Any = None
@@ -123,7 +139,7 @@ class AdminResource(Resource):
         if segments in ([], [""]):
             return self._get_only(request, self._dashboard)
         if segments == ["status"]:
-            return self._get_only(request, lambda r: _json(r, 200, status(self.proxy)))
+            return self._get_only(request, lambda r: _json(r, 200, status(snapshot(self.proxy))))
         if segments == ["history"]:
             return self._get_only(request, self._history)
         if segments == ["metrics"]:
@@ -225,7 +241,7 @@ class AdminResource(Resource):
                 return _error(request, 409, f"pool uses {algorithm}, which ignores weights")
             pool.set_weight(target, int(text))
         self._audit(request, pool, target, action, before)
-        return _json(request, 200, server_status(target, self.proxy._reactor.seconds()))
+        return _json(request, 200, server_status(server_snapshot(target, self.proxy.seconds())))
 
     def _audit(
         self,
@@ -272,15 +288,14 @@ class AdminResource(Resource):
                 return _error(request, 400, "since must be a second (a whole number)")
             since = int(text)
         proxy = self.proxy
-        answer = history(proxy.pools.values(), proxy._reactor.seconds(), proxy.started_at, since)
+        answer = history(proxy.pools.values(), proxy.seconds(), proxy.started_at, since)
         request.setHeader(b"Content-Type", b"application/json")
         return json.dumps(answer, separators=(",", ":")).encode("utf-8") + b"\n"
 
     def _metrics(self, request: server.Request) -> bytes:
-        from lbproxy.ops import metrics
-
         if self._registry is None:
-            self._registry = metrics.registry(self.proxy)
+            proxy = self.proxy
+            self._registry = metrics.registry(lambda: snapshot(proxy))
         body, content_type = metrics.render(self._registry)
         request.setHeader(b"Content-Type", content_type.encode("ascii"))
         return body
@@ -297,7 +312,7 @@ def _json(request: server.Request, code: int, value: Any) -> bytes:
 
 
 def _error(request: server.Request, code: int, message: str) -> bytes:
-    return _json(request, code, {"error": message})
+    return api_error(request, code, message)
 
 
 class _AdminRequest(server.Request):
@@ -343,7 +358,7 @@ class _AdminSite(server.Site):
         pass
 
 
-def admin_site(proxy: ProxyService) -> server.Site:
+def admin_site(proxy: Operated) -> server.Site:
     return _AdminSite(AdminResource(proxy), requestFactory=_AdminRequest)
 
 

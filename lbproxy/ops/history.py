@@ -14,12 +14,9 @@ from __future__ import annotations
 import math
 from array import array
 from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Deque, Dict, Iterable, List, Optional, Protocol, Sequence
 
 import attr
-
-if TYPE_CHECKING:
-    from lbproxy.upstream.pool import Pool
 
 #: Seconds a timeline covers: 15 minutes.
 SPAN = 900
@@ -200,8 +197,52 @@ class EventLog:
         return [e for e in self.events if first <= int(e.time) <= last]
 
 
+class _Url(Protocol):
+    @property
+    def url(self) -> str: ...
+
+
+class _ServerCounts(Protocol):
+    @property
+    def timeline(self) -> Timeline: ...
+
+
+class _PoolCounts(Protocol):
+    @property
+    def timeline(self) -> Timeline: ...
+
+    @property
+    def events(self) -> EventLog: ...
+
+
+class ServerHistory(Protocol):
+    """What the history reads of a server (a L{lbproxy.upstream.pool.ServerState})."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def config(self) -> _Url: ...
+
+    @property
+    def stats(self) -> _ServerCounts: ...
+
+
+class PoolHistory(Protocol):
+    """What the history reads of a pool (a L{lbproxy.upstream.pool.Pool})."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def stats(self) -> _PoolCounts: ...
+
+    @property
+    def servers(self) -> Sequence[ServerHistory]: ...
+
+
 def history(
-    pools: Iterable[Pool], now: float, started_at: float, since: Optional[int] = None
+    pools: Iterable[PoolHistory], now: float, started_at: float, since: Optional[int] = None
 ) -> Dict[str, Any]:
     """
     The history of C{pools} as the admin listener serves it (C{GET

@@ -2,13 +2,14 @@
 Prometheus metrics, through C{prometheus_client}.
 
 The request path only bumps plain counters (L{lbproxy.ops.stats}); a collector
-reads them when C{/metrics} is scraped, into a registry of the service's own
-(no global registry, no per-request calls into the client library).
+renders a snapshot of them (L{lbproxy.ops.snapshot}) when C{/metrics} is
+scraped, into a registry of the service's own (no global registry, no
+per-request calls into the client library).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Tuple
+from typing import Callable, Iterator, Tuple
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -19,22 +20,23 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from lbproxy.upstream.pool import WEIGHT_SCALE
-
-if TYPE_CHECKING:
-    from lbproxy.service import ProxyService
+from lbproxy.ops.snapshot import ProxySnapshot
 
 STATES = ("UP", "DOWN", "DRAINING", "MAINT")
 
 
 class ProxyCollector:
-    """Reads the proxy's counters into metric families at scrape time."""
+    """
+    Renders a snapshot of the proxy into metric families at scrape time.
 
-    def __init__(self, proxy: ProxyService) -> None:
-        self.proxy = proxy
+    @param take: Takes a snapshot of the proxy as it is now.
+    """
+
+    def __init__(self, take: Callable[[], ProxySnapshot]) -> None:
+        self.take = take
 
     def collect(self) -> Iterator[Metric]:
-        proxy = self.proxy
+        taken = self.take()
         requests = CounterMetricFamily(
             "lbproxy_requests",
             "Requests answered, by pool, server (empty when none was reached), "
@@ -84,34 +86,32 @@ class ProxyCollector:
             "Requests waiting for a server below its max_connections.",
             labels=["pool"],
         )
-        for pool in proxy.pools.values():
+        for pool in taken.pools:
             name = pool.name
-            for (method, status), n in sorted(pool.stats.unrouted.items()):
+            for (method, status), n in pool.unrouted:
                 requests.add_metric([name, "", method, status], n)
-            retries.add_metric([name], pool.stats.retries)
+            retries.add_metric([name], pool.retries)
             queue.add_metric([name], pool.queue_length)
             for server in pool.servers:
                 labels = [name, server.name]
-                stats = server.stats
-                for (method, status), n in sorted(stats.requests.items()):
+                for (method, status), n in server.requests:
                     requests.add_metric(labels + [method, status], n)
-                in_flight.add_metric(labels, server.active)
+                in_flight.add_metric(labels, server.in_flight)
                 duration.add_metric(
-                    labels, buckets=stats.histogram.buckets(), sum_value=stats.histogram.total
+                    labels, buckets=list(server.duration_buckets), sum_value=server.duration_sum
                 )
-                connect_failures.add_metric(labels, stats.connect_failures)
-                failures.add_metric(labels, stats.failures)
-                current = server.state
-                up.add_metric(labels, 1 if server.up and not server.ejected else 0)
+                connect_failures.add_metric(labels, server.connect_failures)
+                failures.add_metric(labels, server.failures)
+                up.add_metric(labels, 1 if server.up else 0)
                 for each in STATES:
-                    state.add_metric(labels + [each], 1 if each == current else 0)
-                weight.add_metric(labels, server.weight / WEIGHT_SCALE)
+                    state.add_metric(labels + [each], 1 if each == server.state else 0)
+                weight.add_metric(labels, server.effective_weight)
         connections = GaugeMetricFamily("lbproxy_client_connections", "Open client connections.")
-        connections.add_metric([], proxy.site.open_connections)
+        connections.add_metric([], taken.client_connections)
         reloads = CounterMetricFamily(
             "lbproxy_config_reloads", "Configuration reloads, by result.", labels=["result"]
         )
-        for result, n in sorted(proxy.reloads.items()):
+        for result, n in sorted(taken.reloads):
             reloads.add_metric([result], n)
         yield from (
             requests,
@@ -129,9 +129,10 @@ class ProxyCollector:
         )
 
 
-def registry(proxy: ProxyService) -> CollectorRegistry:
+def registry(take: Callable[[], ProxySnapshot]) -> CollectorRegistry:
+    """A registry of its own that scrapes the snapshots C{take} takes."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(ProxyCollector(proxy))  # type: ignore[arg-type]
+    reg.register(ProxyCollector(take))  # type: ignore[arg-type]
     return reg
 
 

@@ -17,10 +17,20 @@ from typing import Callable, Dict, FrozenSet, Mapping, Optional, Tuple
 
 import attr
 
-from lbproxy.config.values import parse_bool
 from lbproxy.headers import is_token, parse_authority
 from lbproxy.routing.rules import HeaderRule, parse_request_rules, parse_response_rules
 from lbproxy.routing.template import URL_VARIABLES, Template, compile_template
+
+
+def parse_bool(text: str) -> bool:
+    """C{yes}/C{true}/C{on}/C{1} or C{no}/C{false}/C{off}/C{0}."""
+    value = text.strip().lower()
+    if value in ("yes", "true", "on", "1"):
+        return True
+    if value in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(f"must be yes or no, got {text.strip()!r}")
+
 
 #: The statuses a redirect may have.
 REDIRECT_STATUSES = (301, 302, 307, 308)

@@ -19,15 +19,15 @@ Three things differ from a plain C{Agent.request(method, url)}:
    another client's request.
 
 These rest on private parts of C{twisted.web.client} and
-C{twisted.web._newclient}, listed with their reasons in L{TWISTED_INTERNALS};
-C{tests/test_backend_framing.py} fails, naming the one that is gone, if a
-Twisted release changes them.
+C{twisted.web._newclient}, imported from and listed with their reasons in
+L{lbproxy._twisted}; C{tests/test_twisted_internals.py} fails, naming the
+one that is gone, if a Twisted release changes them.
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Optional
 
 import attr
 from twisted.internet.defer import Deferred, fail
@@ -41,53 +41,20 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.logger import Logger
-from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser, RequestNotSent
-from twisted.web.client import (
-    URI,
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    _HTTP11ClientFactory,
-)
+from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
 
 from lbproxy import headers as rules
+from lbproxy._twisted import (
+    HTTP11ClientFactory,
+    HTTP11ClientProtocol,
+    HTTPClientParser,
+    RequestNotSent,
+)
 from lbproxy.config import PoolConfig, ServerConfig
 
 log = Logger()
-
-# -- Twisted internals --------------------------------------------------------
-#
-# Every private name of Twisted's HTTP client that this module relies on, with
-# the reason.  They have been stable for years (Twisted 16 to 26), but nothing
-# promises it: tests/test_backend_framing.py (TwistedInternalsTests) checks
-# each one on the installed Twisted and names the one that is gone.
-#
-#   (owner, name): why
-TWISTED_INTERNALS: Dict[Tuple[str, str], str] = {
-    ("Agent", "_requestWithEndpoint"): (
-        "sends a request to a given endpoint with a given target, byte for byte"
-    ),
-    ("HTTPConnectionPool", "_factory"): (
-        "the protocol factory class: ours builds _BackendProtocol"
-    ),
-    ("HTTPConnectionPool", "_connections"): (
-        "pool key -> idle connections: screened for unread bytes before reuse"
-    ),
-    ("_HTTP11ClientFactory", "_quiescentCallback"): (
-        "how a connection goes back to the pool once its response is complete"
-    ),
-    ("HTTP11ClientProtocol", "_parser"): (
-        "the parser of the response in flight; None when no response is expected"
-    ),
-    ("HTTP11ClientProtocol", "_finishResponse"): (
-        "the parser's finisher: called with the bytes read past a complete response"
-    ),
-    ("HTTPClientParser", "request/response/headers/connHeaders"): (
-        "the finished response's method, status and framing headers"
-    ),
-}
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -252,7 +219,7 @@ class _Abandon(Protocol):
         self.transport.stopProducing()  # type: ignore[union-attr]
 
 
-class _BackendProtocolFactory(_HTTP11ClientFactory):
+class _BackendProtocolFactory(HTTP11ClientFactory):
     noisy = False
 
     def buildProtocol(self, addr):  # type: ignore[no-untyped-def]

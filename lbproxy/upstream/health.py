@@ -17,15 +17,17 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import treq
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 
+from lbproxy._twisted import HTTP11ClientFactory
 from lbproxy.config import PoolConfig
 from lbproxy.upstream.pool import Pool, ServerState
+from lbproxy.upstream.timers import ServerTimers
 
 #: A probe: a server in, a Deferred of (passed?, what was seen) out.
 Probe = Callable[[ServerState], "Deferred[Tuple[bool, str]]"]
@@ -50,8 +52,8 @@ class HealthChecker(Service):
         self.probe = probe
         self.clock = clock
         self.rng = rng or random.Random()
-        self._timers: Dict[int, IDelayedCall] = {}
-        self._running: Dict[int, Deferred[Any]] = {}
+        self._timers = ServerTimers(clock)
+        self._running: Dict[ServerState, Deferred[Any]] = {}
 
     def startService(self) -> None:
         super().startService()
@@ -62,20 +64,34 @@ class HealthChecker(Service):
 
     def stopService(self) -> None:
         super().stopService()
-        for timer in self._timers.values():
-            if timer.active():
-                timer.cancel()
-        self._timers.clear()
+        self._timers.cancel_all()
         for running in list(self._running.values()):
             running.cancel()
         self._running.clear()
 
+    def servers_changed(self) -> None:
+        """
+        The pool's servers changed (DNS discovery): check the new ones (their
+        first probe within one interval), stop checking the removed ones.
+        """
+        if not self.running:
+            return
+        current = set(self.pool.servers)
+        for server in self._timers.servers():
+            if server not in current:
+                self._timers.cancel(server)
+        for server in [s for s in self._running if s not in current]:
+            self._running.pop(server).cancel()
+        interval = self.pool.config.health_interval
+        for server in self.pool.servers:
+            if server not in self._timers and server not in self._running:
+                self._schedule(server, self.rng.uniform(0, interval))
+
     def _schedule(self, server: ServerState, delay: float) -> None:
-        self._timers[id(server)] = self.clock.callLater(delay, self._check, server)
+        self._timers.schedule(server, delay, self._check)
 
     def _check(self, server: ServerState) -> None:
-        self._timers.pop(id(server), None)
-        if id(server) in self._running or not self.running:
+        if server in self._running or not self.running:
             return
         config = self.pool.config
         if server.maint:
@@ -87,7 +103,7 @@ class HealthChecker(Service):
         except Exception:
             probing = _failed()
         probing.addTimeout(config.health_timeout, self.clock)
-        self._running[id(server)] = probing
+        self._running[server] = probing
         probing.addCallbacks(
             lambda outcome: outcome,
             lambda failure: (False, describe_failure(failure, config.health_timeout)),
@@ -95,8 +111,8 @@ class HealthChecker(Service):
         probing.addCallback(self._done, server)
 
     def _done(self, outcome: Tuple[bool, str], server: ServerState) -> None:
-        self._running.pop(id(server), None)
-        if not self.running:
+        self._running.pop(server, None)
+        if not self.running or self.pool.by_name.get(server.name) is not server:
             return
         ok, detail = outcome
         self.pool.record_check(server, ok, detail)
@@ -120,7 +136,7 @@ def describe_failure(failure: Failure, timeout: float) -> str:
     return f"{type(value).__name__}: {text}" if text else type(value).__name__
 
 
-class _QuietFactory(_HTTP11ClientFactory):
+class _QuietFactory(HTTP11ClientFactory):
     # Twisted logs "Starting factory" and "Stopping factory" for every
     # connection of a noisy factory: two lines per check.
     noisy = False

@@ -208,7 +208,7 @@ class PoolShare:
         table: SharedTable,
         slot: int,
         pool: Any,
-        rows: Dict[int, int],
+        rows: Dict[Any, int],
         authority: bool = False,
     ) -> None:
         self.table = table
@@ -217,7 +217,7 @@ class PoolShare:
         self.authority = authority
         self.slot = slot
         self.pool = pool
-        #: Row of each server, by id() of its state (the pool's own objects).
+        #: Row of each server (the pool's own ServerState objects).
         self.rows = rows
         self._poll: Optional[LoopingCall] = None
 
@@ -226,7 +226,7 @@ class PoolShare:
         table = self.table
         now = self.pool.clock.seconds()
         for server in self.pool.servers:
-            row = self.rows.get(id(server))
+            row = self.rows.get(server)
             if row is None:
                 continue
             server.active = table.inflight(row)
@@ -251,12 +251,12 @@ class PoolShare:
             server.refresh()
 
     def dispatched(self, server: Any, delta: int) -> None:
-        row = self.rows.get(id(server))
+        row = self.rows.get(server)
         if row is not None:
             self.table.add_inflight(row, self.slot, delta)
 
     def ejected(self, server: Any, until: float) -> None:
-        row = self.rows.get(id(server))
+        row = self.rows.get(server)
         if row is not None:
             self.table.set_ejected_until(row, until)
 
@@ -285,7 +285,7 @@ class GroupState:
         self.table = SharedTable.create()
         self.shares: Dict[str, PoolShare] = {}
         self._refresh = LoopingCall(self.sync)
-        self._clock = service._reactor
+        self._clock = service.reactor
 
     def map_servers(self) -> None:
         """Rows for the running configuration's servers (at start and after a reload)."""
@@ -295,11 +295,11 @@ class GroupState:
         for name, pool in self.service.pools.items():
             keys = [row_key(name, _server_key(server)) for server in pool.servers]
             rows = table.assign(keys)
-            by_server = {id(s): rows[k] for s, k in zip(pool.servers, keys)}
+            by_server = {s: rows[k] for s, k in zip(pool.servers, keys)}
             used.extend(by_server.values())
             self.shares[name] = PoolShare(table, -1, pool, by_server, authority=True)
             for server in pool.servers:
-                table.publish(by_server[id(server)], server)
+                table.publish(by_server[server], server)
             pool.on_change = self._publishing(name, pool.on_change)
         table.release_rows(used)
 
@@ -310,7 +310,7 @@ class GroupState:
         def changed(server: Any, what: str, detail: str) -> None:
             # Told before the pool changes the server: published right after.
             share = self.shares.get(name)
-            row = share.rows.get(id(server)) if share is not None else None
+            row = share.rows.get(server) if share is not None else None
             if row is not None:
                 self._clock.callLater(0, self.table.publish, row, server)
             if recorder is not None:
@@ -349,14 +349,14 @@ def attach_worker(service: Any, fd: int, slot: int) -> None:
         checker.disownServiceParent()
     service.checkers = {}
     for name, pool in service.pools.items():
-        rows: Dict[int, int] = {}
+        rows: Dict[Any, int] = {}
         for server in pool.servers:
             row = table.find(row_key(name, _server_key(server)))
             if row is not None:
-                rows[id(server)] = row
+                rows[server] = row
         share = PoolShare(table, slot, pool, rows)
         pool.shared = share
-        share.watch_queue(service._reactor)
+        share.watch_queue(service.reactor)
 
 
 def _server_key(server: Any) -> Tuple[str, str, str, int]:

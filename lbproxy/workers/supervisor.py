@@ -339,14 +339,13 @@ class SupervisorService(ProxyService):
         self.full_config = config
         self.group_state = GroupState(self)
         self.group_state.map_servers()
-        self.workers = WorkerGroup(self, path, self._reactor)
+        self.workers = WorkerGroup(self, path, self.reactor)
         self.workers.setServiceParent(self)
 
-    def _listen(self, description: str, factory: Any, what: str) -> IListeningPort:
-        port = super()._listen(description, factory, what)
-        if what == "[proxy] listen":
-            # Held for the workers: the supervisor never accepts on it.
-            port.stopReading()  # type: ignore[attr-defined]
+    def listen_proxy(self, description: str, where: str) -> IListeningPort:
+        port = super().listen_proxy(description, where)
+        # Held for the workers: the supervisor never accepts on it.
+        port.stopReading()  # type: ignore[attr-defined]
         return port
 
     def inherited_listeners(self) -> List[Tuple[str, int, str]]:
@@ -362,7 +361,7 @@ class SupervisorService(ProxyService):
 
     def startService(self) -> None:
         super().startService()
-        self.group_state.start(self._reactor)
+        self.group_state.start(self.reactor)
 
     def stopService(self) -> Deferred[Any]:
         self.group_state.stop()

@@ -93,14 +93,15 @@ class WorkerProxyService(ProxyService):
         }
         super().__init__(config, reactor)
 
-    def _listen(self, description: str, factory: Any, what: str) -> IListeningPort:
+    def listen_proxy(self, description: str, where: str) -> IListeningPort:
         inherited = self._inherited.get(description)
         if inherited is None:
-            raise StartError(f"{what}: the supervisor passed no socket for {description}")
+            raise StartError(f"{where}: the supervisor passed no socket for {description}")
         fd, family = inherited
+        factory: Any = self.site
         if is_tls_listen(description):
             factory = TLSMemoryBIOFactory(self.tls, False, factory)
-        port: IListeningPort = self._reactor.adoptStreamPort(fd, FAMILIES[family], factory)
+        port: IListeningPort = self.reactor.adoptStreamPort(fd, FAMILIES[family], factory)
         # adoptStreamPort works on a duplicate: this one is not needed again.
         os.close(fd)
         return port

@@ -6,7 +6,6 @@ plugins (a module dropped in a folder of the lbproxy.plugins package).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -200,16 +199,3 @@ class ConfigTests(unittest.TestCase):
         ]
         for text, expected in table:
             self.assertEqual(self.error(text), expected)
-
-
-class PurityTests(unittest.TestCase):
-    def test_balancing_imports_neither_the_reactor_nor_twisted_web(self) -> None:
-        code = (
-            "import sys, lbproxy.balancing, lbproxy.balancing.registry as r; r.names(); "
-            "bad = [m for m in sys.modules if m == 'twisted.internet.reactor' "
-            "or m.startswith('twisted.web')]; print(bad)"
-        )
-        out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
-        ).stdout
-        self.assertEqual(out.strip(), "[]")

@@ -1,0 +1,126 @@
+"""
+Every private part of Twisted that lbproxy relies on, in one place.
+
+Twisted promises nothing about names that begin with an underscore, nor
+about the modules that do (C{twisted.web._newclient}).  lbproxy uses a few
+because a proxy needs what a plain client or server does not: the request
+target sent byte for byte, a say in when a backend connection is reused,
+a stricter chunked decoder, a request dispatched before its body has
+arrived.  They have been stable from Twisted 16 to 26.
+
+The rest of lbproxy imports the private classes from here, never from
+Twisted; the private attributes it reads or overrides are listed in
+L{INTERNALS} with the reason, and C{tests/test_twisted_internals.py} checks
+each one on the installed Twisted and fails naming the one that changed.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+from twisted.web import http
+from twisted.web._newclient import (
+    HTTP11ClientProtocol,
+    HTTPClientParser,
+    RequestGenerationFailed,
+    RequestNotSent,
+    ResponseDone,
+)
+from twisted.web._newclient import _WrapperException as WrapperException
+from twisted.web.client import _HTTP11ClientFactory as HTTP11ClientFactory
+
+#: Twisted's chunked decoder, which the front's stricter decoder extends.
+ChunkedTransferDecoder = http._ChunkedTransferDecoder
+
+#: What the chunked decoder raises for malformed framing; the channel
+#: answers it with 400.
+MalformedChunkedDataError = http._MalformedChunkedDataError
+
+#: C{(owner, attribute)}: why lbproxy uses it.  An owner is a class of
+#: Twisted (or the private class itself, for the imports above); the test
+#: checks every attribute on a live instance of it.  Attributes separated
+#: by C{/} share their reason.
+INTERNALS: Dict[Tuple[str, str], str] = {
+    # -- modules and classes imported above --------------------------------
+    ("twisted.web._newclient", "HTTP11ClientProtocol/HTTPClientParser"): (
+        "the backend connection (upstream/backend.py) extends Twisted's client protocol"
+    ),
+    ("twisted.web._newclient", "RequestNotSent/RequestGenerationFailed/ResponseDone"): (
+        "failure kinds of an attempt (upstream/failures.py); also public in twisted.web.client"
+    ),
+    ("twisted.web._newclient", "_WrapperException"): (
+        "the base of the failures that wrap others (a TLS handshake failure inside "
+        "ResponseNeverReceived): upstream/failures.py looks inside"
+    ),
+    ("twisted.web.client", "_HTTP11ClientFactory"): (
+        "the connection factory of HTTPConnectionPool: extended by the backend pool "
+        "and the health checker's quiet pool"
+    ),
+    ("twisted.web.http", "_ChunkedTransferDecoder/_MalformedChunkedDataError"): (
+        "the front's stricter chunked decoder (front/channel.py) extends Twisted's"
+    ),
+    # -- the backend side (upstream/backend.py, upstream/health.py) ---------
+    ("Agent", "_requestWithEndpoint"): (
+        "sends a request to a given endpoint with a given target, byte for byte"
+    ),
+    ("HTTPConnectionPool", "_factory"): (
+        "the protocol factory class: ours builds _BackendProtocol"
+    ),
+    ("HTTPConnectionPool", "_connections"): (
+        "pool key -> idle connections: screened for unread bytes before reuse"
+    ),
+    ("_HTTP11ClientFactory", "_quiescentCallback"): (
+        "how a connection goes back to the pool once its response is complete"
+    ),
+    ("HTTP11ClientProtocol", "_parser"): (
+        "the parser of the response in flight; None when no response is expected"
+    ),
+    ("HTTP11ClientProtocol", "_finishResponse"): (
+        "the parser's finisher: called with the bytes read past a complete response"
+    ),
+    ("HTTPClientParser", "request/response/headers/connHeaders"): (
+        "the finished response's method, status and framing headers"
+    ),
+    # -- the front (front/channel.py, front/site.py) ------------------------
+    ("HTTPChannel", "_command/_path/_version"): (
+        "the request line, which a request with a body is dispatched with before "
+        "requestReceived (front/site.py)"
+    ),
+    ("HTTPChannel", "_transferDecoder/_maybeChooseTransferDecoder"): (
+        "the body decoder in use: the chunked one is swapped for the stricter one"
+    ),
+    ("HTTPChannel", "_send100Continue"): ("no 100 Continue on a connection being refused"),
+    ("HTTPChannel", "_buffer/line_mode"): (
+        "LineReceiver's partial line: a bare LF in it is refused"
+    ),
+    ("_ChunkedTransferDecoder", "_buffer/_start/state/length/dataCallback/finishCallback"): (
+        "the decoder's buffer and state: chunk lines and sizes are checked before it reads them"
+    ),
+    ("_ChunkedTransferDecoder", "_dataReceived_CHUNK_LENGTH/_dataReceived_TRAILER"): (
+        "the decoder's steps for a chunk-size line and a trailer line, overridden to check them"
+    ),
+    ("Request", "_disconnected"): ("twisted.web.server.Request's flag for a client that went away"),
+}
+
+
+def request_line(channel: http.HTTPChannel) -> Tuple[bytes, bytes, bytes]:
+    """
+    The method, target and version of the request whose head C{channel}
+    has just read; known to the channel only until the body ends.
+    """
+    return (channel._command, channel._path, channel._version)  # type: ignore[attr-defined]
+
+
+__all__ = [
+    "INTERNALS",
+    "ChunkedTransferDecoder",
+    "HTTP11ClientFactory",
+    "HTTP11ClientProtocol",
+    "HTTPClientParser",
+    "MalformedChunkedDataError",
+    "RequestGenerationFailed",
+    "RequestNotSent",
+    "ResponseDone",
+    "WrapperException",
+    "request_line",
+]
