@@ -8,6 +8,7 @@ SIGTERM with a request in flight; reloads under load; systemd's socket;
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -225,8 +226,8 @@ class WorkerProcessTests(OperationsTestCase):
         self.assertNotIn(b"Traceback", proc.output)
 
 
-class SharedStateTests(OperationsTestCase):
-    """The group's state is one: in-flight sums, max_connections, admin actions."""
+class GroupTestCase(OperationsTestCase):
+    """Two workers over one pool, with the admin listener when asked."""
 
     def start(self, servers: List[str], pool: Dict[str, str], admin: bool = False):  # type: ignore[no-untyped-def]
         port = _free_port()
@@ -243,6 +244,10 @@ class SharedStateTests(OperationsTestCase):
     def ready(self, proc):  # type: ignore[no-untyped-def]
         for number in range(2):
             yield proc.wait_for(rb"worker %d: lbproxy listening on" % number)
+
+
+class SharedStateTests(GroupTestCase):
+    """The group's state is one: in-flight sums, max_connections, admin actions."""
 
     @defer.inlineCallbacks
     def test_least_connections_counts_in_flight_over_all_workers(self):  # type: ignore[no-untyped-def]
@@ -297,3 +302,113 @@ class SharedStateTests(OperationsTestCase):
             response = yield threads.deferToThread(fetch, port, "GET", f"/{n}")
             self.assertEqual(response.body, b"b\n")
         self.assertEqual(len(a.seen), before)
+
+
+@defer.inlineCallbacks
+def admin_until(admin_port: int, path: str, condition, tries: int = 200):  # type: ignore[no-untyped-def]
+    """GET C{path} of the admin listener until C{condition(body)} holds (bounded); the body."""
+    from twisted.internet import reactor, task
+
+    body = b""
+    for _ in range(tries):
+        body, err, code = yield curl("-s", f"http://{HOST}:{admin_port}{path}")
+        if code == 0 and condition(body):
+            return body
+        yield task.deferLater(reactor, 0.05, lambda: None)
+    raise AssertionError(f"{path} never met the condition; last: {body[:2000]!r}")
+
+
+def served(body: bytes) -> int:
+    document = json.loads(body)
+    return sum(s["requests_served"] for p in document["pools"] for s in p["servers"])
+
+
+class GroupViewTests(GroupTestCase):
+    """/status and /metrics of the supervisor sum the workers' counters."""
+
+    @defer.inlineCallbacks
+    def test_status_counts_every_request_sent_to_any_worker(self):  # type: ignore[no-untyped-def]
+        a, b = self.backends("a", "b")
+        port, admin_port, proc = self.start(
+            [f"{a.url} name=a", f"{b.url} name=b"], {"algorithm": "round_robin"}, admin=True
+        )
+        yield self.ready(proc)
+        sent = 40
+        for n in range(sent):
+            response = yield threads.deferToThread(fetch, port, "GET", f"/{n}")
+            self.assertEqual(response.status, 200)
+        body = yield admin_until(admin_port, "/status", lambda b: served(b) == sent)
+        document = json.loads(body)
+        by_name = {s["name"]: s for s in document["pools"][0]["servers"]}
+        # What each backend saw is what /status says it served.
+        self.assertEqual(by_name["a"]["requests_served"], len(a.seen))
+        self.assertEqual(by_name["b"]["requests_served"], len(b.seen))
+        self.assertIsNotNone(by_name["a"]["latency_ms"]["p50"])
+        self.assertEqual(sum(s["requests_last_minute"] for s in by_name.values()), sent, document)
+        workers = document["workers"]
+        self.assertEqual(sorted(w["number"] for w in workers), [0, 1])
+        self.assertEqual(sum(w["requests"] for w in workers), sent)
+        self.assertEqual(
+            sorted(w["pid"] for w in workers), sorted(worker_pids(proc.output).values())
+        )
+        metrics = yield admin_until(admin_port, "/metrics", lambda b: True)
+        counted = sum(
+            float(m.group(1))
+            for m in re.finditer(
+                rb'^lbproxy_requests_total\{[^}]*server="[ab]"[^}]*\} (\S+)$', metrics, re.M
+            )
+        )
+        self.assertEqual(counted, sent)
+        self.assertIn(b'lbproxy_worker_requests_total{pid="', metrics)
+        count = re.search(
+            rb"^lbproxy_request_duration_seconds_count\{[^}]*server=\"a\"\} (\S+)$", metrics, re.M
+        )
+        self.assertIsNotNone(count, metrics)
+        self.assertEqual(float(count.group(1)), len(a.seen))  # type: ignore[union-attr]
+
+    @defer.inlineCallbacks
+    def test_counts_stay_when_a_worker_ends(self):  # type: ignore[no-untyped-def]
+        (a,) = self.backends("a")
+        port, admin_port, proc = self.start(
+            [f"{a.url} name=a"], {"algorithm": "round_robin"}, admin=True
+        )
+        yield self.ready(proc)
+        sent = 20
+        for n in range(sent):
+            yield threads.deferToThread(fetch, port, "GET", f"/{n}")
+        yield admin_until(admin_port, "/status", lambda b: served(b) == sent)
+        pids = worker_pids(proc.output)
+        os.kill(pids[0], signal.SIGTERM)
+        yield proc.wait_for(rb"worker 0 started \(pid (?!%d)\d+, generation 1\)" % pids[0])
+        # The new worker 0 starts from zero; the old one's counts stay in the total.
+        body = yield admin_until(
+            admin_port,
+            "/status",
+            lambda b: (
+                pids[0] not in [w["pid"] for w in json.loads(b)["workers"]]
+                and len(json.loads(b)["workers"]) == 2
+            ),
+        )
+        self.assertEqual(served(body), sent)
+        yield threads.deferToThread(fetch, port, "GET", "/one-more")
+        yield admin_until(admin_port, "/status", lambda b: served(b) == sent + 1)
+
+
+class StatsRegionTests(unittest.TestCase):
+    def test_a_region_holds_the_last_whole_document(self) -> None:
+        from lbproxy.workers.stats import REGION, StatsRegions
+
+        regions = StatsRegions.create()
+        self.addCleanup(os.close, regions.fd)
+        self.assertIsNone(regions.read(3))
+        self.assertTrue(regions.write(3, b'{"n":1}'))
+        self.assertTrue(regions.write(3, b'{"n":22}'))
+        self.assertEqual(regions.read(3), b'{"n":22}')
+        self.assertIsNone(regions.read(4))
+        self.assertFalse(regions.write(3, b"x" * REGION))
+        self.assertEqual(regions.read(3), b'{"n":22}')
+        # Being written (an odd sequence number): no copy is taken.
+        regions.words[3 * REGION // 8] += 1
+        self.assertIsNone(regions.read(3))
+        regions.clear(3)
+        self.assertIsNone(regions.read(3))

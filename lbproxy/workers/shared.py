@@ -62,6 +62,20 @@ def table_size() -> int:
     return (_HEADER + MAX_SERVERS * _ROW) * 8
 
 
+def memory_file(name: str, size: int) -> int:
+    """A new zeroed memory file of C{size} bytes, inheritable by workers: its descriptor."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create(name, 0)
+    else:  # pragma: no cover - Linux has memfd_create
+        import tempfile
+
+        fd, path = tempfile.mkstemp(prefix=name + "-")
+        os.unlink(path)
+    os.ftruncate(fd, size)
+    os.set_inheritable(fd, True)
+    return fd
+
+
 class SharedTable:
     """The table over a shared mapping; every method is a few word reads or writes."""
 
@@ -74,16 +88,7 @@ class SharedTable:
     @classmethod
     def create(cls) -> SharedTable:
         """A new zeroed table in a memory file (inheritable by workers)."""
-        if hasattr(os, "memfd_create"):
-            fd = os.memfd_create("lbproxy-shared", 0)
-        else:  # pragma: no cover - Linux has memfd_create
-            import tempfile
-
-            fd, path = tempfile.mkstemp(prefix="lbproxy-shared-")
-            os.unlink(path)
-        os.ftruncate(fd, table_size())
-        os.set_inheritable(fd, True)
-        return cls(fd)
+        return cls(memory_file("lbproxy-shared", table_size()))
 
     # -- layout ---------------------------------------------------------------
 

@@ -29,8 +29,10 @@ from twisted.python.failure import Failure
 
 from lbproxy.config import ProxyConfig
 from lbproxy.ops.process import ProcessControl
+from lbproxy.ops.snapshot import ProxySnapshot
 from lbproxy.service import ProxyService
 from lbproxy.workers.shared import MAX_SLOTS, GroupState
+from lbproxy.workers.stats import GroupStats, StatsRegions, take
 from lbproxy.workers.worker import WorkerArguments
 
 log = Logger()
@@ -165,14 +167,17 @@ class WorkerGroup(Service):
         self.supervisor.group_state.slot_in_use(worker.slot)
         listeners = self.supervisor.inherited_listeners()
         shared = self.supervisor.shared_fd()
+        stats = self.supervisor.group_stats.regions.fd
         arguments = WorkerArguments(
             config=self.path,
             number=number,
             slot=worker.slot,
             listeners=tuple((d, fd, family) for d, fd, family in listeners),
             shared=shared,
+            stats=stats,
+            generation=self.generation,
         )
-        child_fds: Dict[int, Any] = {0: "w", 1: "r", 2: "r"}
+        child_fds: Dict[int, Any] = {0: "w", 1: "r", 2: "r", stats: stats}
         for _, fd, _ in listeners:
             child_fds[fd] = fd
         if shared is not None:
@@ -206,8 +211,9 @@ class WorkerGroup(Service):
         """A worker process ended: restart it if it was not asked to."""
         if worker in self.live:
             self.live.remove(worker)
-        # Its requests are no longer in flight anywhere.
+        # Its requests are no longer in flight anywhere; its counters stay.
         self.supervisor.group_state.slot_ended(worker.slot)
+        self.supervisor.group_stats.retire(worker.slot)
         value = reason.value
         status = getattr(value, "exitCode", None)
         signal_number = getattr(value, "signal", None)
@@ -335,6 +341,8 @@ class SupervisorService(ProxyService):
     """
 
     def __init__(self, config: ProxyConfig, path: str, reactor: Any = None) -> None:
+        self._group_admin: Optional[Any] = None
+        self.group_stats = GroupStats(StatsRegions.create())
         super().__init__(_supervisor_config(config), reactor)
         self.full_config = config
         self.group_state = GroupState(self)
@@ -347,6 +355,18 @@ class SupervisorService(ProxyService):
         # Held for the workers: the supervisor never accepts on it.
         port.stopReading()  # type: ignore[attr-defined]
         return port
+
+    def admin_site(self) -> Any:
+        """The admin listener's site, reading the whole group (L{take_snapshot})."""
+        if self._group_admin is None:
+            from lbproxy.ops.admin import admin_site
+
+            self._group_admin = admin_site(self, self.take_snapshot)
+        return self._group_admin
+
+    def take_snapshot(self) -> ProxySnapshot:
+        """The read model of the group: counters summed over the workers, and each worker's."""
+        return take(self, self.group_stats, [worker.slot for worker in self.workers.live])
 
     def inherited_listeners(self) -> List[Tuple[str, int, str]]:
         """The proxy listeners a worker gets: (description, fd, family)."""

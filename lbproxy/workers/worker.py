@@ -56,6 +56,8 @@ class WorkerArguments:
     @ivar slot: Its column in the shared table (unique among live workers).
     @ivar listeners: (endpoint description, file descriptor, family name).
     @ivar shared: The shared table's file descriptor, or L{None}.
+    @ivar stats: The counters' regions' file descriptor (L{lbproxy.workers.stats}), or L{None}.
+    @ivar generation: The generation the worker belongs to (a reload starts one).
     """
 
     config: str
@@ -63,6 +65,8 @@ class WorkerArguments:
     slot: int
     listeners: Tuple[Tuple[str, int, str], ...]
     shared: Optional[int] = None
+    stats: Optional[int] = None
+    generation: int = 1
 
     def encode(self) -> str:
         return json.dumps(attr.asdict(self, recurse=False))
@@ -141,6 +145,19 @@ def run(arguments: WorkerArguments) -> int:
         return 1
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    if arguments.stats is not None:
+        from lbproxy.workers.stats import Publisher, StatsRegions
+
+        publisher = Publisher(
+            StatsRegions(arguments.stats),
+            service,
+            arguments.number,
+            arguments.generation,
+            arguments.slot,
+        )
+        publisher.start(reactor)
+        # The last counters, once the requests in flight are done.
+        reactor.addSystemEventTrigger("after", "shutdown", publisher.stop)
 
     def deferred(action: Any) -> Any:
         def handler(number: int, frame: Any) -> None:
