@@ -48,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from typing import Callable, Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -442,6 +443,7 @@ LBPROXY_ENV = {"PYPY_GC_NURSERY": "96MB", "PYPY_GC_MIN": "192MB"}
 LBPROXY_CONFIG = """\
 [proxy]
 listen = tcp:{port}:interface=127.0.0.1:backlog=1024
+workers = {workers}
 access_log = {access_log}
 max_connections = 20000
 max_body_size = 0
@@ -456,13 +458,21 @@ health_check = GET /
 """
 
 
-def start_lbproxy(twistd: str, workdir: str, port: int, backends: List[int]) -> subprocess.Popen:
+#: The admin port of each lbproxy started, by its proxy port.
+ADMIN_PORTS: Dict[int, int] = {}
+
+
+def start_lbproxy(
+    twistd: str, workdir: str, port: int, backends: List[int], workers: int = 1
+) -> subprocess.Popen:
     conf = os.path.join(workdir, f"lbproxy-{port}.ini")
+    admin_port = ADMIN_PORTS[port] = free_port()
     with open(conf, "w") as f:
         f.write(
             LBPROXY_CONFIG.format(
                 port=port,
-                admin_port=free_port(),
+                workers=workers,
+                admin_port=admin_port,
                 access_log=os.path.join(workdir, f"access-{port}.log"),
                 servers="\n".join(f"    http://{HOST}:{p}" for p in backends),
             )
@@ -607,6 +617,23 @@ def measured_run(port: int, seconds: int, proxy: List[int], load: List[int]) -> 
     return result
 
 
+def worker_spread(admin_port: int) -> Dict[str, object]:
+    """
+    With worker processes: each worker's share of the requests served so far
+    (warm-up and measured run; wrk's connections are kept alive, so the
+    share of requests is the share of connections' work), from /status.
+    """
+    time.sleep(0.5)  # workers publish their counters every 0.25 s
+    with urllib.request.urlopen(f"http://{HOST}:{admin_port}/status", timeout=10) as answer:
+        document = json.load(answer)
+    workers = document.get("workers") or []
+    total = sum(w["requests"] for w in workers)
+    if len(workers) < 2 or not total:
+        return {}
+    shares = [round(100.0 * w["requests"] / total, 1) for w in workers]
+    return {"worker_request_pct": shares, "max_worker_pct": max(shares)}
+
+
 def transfer(pid: int, argv: List[str]) -> Dict[str, float]:
     """Run one curl transfer; MiB/s and the RSS growth (peak over start) it caused."""
     before = memory_kib(pid, "VmRSS")
@@ -691,6 +718,10 @@ def run_proxy(name: str, start, args, backends: Backends, workdir: str) -> Dict[
         # The sum of each process's high-water mark: the tree's peak so far
         # (exact for one process; nginx's master adds its own small peak).
         result["peak_rss_mib"] = memory_kib(proc.pid, "VmHWM") / 1024
+        if port in ADMIN_PORTS:
+            result.update(worker_spread(ADMIN_PORTS[port]))
+            if "worker_request_pct" in result:
+                log(f"   requests per worker (%): {result['worker_request_pct']}")
         access_log = os.path.join(workdir, f"access-{port}.log")
         if os.path.exists(access_log):  # lbproxy's, evidence that it was on
             time.sleep(1.5)  # written at least once a second
@@ -743,6 +774,8 @@ NAMES = {
     "aiohttp-peer": "aiohttp + uvloop, CPython",
     "lbproxy-cpython": "lbproxy, CPython",
     "lbproxy-pypy": "lbproxy, PyPy",
+    "lbproxy-cpython-2w": "lbproxy, CPython, 2 workers",
+    "lbproxy-pypy-2w": "lbproxy, PyPy, 2 workers",
 }
 
 
@@ -861,6 +894,8 @@ def main() -> int:
         "aiohttp-peer": lambda w, p, b: start_peer(peer or "python3", w, p, b),
         "lbproxy-cpython": lambda w, p, b: start_lbproxy(cpython, w, p, b),
         "lbproxy-pypy": lambda w, p, b: start_lbproxy(pypy, w, p, b),
+        "lbproxy-cpython-2w": lambda w, p, b: start_lbproxy(cpython, w, p, b, workers=2),
+        "lbproxy-pypy-2w": lambda w, p, b: start_lbproxy(pypy, w, p, b, workers=2),
     }
     load_before = os.getloadavg()
     results: Dict[str, Dict[str, object]] = {}
