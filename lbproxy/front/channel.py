@@ -109,6 +109,8 @@ class ProxyChannel(http.HTTPChannel):
     _header_bytes = 0
     _request_version = b""
     _header_timer: Optional[IDelayedCall] = None
+    #: Request heads completed on this connection.
+    _heads = 0
     refused = False
 
     def connectionMade(self) -> None:
@@ -118,18 +120,26 @@ class ProxyChannel(http.HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self.refused:
             return
-        if self._phase == self._IDLE and self._header_timer is None:
-            # The first byte of a request: its head has client_header_timeout
-            # to arrive whole, however slowly it trickles (slowloris).
-            self._header_timer = self.callLater(  # type: ignore[attr-defined]
-                self.limits.client_header_timeout, self._header_timed_out
-            )
+        # The first bytes of a request: its head has client_header_timeout
+        # to arrive whole, however slowly it trickles (slowloris).  The
+        # timer is set only when no head was completed with these bytes
+        # (the usual request arrives whole in one read and needs none),
+        # from this same moment.
+        starting = self._phase == self._IDLE and self._header_timer is None
+        heads = self._heads
         super().dataReceived(data)
+        if self.refused:
+            return
         # Whole CRLF-terminated lines have been taken; an LF left over in a
         # partial line has no CR before it.  (LineReceiver keeps that partial
         # line in ``_buffer``.)
-        if not self.refused and self.line_mode and b"\n" in self._buffer:
+        if self.line_mode and b"\n" in self._buffer:
             self.refuse(400, b"Bad Request", b"lines must end with CRLF")
+            return
+        if starting and self._heads == heads and self._header_timer is None:
+            self._header_timer = self.callLater(  # type: ignore[attr-defined]
+                self.limits.client_header_timeout, self._header_timed_out
+            )
 
     def lineReceived(self, line: bytes) -> None:
         limits = self.limits
@@ -211,6 +221,7 @@ class ProxyChannel(http.HTTPChannel):
                 self.refuse(400, b"Bad Request", b"chunk lines must end with CRLF")
 
     def allHeadersReceived(self) -> None:
+        self._heads += 1
         self._cancel_header_timer()
         self._phase = self._REQUEST
         super().allHeadersReceived()
