@@ -111,6 +111,9 @@ class ProxyChannel(http.HTTPChannel):
     _header_timer: Optional[IDelayedCall] = None
     #: Request heads completed on this connection.
     _heads = 0
+    #: The idle timeout is off while a request is handled (L{setTimeout}).
+    _idle_suspended = False
+    _lost = False
     refused = False
 
     def connectionMade(self) -> None:
@@ -234,7 +237,27 @@ class ProxyChannel(http.HTTPChannel):
         self._phase = self._IDLE
         super().requestDone(request)
 
+    def setTimeout(self, period: Optional[float]) -> Optional[float]:
+        """
+        twisted.web turns the idle timeout off while each request is handled
+        and on again after it.  Off only suspends it here: the pending call
+        stays, is reset when the timeout comes back and ignored if it runs
+        out meanwhile; one timer per connection, not one per request.  When
+        the connection is lost it is cancelled as usual.
+        """
+        if period is None and not self._lost:
+            self._idle_suspended = True
+            previous, self.timeOut = self.timeOut, None
+            return previous  # type: ignore[no-any-return]
+        self._idle_suspended = False
+        return super().setTimeout(period)  # type: ignore[no-any-return]
+
+    def timeoutConnection(self) -> None:
+        if not self._idle_suspended:
+            super().timeoutConnection()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
         self._cancel_header_timer()
         closed = getattr(self.factory, "connection_closed", None)
         if closed is not None:
