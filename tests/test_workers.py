@@ -270,7 +270,11 @@ class SharedStateTests(GroupTestCase):
     @defer.inlineCallbacks
     def test_max_connections_holds_over_all_workers(self):  # type: ignore[no-untyped-def]
         (a,) = self.backends("a", handler=held_handler)
-        port, _, proc = self.start([f"{a.url} max_connections=2"], {"algorithm": "round_robin"})
+        # A long queue_timeout: on a loaded machine the three waiting requests
+        # must not give up (503) before the test frees a slot for them.
+        port, _, proc = self.start(
+            [f"{a.url} max_connections=2"], {"algorithm": "round_robin", "queue_timeout": "60s"}
+        )
         yield self.ready(proc)
         pending = []
         for n in range(5):
