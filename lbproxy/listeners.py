@@ -58,6 +58,10 @@ def listen(
         # Twisted's systemd endpoint looks the socket up as it parses.
         missing = f"named {e}" if isinstance(e, KeyError) else "at that index"
         outcome.append(Failure(ValueError(f"systemd passed no socket {missing}")))
+    except ValueError as e:
+        # A description Twisted cannot parse (the configuration refuses
+        # those first; this keeps the one-line promise for other callers).
+        outcome.append(Failure(e))
     if not outcome or isinstance(outcome[0], Failure):
         reason = outcome[0].getErrorMessage() if outcome else "no answer"
         raise StartError(f"{where}: cannot listen on {description}: {reason}")

@@ -77,8 +77,9 @@ class DiscoveredPools:
                 running.reconfigure(pool_config, resolver)
                 continue
             discovery = Discovery(pool_config, resolver, self.reactor, self._callback(name))
-            discovery.setServiceParent(self.parent)
+            # Known before it starts: an answer during the start is applied.
             self.discoveries[name] = discovery
+            discovery.setServiceParent(self.parent)
         if old is not None and old[1] is not resolver:
             old[1].close()
 
