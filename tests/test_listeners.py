@@ -34,6 +34,20 @@ class ListenTests(unittest.TestCase):
         self.assertEqual(address.host, "127.0.0.1")  # type: ignore[attr-defined]
         self.assertGreater(address.port, 0)  # type: ignore[attr-defined]
 
+    def test_a_tls_listener_is_tls_over_tcp_with_the_sni_creator(self) -> None:
+        """A tls: listener is TLS over TCP with the given creator (SNI)."""
+        from twisted.internet.testing import MemoryReactor
+
+        memory = MemoryReactor()
+        creator = SNIConnectionCreator()
+        given = factory()
+        listen(memory, "tls:8443:interface=127.0.0.1:backlog=7", given, WHERE, creator)
+        self.assertEqual(memory.tcpServers, [])
+        [(port, served, contexts, backlog, interface)] = memory.sslServers
+        self.assertEqual((port, backlog, interface), (8443, 7, "127.0.0.1"))
+        self.assertIs(served, given)
+        self.assertIs(contexts, creator)
+
     def test_announce_logs_the_address(self) -> None:
         port = self.listen("tcp:0:interface=127.0.0.1")
         with capturedLogs() as events:

@@ -10,13 +10,16 @@ from __future__ import annotations
 from typing import Any, List
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import CannotListenError
 from twisted.internet.defer import succeed
 from twisted.internet.interfaces import IListeningPort
 from twisted.trial import unittest
 from zope.interface import implementer
 
+from lbproxy.config import ServerConfig
 from lbproxy.front.resource import Routes
-from lbproxy.service import ProxyService
+from lbproxy.reload import server_key
+from lbproxy.service import ProxyService, StartError
 from lbproxy.testing import MemoryNetworkReactor, ProxyHarness
 from lbproxy.upstream.health import HealthChecker
 
@@ -68,8 +71,11 @@ class RecordingReactor(MemoryNetworkReactor):
     def __init__(self) -> None:
         super().__init__()
         self.listening: List[RecordedPort] = []
+        self.busy: List[int] = []
 
     def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:  # noqa: N802
+        if port in self.busy:
+            raise CannotListenError(interface, port, OSError("Address already in use"))
         super().listenTCP(port, factory, backlog, interface)
         recorded = RecordedPort(port)
         self.listening.append(recorded)
@@ -149,3 +155,43 @@ class ServiceTests(unittest.SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertFalse(service.running)
         self.assertEqual(reactor.getDelayedCalls(), [])  # health checks and timers gone
+
+    def test_a_reload_that_cannot_listen_changes_nothing(self) -> None:
+        """
+        The reload plan (lbproxy.reload): what can fail is done first; a new
+        listener opened before another failed is closed again, and the
+        running pools, routes and listeners stay as they were.
+        """
+        reactor = RecordingReactor()
+        harness = self.harness(clock=reactor)
+        service = harness.service
+        ports, routes, web = dict(service.ports), service.resource.routes, service.pools["web"]
+        reactor.busy.append(8083)
+        text = TWO_POOLS.replace(
+            "    tcp:8081:interface=127.0.0.1",
+            "    tcp:8082:interface=127.0.0.1\n    tcp:8083:interface=127.0.0.1",
+        )
+        with self.assertRaises(StartError) as caught:
+            harness.reload(text.replace(f"{A} name=a", f"{C} name=c2"))
+        self.assertIn("cannot listen on tcp:8083:interface=127.0.0.1", str(caught.exception))
+        opened = [p for p in reactor.listening if p.port == 8082]
+        self.assertEqual([p.stopped for p in opened], [1])
+        self.assertEqual(service.ports, ports)
+        self.assertIs(service.resource.routes, routes)
+        self.assertEqual([s.name for s in web.servers], ["a", "b"])
+        self.assertEqual(service.reloads["ok"], 0)
+
+
+class ServerKeyTests(unittest.SynchronousTestCase):
+    def test_a_server_stays_across_a_reload_by_name_and_address(self) -> None:
+        def server(url: str, host: str, port: int, name: str, weight: int = 1) -> ServerConfig:
+            return ServerConfig(url, "http", host, port, weight=weight, name=name)
+
+        same = server("http://h:1", "h", 1, "a")
+        self.assertEqual(server_key(same), server_key(server("http://h:1", "h", 1, "a", weight=5)))
+        for other in (
+            server("http://h:1", "h", 1, "b"),
+            server("http://h:2", "h", 2, "a"),
+            server("http://g:1", "g", 1, "a"),
+        ):
+            self.assertNotEqual(server_key(same), server_key(other), other)
