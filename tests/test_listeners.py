@@ -74,9 +74,7 @@ class ListenTests(unittest.TestCase):
         self.assert_one_line(
             "systemd:domain=INET:index=7", "systemd passed no socket at that index"
         )
-        self.assert_one_line(
-            "systemd:domain=INET:name=web", "systemd passed no socket named 'web'"
-        )
+        self.assert_one_line("systemd:domain=INET:name=web", "systemd passed no socket named 'web'")
 
     def test_a_unix_socket_in_a_missing_folder_is_one_line(self) -> None:
         self.assert_one_line("unix:/nonexistent-lbproxy-dir/proxy.sock", "No such file")
@@ -89,7 +87,10 @@ class ListenTests(unittest.TestCase):
         """
         for description in ("bogus:1", "tcp:notaport"):
             with self.assertRaises(ConfigError) as caught:
-                parse(f"[proxy]\nlisten = {description}\npool = p\n[pool:p]\nservers = http://a:1\n", "t.ini")
+                parse(
+                    f"[proxy]\nlisten = {description}\npool = p\n[pool:p]\nservers = http://a:1\n",
+                    "t.ini",
+                )
             text = str(caught.exception)
             self.assertNotIn("\n", text)
             self.assertIn("[proxy] listen", text)

@@ -61,7 +61,9 @@ def server(name: str = "a") -> ServerState:
 
 
 def relayed(
-    response: FakeResponse, lifecycle: Optional[FakeLifecycle] = None, to: Optional[ServerState] = None
+    response: FakeResponse,
+    lifecycle: Optional[FakeLifecycle] = None,
+    to: Optional[ServerState] = None,
 ) -> Tuple[FakeRequest, Headers]:
     lifecycle = lifecycle if lifecycle is not None else FakeLifecycle()
     relay_head(lifecycle, to if to is not None else server(), response)  # type: ignore[arg-type]
@@ -159,7 +161,12 @@ class ChangeHeadersTests(unittest.SynchronousTestCase):
         headers = Headers({b"X-A": [b"1", b"2"], b"X-B": [b"b"]})
         change_headers(
             headers,
-            [("set", b"X-A", b"3"), ("add", b"X-A", b"4"), ("remove", b"X-B", None), ("add", b"X-C", b"c")],
+            [
+                ("set", b"X-A", b"3"),
+                ("add", b"X-A", b"4"),
+                ("remove", b"X-B", None),
+                ("add", b"X-C", b"c"),
+            ],
         )
         self.assertEqual(head(headers, b"x-a"), [b"3", b"4"])
         self.assertIsNone(head(headers, b"x-b"))

@@ -13,7 +13,9 @@ from lbproxy.config import ServerConfig
 from lbproxy.upstream.server import WEIGHT_SCALE, ServerState
 
 
-def config(weight: int = 1, max_connections: Optional[int] = None, backup: bool = False) -> ServerConfig:
+def config(
+    weight: int = 1, max_connections: Optional[int] = None, backup: bool = False
+) -> ServerConfig:
     return ServerConfig(
         "http://10.0.0.1:80",
         "http",
@@ -64,7 +66,9 @@ class ServerStateTests(unittest.SynchronousTestCase):
         server.weight_override = 5
         self.assertEqual(server.base_weight, 5)
 
-    def test_reconfigure_keeps_state_and_an_override_unless_the_file_changed_the_weight(self) -> None:
+    def test_reconfigure_keeps_state_and_an_override_unless_the_file_changed_the_weight(
+        self,
+    ) -> None:
         server = ServerState(config(weight=2), route="old")
         server.weight_override = 5
         server.draining = True

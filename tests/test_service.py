@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any, List
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import CannotListenError
 from twisted.internet.defer import succeed
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.trial import unittest
 from zope.interface import implementer

@@ -16,10 +16,14 @@ from lbproxy.upstream.tiers import Tiers
 
 def pool(servers: str, extra: str = "") -> PoolConfig:
     lines = "".join(f"    {line}\n" for line in servers.strip().splitlines())
-    return parse(f"[proxy]\nlisten = tcp:1\npool = web\n[pool:web]\n{extra}servers =\n{lines}", "t.ini").pools["web"]
+    return parse(
+        f"[proxy]\nlisten = tcp:1\npool = web\n[pool:web]\n{extra}servers =\n{lines}", "t.ini"
+    ).pools["web"]
 
 
-def tiers(servers: str = "http://a:1 name=a\nhttp://b:1 name=b\nhttp://c:1 name=c backup", extra: str = "") -> Tiers:
+def tiers(
+    servers: str = "http://a:1 name=a\nhttp://b:1 name=b\nhttp://c:1 name=c backup", extra: str = ""
+) -> Tiers:
     config = pool(servers, extra)
     return Tiers(config, [ServerState(s) for s in config.servers])
 

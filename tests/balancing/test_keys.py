@@ -28,7 +28,11 @@ def reader(headers: Dict[bytes, List[bytes]]):  # type: ignore[no-untyped-def]
 
 class KeysTests(unittest.SynchronousTestCase):
     def test_token_names(self) -> None:
-        for text, expected in [("X-User", "X-User"), ("  sid ", "sid"), ("a!#$%&'*+.^_`|~9", "a!#$%&'*+.^_`|~9")]:
+        for text, expected in [
+            ("X-User", "X-User"),
+            ("  sid ", "sid"),
+            ("a!#$%&'*+.^_`|~9", "a!#$%&'*+.^_`|~9"),
+        ]:
             self.assertEqual(parse_token_name(text), expected)
         for text in ("", "a b", "a:b", "a;b", "é", 'a"b'):
             with self.assertRaises(ValueError) as caught:
@@ -78,6 +82,10 @@ class KeysTests(unittest.SynchronousTestCase):
             ("cookie:other", None),
         ]
         for text, expected in table:
-            self.assertEqual(request_key(parse_hash_key(text), b"10.0.0.1", headers, b"/a/b?c=d"), expected)
+            self.assertEqual(
+                request_key(parse_hash_key(text), b"10.0.0.1", headers, b"/a/b?c=d"), expected
+            )
         self.assertEqual(request_key(HashKey("path"), b"", headers, b"/only"), b"/only")
-        self.assertIsNone(request_key(HashKey("header", b"x-user"), b"", reader({b"x-user": []}), b"/"))
+        self.assertIsNone(
+            request_key(HashKey("header", b"x-user"), b"", reader({b"x-user": []}), b"/")
+        )

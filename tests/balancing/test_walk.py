@@ -13,7 +13,15 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyClass, verifyObject
 
 from lbproxy.balancing import IBalancer, IBalancerFactory
-from lbproxy.balancing.walk import NOTHING, Algorithm, Balancer, failover, lighter, two_choices, untried
+from lbproxy.balancing.walk import (
+    NOTHING,
+    Algorithm,
+    Balancer,
+    failover,
+    lighter,
+    two_choices,
+    untried,
+)
 
 from . import S, options, order
 
@@ -31,7 +39,12 @@ class FailoverTests(unittest.SynchronousTestCase):
         self.assertEqual(order(failover(servers, pick, "x")), "c a b")
         self.assertEqual(
             calls,
-            [(NOTHING, "x"), (frozenset({2}), "x"), (frozenset({0, 2}), "x"), (frozenset({0, 1, 2}), "x")],
+            [
+                (NOTHING, "x"),
+                (frozenset({2}), "x"),
+                (frozenset({0, 2}), "x"),
+                (frozenset({0, 1, 2}), "x"),
+            ],
         )
 
     def test_lazy_the_algorithm_moves_only_as_far_as_read(self) -> None:
@@ -84,7 +97,9 @@ class SharedPiecesTests(unittest.SynchronousTestCase):
             chosen = two_choices(servers, NOTHING, rng, load)
             self.assertIn(chosen, (a, b))
             other = b if chosen == a else a
-            self.assertFalse(lighter(load(other), servers[other].weight, load(chosen), servers[chosen].weight))
+            self.assertFalse(
+                lighter(load(other), servers[other].weight, load(chosen), servers[chosen].weight)
+            )
             seen.add(chosen)
         self.assertNotIn(0, seen)  # a is heavier than b and c whichever it is drawn with
 
@@ -122,7 +137,12 @@ class AlgorithmTests(unittest.SynchronousTestCase):
         self.assertTrue(IPlugin.implementedBy(Algorithm))
         algorithm = Algorithm("first", First, summary="the first usable")
         self.assertEqual(
-            (algorithm.uses_weights, algorithm.uses_key, algorithm.observes_latency, algorithm.options),
+            (
+                algorithm.uses_weights,
+                algorithm.uses_key,
+                algorithm.observes_latency,
+                algorithm.options,
+            ),
             (True, False, False, ()),
         )
         built = algorithm.build([S("a"), S("b")], options())
