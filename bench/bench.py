@@ -8,7 +8,10 @@ Three nginx backends (each answers a 10-byte body) sit behind each proxy in
 turn: nginx as a proxy, HAProxy, a streaming aiohttp (+uvloop) proxy written
 for the bench (bench/peers/aiohttp_proxy.py, on CPython), and lbproxy on
 CPython and on PyPy with every feature on (see LBPROXY_CONFIG), all balancing
-round robin with keep-alive to the backends.  Each proxy runs alone on CPU 0
+round robin with keep-alive to the backends.  What routing and TLS cost:
+lbproxy again on each interpreter through 100 routes with two header rules
+(the -routes entries), and over a tls: listener (the -tls entries, nginx-tls
+beside them), with the same load.  Each proxy runs alone on CPU 0
 (taskset); wrk, the backends and this script share CPU 1.  Every proxy gets
 the same warm-up run and then the same measured wrk run (50 connections).
 Then a 300 MiB download and a 300 MiB upload go through each proxy, and
@@ -44,10 +47,12 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from typing import Callable, Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,6 +82,7 @@ TOOLS = {
     "pypy3": "pypy3 pypy3-venv",
     "curl": "curl",
     "taskset": "util-linux",
+    "openssl": "openssl",
 }
 
 
@@ -359,8 +365,17 @@ events {{ worker_connections 20000; }}
 """
 
 
-def start_nginx_proxy(workdir: str, port: int, backends: List[int]) -> subprocess.Popen:
+def start_nginx_proxy(
+    workdir: str, port: int, backends: List[int], tls: bool = False
+) -> subprocess.Popen:
     upstream = "\n".join(f"        server {HOST}:{p};" for p in backends)
+    listen = f"{HOST}:{port}"
+    if tls:
+        cert, key = certificate_files(workdir)
+        listen += f""" ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3"""
     conf = os.path.join(workdir, "nginx-proxy.conf")
     with open(conf, "w") as f:
         f.write(
@@ -378,7 +393,7 @@ http {{
         keepalive 64;
     }}
     server {{
-        listen {HOST}:{port};
+        listen {listen};
         location / {{
             proxy_pass http://backends;
             proxy_http_version 1.1;
@@ -442,6 +457,7 @@ LBPROXY_ENV = {"PYPY_GC_NURSERY": "96MB", "PYPY_GC_MIN": "192MB"}
 LBPROXY_CONFIG = """\
 [proxy]
 listen = tcp:{port}:interface=127.0.0.1:backlog=1024
+workers = {workers}
 access_log = {access_log}
 max_connections = 20000
 max_body_size = 0
@@ -456,17 +472,115 @@ health_check = GET /
 """
 
 
-def start_lbproxy(twistd: str, workdir: str, port: int, backends: List[int]) -> subprocess.Popen:
-    conf = os.path.join(workdir, f"lbproxy-{port}.ini")
-    with open(conf, "w") as f:
-        f.write(
-            LBPROXY_CONFIG.format(
-                port=port,
-                admin_port=free_port(),
-                access_log=os.path.join(workdir, f"access-{port}.log"),
-                servers="\n".join(f"    http://{HOST}:{p}" for p in backends),
-            )
+#: The admin port of each lbproxy started, by its proxy port.
+ADMIN_PORTS: Dict[int, int] = {}
+
+
+#: The routes of the "-routes" entries: this many [route:NAME] sections
+#: that the bench's requests (Host 127.0.0.1, path /) do not match, by host
+#: (exact and wildcard), by path prefix, and by both, then the one that
+#: matches them, with two header rules.
+ROUTES = 100
+#: The matching route, last in the file: every request goes through it and
+#: pays for its two header rules (one on the request, one on the response).
+ROUTE_MATCHING = """
+[route:bench]
+host = {host}
+path = /
+pool = bench
+request_headers = set X-Real-IP {{client}}
+response_headers = remove Server
+"""
+
+
+def lbproxy_routes(count: int = ROUTES) -> str:
+    """C{count - 1} routes that do not match the bench's requests, then one that does."""
+    sections = []
+    for i in range(count - 1):
+        match = (
+            f"host = app{i}.example.com",
+            f"host = *.site{i}.example.com",
+            f"path = /api{i}",
+            f"host = shop{i}.example.com\npath = /cart{i}",
+        )[i % 4]
+        sections.append(f"\n[route:r{i}]\n{match}\npool = bench\n")
+    return "".join(sections) + ROUTE_MATCHING.format(host=HOST)
+
+
+#: The "-tls" entries: the same listener as tls: with one [tls:NAME]
+#: certificate (self-signed ECDSA P-256, made by certificate_files); wrk
+#: keeps its connections open, so the measured run is the cost of requests on
+#: established TLS connections, the handshakes are in the warm-up.
+LBPROXY_TLS = """
+[tls:bench]
+cert = {cert}
+key = {key}
+default = yes
+"""
+
+
+def certificate_files(workdir: str) -> Tuple[str, str]:
+    """A self-signed certificate for localhost and 127.0.0.1 and its key, made once."""
+    cert = os.path.join(workdir, "bench-cert.pem")
+    key = os.path.join(workdir, "bench-key.pem")
+    if not os.path.exists(cert):
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "7",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                f"subjectAltName=DNS:localhost,IP:{HOST}",
+                "-keyout",
+                key,
+                "-out",
+                cert,
+            ],
+            check=True,
+            capture_output=True,
         )
+    return cert, key
+
+
+def start_lbproxy(
+    twistd: str,
+    workdir: str,
+    port: int,
+    backends: List[int],
+    variant: str = "",
+    workers: int = 1,
+) -> subprocess.Popen:
+    """
+    lbproxy with LBPROXY_CONFIG; C{variant} "routes" adds the ROUTES routes,
+    "tls" makes its listener tls: with the bench's certificate.
+    """
+    conf = os.path.join(workdir, f"lbproxy-{port}.ini")
+    admin_port = ADMIN_PORTS[port] = free_port()
+    text = LBPROXY_CONFIG.format(
+        port=port,
+        workers=workers,
+        admin_port=admin_port,
+        access_log=os.path.join(workdir, f"access-{port}.log"),
+        servers="\n".join(f"    http://{HOST}:{p}" for p in backends),
+    )
+    if variant == "routes":
+        text += lbproxy_routes()
+    elif variant == "tls":
+        assert "\nlisten = tcp:" in text
+        text = text.replace("\nlisten = tcp:", "\nlisten = tls:", 1)
+        cert, key = certificate_files(workdir)
+        text += LBPROXY_TLS.format(cert=cert, key=key)
+    with open(conf, "w") as f:
+        f.write(text)
     return subprocess.Popen(
         [
             "taskset",
@@ -514,7 +628,9 @@ def stop(proc: subprocess.Popen) -> None:
 # Measurements
 
 
-def wrk(port: int, seconds: int, connections: int = CONNECTIONS) -> Dict[str, float]:
+def wrk(
+    port: int, seconds: int, connections: int = CONNECTIONS, scheme: str = "http"
+) -> Dict[str, float]:
     """One wrk run: requests, rate, latency, errors, and wrk's own CPU time."""
     proc = subprocess.Popen(
         [
@@ -528,7 +644,7 @@ def wrk(port: int, seconds: int, connections: int = CONNECTIONS) -> Dict[str, fl
             "--latency",
             "--timeout",
             "10s",
-            f"http://{HOST}:{port}/",
+            f"{scheme}://{HOST}:{port}/",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -572,7 +688,9 @@ def wrk(port: int, seconds: int, connections: int = CONNECTIONS) -> Dict[str, fl
     return result
 
 
-def measured_run(port: int, seconds: int, proxy: List[int], load: List[int]) -> Dict[str, object]:
+def measured_run(
+    port: int, seconds: int, proxy: List[int], load: List[int], scheme: str = "http"
+) -> Dict[str, object]:
     """
     The measured wrk run, with what it cost: CPU time of the proxy's process
     tree (C{proxy}) over the run, per request served; the share of its core
@@ -582,7 +700,7 @@ def measured_run(port: int, seconds: int, proxy: List[int], load: List[int]) -> 
     cores = core_ticks()
     proxy_cpu, load_cpu = cpu_seconds(proxy), cpu_seconds(load)
     start = time.monotonic()
-    run = wrk(port, seconds)
+    run = wrk(port, seconds, scheme=scheme)
     wall = time.monotonic() - start
     proxy_cpu = cpu_seconds(proxy) - proxy_cpu
     load_cpu = cpu_seconds(load) - load_cpu
@@ -607,6 +725,23 @@ def measured_run(port: int, seconds: int, proxy: List[int], load: List[int]) -> 
     return result
 
 
+def worker_spread(admin_port: int) -> Dict[str, object]:
+    """
+    With worker processes: each worker's share of the requests served so far
+    (warm-up and measured run; wrk's connections are kept alive, so the
+    share of requests is the share of connections' work), from /status.
+    """
+    time.sleep(0.5)  # workers publish their counters every 0.25 s
+    with urllib.request.urlopen(f"http://{HOST}:{admin_port}/status", timeout=10) as answer:
+        document = json.load(answer)
+    workers = document.get("workers") or []
+    total = sum(w["requests"] for w in workers)
+    if len(workers) < 2 or not total:
+        return {}
+    shares = [round(100.0 * w["requests"] / total, 1) for w in workers]
+    return {"worker_request_pct": shares, "max_worker_pct": max(shares)}
+
+
 def transfer(pid: int, argv: List[str]) -> Dict[str, float]:
     """Run one curl transfer; MiB/s and the RSS growth (peak over start) it caused."""
     before = memory_kib(pid, "VmRSS")
@@ -625,6 +760,7 @@ def transfer(pid: int, argv: List[str]) -> Dict[str, float]:
             "/dev/null",
             "--write-out",
             "%{http_code} %{speed_download} %{speed_upload}",
+            "--insecure",  # the bench's own self-signed certificate on https
             *argv,
         ],
         capture_output=True,
@@ -639,12 +775,14 @@ def transfer(pid: int, argv: List[str]) -> Dict[str, float]:
     return {"mib_s": speed / (1 << 20), "rss_growth_mib": max(0, peak - before) / 1024}
 
 
-async def _hold_idle(port: int, count: int, batch: int) -> List[asyncio.StreamWriter]:
+async def _hold_idle(
+    port: int, count: int, batch: int, tls: Optional[ssl.SSLContext] = None
+) -> List[asyncio.StreamWriter]:
     writers: List[asyncio.StreamWriter] = []
     request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 
     async def one() -> None:
-        reader, writer = await asyncio.open_connection(HOST, port)
+        reader, writer = await asyncio.open_connection(HOST, port, ssl=tls)
         writer.write(request)
         await writer.drain()
         head = await reader.readuntil(b"\r\n\r\n")
@@ -660,12 +798,17 @@ async def _hold_idle(port: int, count: int, batch: int) -> List[asyncio.StreamWr
     return writers
 
 
-def idle_connections(pid: int, port: int, count: int) -> Dict[str, float]:
+def idle_connections(pid: int, port: int, count: int, scheme: str = "http") -> Dict[str, float]:
     """RSS per idle keep-alive client connection, in kB, after C{count} are open."""
     before = memory_kib(pid, "VmRSS")
     loop = asyncio.new_event_loop()
     try:
-        writers = loop.run_until_complete(_hold_idle(port, count, 250))
+        tls = None
+        if scheme == "https":  # the bench's own self-signed certificate
+            tls = ssl.create_default_context()
+            tls.check_hostname = False
+            tls.verify_mode = ssl.CERT_NONE
+        writers = loop.run_until_complete(_hold_idle(port, count, 250, tls))
         time.sleep(1.0)  # let the proxy settle before reading its memory
         after = memory_kib(pid, "VmRSS")
         for writer in writers:
@@ -677,20 +820,44 @@ def idle_connections(pid: int, port: int, count: int) -> Dict[str, float]:
     return {"kb_each": (after - before) * 1.024 / count, "connections": count}
 
 
+def tls_session(port: int) -> Dict[str, object]:
+    """The protocol and cipher this machine's OpenSSL (as wrk's) agrees with the proxy."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((HOST, port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                cipher = tls.cipher()
+                return {"version": tls.version(), "cipher": cipher[0] if cipher else None}
+    except (OSError, ssl.SSLError) as e:
+        return {"error": str(e)}
+
+
 # ---------------------------------------------------------------------------
 
 
 def run_proxy(name: str, start, args, backends: Backends, workdir: str) -> Dict[str, object]:  # type: ignore[no-untyped-def]
     proc, (port,) = start_listening(lambda ports: start(workdir, ports[0], backends.ports))
+    scheme = "https" if name.endswith("-tls") else "http"
+    base = f"{scheme}://{HOST}:{port}"
     try:
         log(f"== {name}: warm-up {args.warmup} s")
-        wrk(port, args.warmup)
+        wrk(port, args.warmup, scheme=scheme)
         log(f"== {name}: measured {args.duration} s")
         tree = process_tree(proc.pid)
-        result = measured_run(port, args.duration, tree, process_tree(backends.proc.pid))
+        result = measured_run(
+            port, args.duration, tree, process_tree(backends.proc.pid), scheme=scheme
+        )
+        if scheme == "https":
+            result["tls"] = tls_session(port)
         # The sum of each process's high-water mark: the tree's peak so far
         # (exact for one process; nginx's master adds its own small peak).
         result["peak_rss_mib"] = memory_kib(proc.pid, "VmHWM") / 1024
+        if port in ADMIN_PORTS:
+            result.update(worker_spread(ADMIN_PORTS[port]))
+            if "worker_request_pct" in result:
+                log(f"   requests per worker (%): {result['worker_request_pct']}")
         access_log = os.path.join(workdir, f"access-{port}.log")
         if os.path.exists(access_log):  # lbproxy's, evidence that it was on
             time.sleep(1.5)  # written at least once a second
@@ -707,10 +874,10 @@ def run_proxy(name: str, start, args, backends: Backends, workdir: str) -> Dict[
             # that new connections would reuse, hiding their cost.
             log(f"== {name}: idle keep-alive connections, 300 MiB down, 300 MiB up")
             count = IDLE_CONNECTIONS if name != "haproxy" else HAPROXY_MAXCONN - 400
-            result["idle"] = idle_connections(proc.pid, port, count)
+            result["idle"] = idle_connections(proc.pid, port, count, scheme)
             # A first, smaller transfer each way brings buffers (and PyPy's
             # JIT and heap) to their working size.
-            transfer(proc.pid, [f"http://{HOST}:{port}/warm"])
+            transfer(proc.pid, [f"{base}/warm"])
             transfer(
                 proc.pid,
                 [
@@ -718,10 +885,10 @@ def run_proxy(name: str, start, args, backends: Backends, workdir: str) -> Dict[
                     "Expect:",
                     "--data-binary",
                     f"@{backends.warm_file}",
-                    f"http://{HOST}:{port}/upload",
+                    f"{base}/upload",
                 ],
             )
-            result["download"] = transfer(proc.pid, [f"http://{HOST}:{port}/big"])
+            result["download"] = transfer(proc.pid, [f"{base}/big"])
             result["upload"] = transfer(
                 proc.pid,
                 [
@@ -729,7 +896,7 @@ def run_proxy(name: str, start, args, backends: Backends, workdir: str) -> Dict[
                     "Expect:",
                     "--data-binary",
                     f"@{backends.big_file}",
-                    f"http://{HOST}:{port}/upload",
+                    f"{base}/upload",
                 ],
             )
         return result
@@ -743,6 +910,15 @@ NAMES = {
     "aiohttp-peer": "aiohttp + uvloop, CPython",
     "lbproxy-cpython": "lbproxy, CPython",
     "lbproxy-pypy": "lbproxy, PyPy",
+    "lbproxy-cpython-2w": "lbproxy, CPython, 2 workers",
+    "lbproxy-pypy-2w": "lbproxy, PyPy, 2 workers",
+    # What routing and TLS cost: the same load through ROUTES routes with two
+    # header rules, and over TLS (docs/performance.md).
+    "nginx-tls": "nginx (1 worker), TLS",
+    "lbproxy-cpython-routes": f"lbproxy, CPython, {ROUTES} routes",
+    "lbproxy-cpython-tls": "lbproxy, CPython, TLS",
+    "lbproxy-pypy-routes": f"lbproxy, PyPy, {ROUTES} routes",
+    "lbproxy-pypy-tls": "lbproxy, PyPy, TLS",
 }
 
 
@@ -820,6 +996,8 @@ def main() -> int:
         nargs="*",
         default=None,
         choices=list(NAMES),
+        help="run only these (default: all); the -routes and -tls entries measure what"
+        " routing and TLS cost",
     )
     args = parser.parse_args()
 
@@ -861,6 +1039,13 @@ def main() -> int:
         "aiohttp-peer": lambda w, p, b: start_peer(peer or "python3", w, p, b),
         "lbproxy-cpython": lambda w, p, b: start_lbproxy(cpython, w, p, b),
         "lbproxy-pypy": lambda w, p, b: start_lbproxy(pypy, w, p, b),
+        "lbproxy-cpython-2w": lambda w, p, b: start_lbproxy(cpython, w, p, b, workers=2),
+        "lbproxy-pypy-2w": lambda w, p, b: start_lbproxy(pypy, w, p, b, workers=2),
+        "nginx-tls": lambda w, p, b: start_nginx_proxy(w, p, b, tls=True),
+        "lbproxy-cpython-routes": lambda w, p, b: start_lbproxy(cpython, w, p, b, "routes"),
+        "lbproxy-cpython-tls": lambda w, p, b: start_lbproxy(cpython, w, p, b, "tls"),
+        "lbproxy-pypy-routes": lambda w, p, b: start_lbproxy(pypy, w, p, b, "routes"),
+        "lbproxy-pypy-tls": lambda w, p, b: start_lbproxy(pypy, w, p, b, "tls"),
     }
     load_before = os.getloadavg()
     results: Dict[str, Dict[str, object]] = {}
@@ -887,6 +1072,7 @@ def main() -> int:
             "nginx": version_of(["nginx", "-v"]),
             "haproxy": version_of(["haproxy", "-v"]),
             "wrk": version_of(["wrk", "--version"]),
+            "openssl": version_of(["openssl", "version"]),
             "cpython": version_of([os.path.join(ROOT, ".venv", "bin", "python"), "--version"]),
             "pypy": version_of([os.path.join(ROOT, ".venv-pypy", "bin", "python"), "--version"]),
             "twisted (cpython)": version_of([cpython, "--version"]),
@@ -897,6 +1083,12 @@ def main() -> int:
         "settings": {
             "lbproxy_env": LBPROXY_ENV,
             "lbproxy_config": LBPROXY_CONFIG,
+            # The "-routes" entries add lbproxy_routes(), the "-tls" ones
+            # listen on tls: with LBPROXY_TLS (nginx-tls: the same files).
+            "lbproxy_routes": ROUTES,
+            "lbproxy_route_matching": ROUTE_MATCHING.format(host=HOST),
+            "lbproxy_tls": LBPROXY_TLS,
+            "tls_certificate": "self-signed, ECDSA P-256 (openssl req -x509)",
             "connections": CONNECTIONS,
             "saturated_pct": SATURATED_PCT,
             "duration_s": args.duration,

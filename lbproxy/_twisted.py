@@ -19,9 +19,12 @@ from __future__ import annotations
 from typing import Dict, Tuple
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web._http2 import H2Connection, H2Stream
 from twisted.web._newclient import (
+    HEADER,
+    STATUS,
     HTTP11ClientProtocol,
     HTTPClientParser,
     RequestGenerationFailed,
@@ -91,6 +94,15 @@ INTERNALS: Dict[Tuple[str, str], str] = {
         "a 101 ends HTTP on an upgraded connection: upstream/tunnel.py fires the response "
         "Deferred itself (Twisted's parser skips every 1xx)"
     ),
+    ("HTTPClientParser", "state/_buffer/_busyReceiving/paused/statusReceived/headerReceived"): (
+        "a response head that arrives whole is read in one pass (read_response_head), "
+        "through the parser's own steps, with the parser's buffer and re-entry flag kept "
+        "as its line-by-line reading leaves them"
+    ),
+    ("HTTP11ClientProtocol", "_giveUp"): (
+        "a response head the one-pass reading refuses fails the request as Twisted's would"
+    ),
+    ("twisted.web._newclient", "STATUS/HEADER"): ("the parser's states, for read_response_head"),
     # -- the front (front/channel.py, front/site.py) ------------------------
     ("HTTPChannel", "_command/_path/_version"): (
         "the request line, which a request with a body is dispatched with before "
@@ -142,6 +154,61 @@ INTERNALS: Dict[Tuple[str, str], str] = {
 }
 
 
+def read_response_head(parser: HTTPClientParser, data: bytes) -> bool:
+    """
+    Read a response head that has arrived whole in C{data} in one pass, as
+    the parser would line by line; C{False} (nothing read) when the head is
+    not plain: the parser then reads C{data} itself.
+
+    Plain means: the parser waits for a status line with nothing buffered,
+    and the head (up to its first empty line) ends every line with CRLF,
+    has no folded line, and fits in one of the parser's lines.  For such a
+    head the parser's own steps run in its order (C{statusReceived}, each
+    C{headerReceived}, C{allHeadersReceived}, which takes Twisted's framing
+    decision), with what follows the head in the parser's buffer, as
+    C{LineReceiver} leaves it; the parser then reads the rest in whatever
+    mode it is in.  Exceptions propagate as from the parser's
+    C{dataReceived}.
+    """
+    if parser.state != STATUS or parser._buffer or parser._busyReceiving or parser.paused:
+        return False
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end > parser.MAX_LENGTH:
+        return False
+    head = data[:end]
+    lines = head.split(b"\r\n")
+    if b"\n" in head and head.count(b"\n") != len(lines) - 1:
+        return False  # a bare LF ends a line for the parser
+    for line in lines[1:]:
+        if line[:1] in b" \t":
+            return False  # a folded line (or an empty one: not plain)
+    parser._everReceivedData = True
+    parser._busyReceiving = True
+    try:
+        parser._buffer = data[end + 4 :]
+        parser.statusReceived(lines[0])
+        parser.state = HEADER
+        received = parser.headerReceived
+        for line in lines[1:]:
+            name, value = line.split(b":", 1)
+            received(name, value.strip())
+        parser.allHeadersReceived()
+    finally:
+        parser._busyReceiving = False
+    transport = parser.transport
+    if parser._buffer and not (
+        transport is not None and getattr(transport, "disconnecting", False)
+    ):
+        rest, parser._buffer = parser._buffer, b""
+        parser.dataReceived(rest)
+    return True
+
+
+def give_up(protocol: HTTP11ClientProtocol) -> None:
+    """Fail the request in flight and close, as Twisted's client does on a parse error."""
+    protocol._giveUp(Failure())
+
+
 def request_line(channel: http.HTTPChannel) -> Tuple[bytes, bytes, bytes]:
     """
     The method, target and version of the request whose head C{channel}
@@ -183,6 +250,8 @@ __all__ = [
     "RequestGenerationFailed",
     "RequestNotSent",
     "ResponseDone",
+    "give_up",
+    "read_response_head",
     "WrapperException",
     "request_line",
     "take_buffered_data",

@@ -95,6 +95,9 @@ class Running(Protocol):
     def admin_site(self) -> Any:
         """The admin listener's site."""
 
+    def listen_proxy(self, description: str, where: str) -> IListeningPort:
+        """A proxy listener on C{description} (L{listen}, or a worker's inherited socket)."""
+
 
 def prepare_pools(
     plan: Plan,
@@ -152,12 +155,8 @@ def prepare_outside(plan: Plan, running: Running) -> None:
     try:
         for description in config.listen:
             if description not in running.ports:
-                plan.ports[description] = listen(
-                    running.reactor,
-                    description,
-                    running.site,
-                    f"{where}: [proxy] listen",
-                    running.tls,
+                plan.ports[description] = running.listen_proxy(
+                    description, f"{where}: [proxy] listen"
                 )
         admin = config.admin
         running_admin = running.config.admin if running.admin_port is not None else None

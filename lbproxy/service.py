@@ -17,7 +17,7 @@ from lbproxy.config import ProxyConfig
 from lbproxy.front.resource import ProxyResource
 from lbproxy.front.site import ProxySite
 from lbproxy.front.tls import SNIConnectionCreator
-from lbproxy.listeners import StartError
+from lbproxy.listeners import StartError, listen
 from lbproxy.ops import accesslog
 from lbproxy.ops.accounting import Accounting
 from lbproxy.upstream.backend import BackendAgent, BackendConnectionPool
@@ -122,6 +122,10 @@ class ProxyService(service.MultiService):
 
             self._admin_site = admin_site(self)
         return self._admin_site
+
+    def listen_proxy(self, description: str, where: str) -> IListeningPort:
+        """A proxy listener (worker processes adopt their supervisor's instead)."""
+        return listen(self.reactor, description, self.site, where, self.tls)
 
     def reload(self, config: ProxyConfig) -> None:
         """

@@ -83,6 +83,19 @@ def makeService(options: Options) -> service.IService:
     from lbproxy.service import ProxyService, StartError
 
     config: ProxyConfig = options["proxy_config"]
+    if config.workers > 1:
+        # Worker processes (lbproxy.workers): this process supervises them.
+        from lbproxy.workers.supervisor import SupervisorControl, SupervisorService
+
+        try:
+            supervisor = SupervisorService(config, options["config"], reactor)
+        except StartError as e:
+            raise SystemExit(str(e)) from None
+        if options["demo"]:
+            for demo in demo_services(config):
+                demo.setServiceParent(supervisor)
+        SupervisorControl(supervisor, options["config"], reactor).setServiceParent(supervisor)
+        return supervisor
     try:
         proxy = ProxyService(config, reactor)
     except StartError as e:

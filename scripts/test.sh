@@ -42,6 +42,9 @@ fi
 quiet_pip() { "$@" 2>&1 | grep -vE '^(WARNING: Location|  WARNING)' || true; }
 
 echo "== CPython: install"
+# A build/ folder left by an earlier in-tree build would put modules that
+# have since moved or gone into the wheel.
+rm -rf build
 [ -x .venv/bin/python ] || python3 -m venv .venv
 quiet_pip .venv/bin/pip install -q --upgrade '.[dev]'
 # Always the code of this checkout, even when the version number is unchanged.

@@ -179,7 +179,7 @@ class ErrorTests(unittest.TestCase):
                 "[proxy]\nlisten = tcp:1\nlistn = 2\n",
                 "t.ini: [proxy] listn: unknown key (did you mean listen? known: listen, pool, via, backend_keepalive, "
                 "backend_keepalive_timeout, max_header_size, max_headers, max_body_size, "
-                "client_header_timeout, client_body_timeout, keepalive_timeout, max_connections, access_log, access_log_format, shutdown_timeout, upgrade, tunnel_timeout, http2, http2_max_streams, request_headers, response_headers, resolver)",
+                "client_header_timeout, client_body_timeout, keepalive_timeout, max_connections, access_log, access_log_format, shutdown_timeout, upgrade, tunnel_timeout, http2, http2_max_streams, workers, request_headers, response_headers, resolver)",
             ),
             ("[proxy]\n[pool:a]\nservers = http://h\n", "t.ini: [proxy] listen: is required"),
             (

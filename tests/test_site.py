@@ -54,6 +54,25 @@ class SiteTests(unittest.SynchronousTestCase):
         proxy.clock.advance(2)
         self.assertTrue(connection.closed)
 
+    def test_idle_timeout_waits_while_a_request_is_handled(self) -> None:
+        proxy = harness(self, "keepalive_timeout = 5s")
+        proxy.backend(SERVER).hang()
+        connection = proxy.connect_raw()
+        connection.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        waited = 0
+        while not connection.received and waited < 300:
+            self.assertFalse(connection.closed, f"closed after {waited}s without an answer")
+            proxy.clock.advance(1)
+            waited += 1
+        # The answer (504) came long after the idle timeout would have run out.
+        self.assertTrue(connection.received.startswith(b"HTTP/1.1 504 "), connection.received)
+        self.assertGreater(waited, 10)
+        self.assertFalse(connection.closed)
+        proxy.clock.advance(4)
+        self.assertFalse(connection.closed)
+        proxy.clock.advance(2)
+        self.assertTrue(connection.closed)
+
     def test_connections_over_the_limit_get_503(self) -> None:
         proxy = harness(self, "max_connections = 1")
         first = proxy.connect_raw()

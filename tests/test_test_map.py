@@ -29,7 +29,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: Each module of lbproxy -> the test modules that exercise it.
 TESTED_BY: Dict[str, Tuple[str, ...]] = {
-    "lbproxy._twisted": ("tests.test_twisted_internals", "tests.test_retry"),
+    "lbproxy._twisted": (
+        "tests.test_twisted_internals",
+        "tests.test_response_head",
+        "tests.test_retry",
+    ),
     "lbproxy.cli": ("tests.test_cli",),
     "lbproxy.demo": ("tests.test_demo",),
     "lbproxy.headers": ("tests.test_headers", "tests.test_edge", "tests.test_accesslog"),
@@ -107,6 +111,9 @@ TESTED_BY: Dict[str, Tuple[str, ...]] = {
     "lbproxy.upstream.ejection": ("tests.test_pool_parts",),
     "lbproxy.upstream.failures": ("tests.test_retry",),
     "lbproxy.upstream.forwarder": ("tests.test_forwarder",),
+    # A Protocol (no code): the pool's calls of it run in every pool test;
+    # the shared state behind it is tested through worker processes.
+    "lbproxy.upstream.group": ("tests.test_pool",),
     "lbproxy.upstream.health": ("tests.test_health",),
     "lbproxy.upstream.lifecycle": ("tests.test_lifecycle",),
     "lbproxy.upstream.pool": ("tests.test_pool",),
@@ -120,6 +127,11 @@ TESTED_BY: Dict[str, Tuple[str, ...]] = {
     "lbproxy.upstream.timers": ("tests.test_pool_parts",),
     "lbproxy.upstream.tunnel": ("tests.test_lifecycle",),
     "lbproxy.upstream.verdict": ("tests.test_pool_parts",),
+    # workers: real worker processes behind a supervisor.
+    "lbproxy.workers.shared": ("tests.test_workers",),
+    "lbproxy.workers.stats": ("tests.test_workers",),
+    "lbproxy.workers.supervisor": ("tests.test_workers",),
+    "lbproxy.workers.worker": ("tests.test_workers",),
 }
 
 #: Modules exercised through the running proxy by tests that do not import
@@ -131,6 +143,7 @@ THROUGH_THE_PROXY: Dict[str, Tuple[str, ...]] = {
     "lbproxy.service": ("tests.test_integration", "tests.test_hardening"),
     "lbproxy.upgrade": ("tests.test_websocket",),
     "lbproxy.upstream.tunnel": ("tests.test_websocket",),
+    "lbproxy.upstream.group": ("tests.test_workers",),
     "lbproxy.upstream.backend": ("tests.test_tls", "tests.test_integration"),
 }
 

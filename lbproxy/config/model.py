@@ -145,6 +145,9 @@ class ProxyConfig:
     shutdown_timeout: float = 30.0
     http2: bool = True
     http2_max_streams: int = 100
+    #: Worker processes serving the listeners (1: the twistd process serves
+    #: them itself, as before workers existed).
+    workers: int = 1
     admin: Optional[AdminConfig] = None
     tls: Optional[TLSConfig] = None
     #: Name servers for DNS discovery, as (address, port); L{None}: the system's.

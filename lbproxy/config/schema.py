@@ -32,6 +32,7 @@ from lbproxy.config.values import (
     parse_token,
     parse_upgrade,
     parse_via,
+    parse_workers,
 )
 from lbproxy.routing import parse_request_rules, parse_response_rules
 
@@ -72,6 +73,7 @@ PROXY_KEYS: Schema = {
     "tunnel_timeout": (parse_positive_duration, DEFAULT_LIMITS.tunnel_timeout),
     "http2": (parse_bool, True),
     "http2_max_streams": (parse_int(1, 10000), 100),
+    "workers": (parse_workers, 1),
     "request_headers": (parse_request_rules, ()),
     "response_headers": (parse_response_rules, ()),
     "resolver": (parse_resolver, None),

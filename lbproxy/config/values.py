@@ -7,6 +7,7 @@ returns it parsed, or raises C{ValueError} with a message that completes
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from typing import Callable, FrozenSet, Optional, Tuple
 
@@ -106,6 +107,28 @@ def parse_int(low: int, high: int) -> Callable[[str], int]:
         return int(text)
 
     return parse
+
+
+#: The most worker processes C{workers} may ask for.
+MAX_WORKERS = 256
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def parse_workers(text: str) -> int:
+    """C{auto} (one per core this process may use) or a number of processes."""
+    text = text.strip()
+    if text == "auto":
+        return min(cores(), MAX_WORKERS)
+    if not text.isdigit() or not (1 <= int(text) <= MAX_WORKERS):
+        raise ValueError(f"must be auto or a whole number from 1 to {MAX_WORKERS}, got {text!r}")
+    return int(text)
 
 
 def parse_via(text: str) -> Optional[str]:

@@ -122,6 +122,11 @@ class ProxyChannel(http.HTTPChannel):
     _header_bytes = 0
     _request_version = b""
     _header_timer: Optional[IDelayedCall] = None
+    #: Request heads completed on this connection.
+    _heads = 0
+    #: The idle timeout is off while a request is handled (L{setTimeout}).
+    _idle_suspended = False
+    _lost = False
     refused = False
     #: After a 101: the tunnel that takes this connection's bytes
     #: (L{lbproxy.upstream.tunnel.Tunnel}); no more HTTP is parsed.
@@ -137,18 +142,26 @@ class ProxyChannel(http.HTTPChannel):
             return
         if self.refused:
             return
-        if self._phase == self._IDLE and self._header_timer is None:
-            # The first byte of a request: its head has client_header_timeout
-            # to arrive whole, however slowly it trickles (slowloris).
-            self._header_timer = self.callLater(  # type: ignore[attr-defined]
-                self.limits.client_header_timeout, self._header_timed_out
-            )
+        # The first bytes of a request: its head has client_header_timeout
+        # to arrive whole, however slowly it trickles (slowloris).  The
+        # timer is set only when no head was completed with these bytes
+        # (the usual request arrives whole in one read and needs none),
+        # from this same moment.
+        starting = self._phase == self._IDLE and self._header_timer is None
+        heads = self._heads
         super().dataReceived(data)
+        if self.refused:
+            return
         # Whole CRLF-terminated lines have been taken; an LF left over in a
         # partial line has no CR before it.  (LineReceiver keeps that partial
         # line in ``_buffer``.)
-        if not self.refused and self.line_mode and b"\n" in self._buffer:
+        if self.line_mode and b"\n" in self._buffer:
             self.refuse(400, b"Bad Request", b"lines must end with CRLF")
+            return
+        if starting and self._heads == heads and self._header_timer is None:
+            self._header_timer = self.callLater(  # type: ignore[attr-defined]
+                self.limits.client_header_timeout, self._header_timed_out
+            )
 
     def lineReceived(self, line: bytes) -> None:
         limits = self.limits
@@ -230,6 +243,7 @@ class ProxyChannel(http.HTTPChannel):
                 self.refuse(400, b"Bad Request", b"chunk lines must end with CRLF")
 
     def allHeadersReceived(self) -> None:
+        self._heads += 1
         self._cancel_header_timer()
         self._phase = self._REQUEST
         super().allHeadersReceived()
@@ -250,7 +264,7 @@ class ProxyChannel(http.HTTPChannel):
         """
         self.tunnel = tunnel
         self._cancel_header_timer()
-        self.setTimeout(None)
+        self.cancel_idle_timeout()
         early = take_buffered_data(self)
         # twisted.web pauses reading while it holds more than 16 KB.
         producer = IPushProducer(self.transport, None)
@@ -258,7 +272,35 @@ class ProxyChannel(http.HTTPChannel):
             producer.resumeProducing()
         return early
 
+    def setTimeout(self, period: Optional[float]) -> Optional[float]:
+        """
+        twisted.web turns the idle timeout off while each request is handled
+        and on again after it.  Off only suspends it here: the pending call
+        stays, is reset when the timeout comes back and ignored if it runs
+        out meanwhile; one timer per connection, not one per request.  When
+        the connection is lost it is cancelled as usual.
+        """
+        if period is None and not self._lost:
+            self._idle_suspended = True
+            previous, self.timeOut = self.timeOut, None
+            return previous  # type: ignore[no-any-return]
+        self._idle_suspended = False
+        return super().setTimeout(period)  # type: ignore[no-any-return]
+
+    def cancel_idle_timeout(self) -> None:
+        """
+        Turn the idle timeout off for good (not suspended): the connection
+        is handed over to a tunnel or to HTTP/2.
+        """
+        self._idle_suspended = False
+        super().setTimeout(None)
+
+    def timeoutConnection(self) -> None:
+        if not self._idle_suspended:
+            super().timeoutConnection()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
         if self.tunnel is not None:
             self.tunnel.client_lost(reason)
         self._cancel_header_timer()

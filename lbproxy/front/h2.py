@@ -312,7 +312,7 @@ class NegotiatingChannel(Protocol):
         assert transport is not None
         # The HTTP/1.1 channel has read nothing: it lets go of the transport.
         transport.unregisterProducer()  # type: ignore[attr-defined]
-        http1.setTimeout(None)
+        http1.cancel_idle_timeout()
         site = self.site
         connection = ProxyH2Connection(site, site.limits, site.http2_max_streams, site.reactor)
         connection.timeOut = site.timeOut

@@ -12,6 +12,7 @@ moved it.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from typing import IO, Any, Callable, Dict, Optional
@@ -30,18 +31,22 @@ BUFFER_SIZE = 64 * 1024
 FLUSH_INTERVAL = 1.0
 
 
+#: A byte that a quoted field cannot hold as it is.
+_UNQUOTABLE = re.compile(rb"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
+
+def _escape(match: re.Match[bytes]) -> bytes:
+    return b"\\x%02X" % match.group()[0]
+
+
 def _quoted(value: bytes) -> str:
     """
     A value for a quoted field of a combined line: printable ASCII stays,
     C{"} and C{\\} and everything else become C{\\xHH} (as nginx does).
     """
-    out = []
-    for byte in value:
-        if 32 <= byte < 127 and byte not in (34, 92):
-            out.append(chr(byte))
-        else:
-            out.append(f"\\x{byte:02X}")
-    return "".join(out)
+    if _UNQUOTABLE.search(value) is None:
+        return value.decode("ascii")
+    return _UNQUOTABLE.sub(_escape, value).decode("ascii")
 
 
 def _text(value: bytes) -> str:

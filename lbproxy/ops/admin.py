@@ -25,9 +25,10 @@ import hmac
 import ipaddress
 import json
 from importlib import resources
-from typing import Any, Dict, List, Mapping, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 from urllib.parse import unquote, urlsplit
 
+import attr
 from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.resource import Resource
@@ -107,7 +108,7 @@ def pool_status(pool: PoolSnapshot) -> Dict[str, Any]:
 
 def status(taken: ProxySnapshot) -> Dict[str, Any]:
     """The C{/status} document of a snapshot."""
-    return {
+    document = {
         "version": __version__,
         "uptime_seconds": round(taken.uptime, 3),
         "config": taken.config_path,
@@ -115,6 +116,9 @@ def status(taken: ProxySnapshot) -> Dict[str, Any]:
         "reloads": dict(taken.reloads),
         "pools": [pool_status(pool) for pool in taken.pools],
     }
+    if taken.workers:
+        document["workers"] = [attr.asdict(worker) for worker in taken.workers]
+    return document
 
 
 class AdminResource(Resource):
@@ -122,9 +126,12 @@ class AdminResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, proxy: Operated) -> None:
+    def __init__(self, proxy: Operated, take: Optional[Callable[[], ProxySnapshot]] = None) -> None:
         super().__init__()
         self.proxy = proxy
+        #: Takes the snapshot /status and /metrics render (a supervisor of
+        #: worker processes passes one that sums the workers' counters).
+        self.take: Callable[[], ProxySnapshot] = take or (lambda: snapshot(proxy))
         self._registry: Any = None
 
     def render(self, request: server.Request) -> bytes:  # type: ignore[override]
@@ -139,7 +146,7 @@ class AdminResource(Resource):
         if segments in ([], [""]):
             return self._get_only(request, self._dashboard)
         if segments == ["status"]:
-            return self._get_only(request, lambda r: _json(r, 200, status(snapshot(self.proxy))))
+            return self._get_only(request, lambda r: _json(r, 200, status(self.take())))
         if segments == ["history"]:
             return self._get_only(request, self._history)
         if segments == ["metrics"]:
@@ -294,8 +301,7 @@ class AdminResource(Resource):
 
     def _metrics(self, request: server.Request) -> bytes:
         if self._registry is None:
-            proxy = self.proxy
-            self._registry = metrics.registry(lambda: snapshot(proxy))
+            self._registry = metrics.registry(self.take)
         body, content_type = metrics.render(self._registry)
         request.setHeader(b"Content-Type", content_type.encode("ascii"))
         return body
@@ -358,8 +364,8 @@ class _AdminSite(server.Site):
         pass
 
 
-def admin_site(proxy: Operated) -> server.Site:
-    return _AdminSite(AdminResource(proxy), requestFactory=_AdminRequest)
+def admin_site(proxy: Operated, take: Optional[Callable[[], ProxySnapshot]] = None) -> server.Site:
+    return _AdminSite(AdminResource(proxy, take), requestFactory=_AdminRequest)
 
 
 __all__: List[str] = ["AdminResource", "admin_site", "status"]

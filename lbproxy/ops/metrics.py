@@ -113,6 +113,21 @@ class ProxyCollector:
         )
         for result, n in sorted(taken.reloads):
             reloads.add_metric([result], n)
+        # Each worker process's own figures (none in a single process).
+        worker_requests = CounterMetricFamily(
+            "lbproxy_worker_requests",
+            "Requests a worker process answered through a server.",
+            labels=["worker", "pid"],
+        )
+        worker_connections = GaugeMetricFamily(
+            "lbproxy_worker_client_connections",
+            "Open client connections of a worker process.",
+            labels=["worker", "pid"],
+        )
+        for worker in taken.workers:
+            labels = [str(worker.number), str(worker.pid)]
+            worker_requests.add_metric(labels, worker.requests)
+            worker_connections.add_metric(labels, worker.client_connections)
         yield from (
             requests,
             in_flight,
@@ -127,6 +142,8 @@ class ProxyCollector:
             connections,
             reloads,
         )
+        if taken.workers:
+            yield from (worker_requests, worker_connections)
 
 
 def registry(take: Callable[[], ProxySnapshot]) -> CollectorRegistry:

@@ -172,8 +172,31 @@ class PoolSnapshot:
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
+class WorkerSnapshot:
+    """
+    One worker process's own figures (with C{[proxy] workers} above 1).
+
+    @ivar published_ago: Seconds since the worker last published its
+        counters (they are that old).
+    """
+
+    number: int
+    pid: int
+    generation: int
+    client_connections: int
+    in_flight: int
+    requests: int
+    failures: int
+    published_ago: float
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
 class ProxySnapshot:
-    """The whole proxy at one moment (C{now}, on its clock)."""
+    """
+    The whole proxy at one moment (C{now}, on its clock).
+
+    @ivar workers: Each worker process's figures; empty in a single process.
+    """
 
     now: float
     started_at: float
@@ -181,6 +204,7 @@ class ProxySnapshot:
     client_connections: int
     reloads: Tuple[Tuple[str, int], ...]
     pools: Tuple[PoolSnapshot, ...]
+    workers: Tuple[WorkerSnapshot, ...] = ()
 
     @property
     def uptime(self) -> float:
@@ -249,6 +273,7 @@ __all__ = [
     "ProxySource",
     "ServerSnapshot",
     "ServerSource",
+    "WorkerSnapshot",
     "pool_snapshot",
     "server_snapshot",
     "snapshot",

@@ -75,6 +75,15 @@ class LastMinute:
 
     def add_bucket(self, bucket: int, now: float) -> None:
         """Count a duration of latency bucket C{bucket} (an index into L{WINDOW_BOUNDS})."""
+        self._slot(now)[bucket] += 1
+
+    def add_counts(self, counts: Dict[int, int], now: float) -> None:
+        """Count C{n} durations of each latency bucket, at C{now} (merging another's counts)."""
+        slot = self._slot(now)
+        for bucket, n in counts.items():
+            slot[bucket] += n
+
+    def _slot(self, now: float) -> List[int]:
         second = int(now)
         index = second % WINDOW
         slot = self._slots[index]
@@ -82,7 +91,11 @@ class LastMinute:
             self._seconds[index] = second
             for i in range(len(slot)):
                 slot[i] = 0
-        slot[bucket] += 1
+        return slot
+
+    def merged(self, now: float) -> List[int]:
+        """The last minute's counts by latency bucket."""
+        return self._merged(now)
 
     def _merged(self, now: float) -> List[int]:
         oldest = int(now) - WINDOW + 1

@@ -148,8 +148,14 @@ class Attempt(Protocol):
                 timer.cancel()
         self.state = state
         if delay:
-            expired = self._timed_out if state is AWAITING_RESPONSE else self._check_idle
-            self._timer = self.clock.callLater(delay, expired)
+            self._timer = self.clock.callLater(delay, self._expired)
+
+    def _expired(self) -> None:
+        """The state's timer ran out: the response timeout, or an idle check."""
+        if self.state is AWAITING_RESPONSE:
+            self._timed_out()
+        else:
+            self._check_idle()
 
     def start(self) -> None:
         lifecycle = self.lifecycle
@@ -181,6 +187,7 @@ class Attempt(Protocol):
             self._enter(AWAITING_RESPONSE, self.forwarder.response_timeout)
 
     def _timed_out(self) -> None:
+        self._timer = None
         self.cancelled_for = Kind.TIMED_OUT
         if self.pending is not None:
             self.pending.cancel()
@@ -258,13 +265,24 @@ class Attempt(Protocol):
         if isinstance(response, Switched):
             self._tunnel(response)
             return
+        # The response timer becomes the body's idle timer (moved, not
+        # cancelled and made again: one timer per attempt).
+        timer, self._timer = self._timer, None
         self._enter(RELAYING)
         response.deliverBody(self)
+        active = timer is not None and timer.active()
         if self.state is RELAYING:
             # The body goes on: no gap between its bytes longer than
             # idle_timeout.
             self.last_byte = self.clock.seconds()
-            self._timer = self.clock.callLater(self.forwarder.idle_timeout, self._check_idle)
+            idle = self.forwarder.idle_timeout
+            if active:
+                timer.reset(idle)  # type: ignore[union-attr]
+                self._timer = timer
+            else:
+                self._timer = self.clock.callLater(idle, self._expired)
+        elif active:
+            timer.cancel()  # type: ignore[union-attr]
 
     def _tunnel(self, switched: Switched) -> None:
         """
@@ -313,7 +331,9 @@ class Attempt(Protocol):
         """
         self._end()
         lifecycle = self.lifecycle
-        if reason.check(ResponseDone, PotentialDataLoss):
+        # isinstance, not Failure.check: check names every class of the
+        # value's type (reflect.qual), which every response would pay for.
+        if isinstance(reason.value, (ResponseDone, PotentialDataLoss)):
             lifecycle.response_complete()
             return
         if self.cancelled_for is Kind.STALLED:

@@ -52,6 +52,8 @@ from lbproxy._twisted import (
     HTTP11ClientProtocol,
     HTTPClientParser,
     RequestNotSent,
+    give_up,
+    read_response_head,
 )
 from lbproxy.config import PoolConfig, ServerConfig
 from lbproxy.upstream.tunnel import Switched, SwitchedConnection, watch_for_switch
@@ -128,6 +130,13 @@ class _BackendProtocol(HTTP11ClientProtocol):
         if self._parser is None:
             # No request in flight, or its response is complete.
             self._discard(f"{len(data)} bytes arrived while no response was expected")
+            return
+        try:
+            # A head that arrived whole is read in one pass (the usual case).
+            if read_response_head(self._parser, data):
+                return
+        except BaseException:
+            give_up(self)
             return
         super().dataReceived(data)
 

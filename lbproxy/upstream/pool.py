@@ -12,7 +12,9 @@ L{Pool} composes one room per concern and adds the operator's actions:
   - L{slowstart}: the weight ramp of a server back in rotation.
 
   - L{rotation}: acts on those verdicts; every server that comes back into
-    rotation (UP again, ejection over, a passing check) takes one path.
+    rotation (UP again, ejection over, a passing check) takes one path;
+  - L{group}: in a worker process, the hook to the state the worker
+    processes share (L{GroupShare}).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from lbproxy.config import PoolConfig
 from lbproxy.ops.stats import PoolStats
+from lbproxy.upstream.group import GroupShare
 from lbproxy.upstream.queue import MAX_WAITING, WaitQueue
 from lbproxy.upstream.rotation import Rotation
 from lbproxy.upstream.server import WEIGHT_SCALE, ServerState
@@ -44,6 +47,9 @@ class Pool:
     @ivar on_change: Told of each change of a server's state: C{(server,
         what, detail)}, C{what} being DOWN, UP, ejected, reinstated, drained,
         maint, enabled or weight.
+    @ivar shared: In a worker process, the group's state (L{GroupShare}):
+        synced before each choice, told of each dispatch, release and
+        ejection.  L{None} in a single process.
     """
 
     def __init__(
@@ -58,6 +64,7 @@ class Pool:
         self.clock: IReactorTime = clock  # type: ignore[assignment]
         self.stats = PoolStats()
         self.on_change: Optional[Callable[[ServerState, str, str], None]] = None
+        self.shared: Optional[GroupShare] = None
         self._queue = WaitQueue()
         self._rotation = Rotation(config, self.clock, self._changed, self._wake)
         self._set_servers(servers)
@@ -120,6 +127,8 @@ class Pool:
 
         @param key: The request's key, for algorithms that hash it.
         """
+        if self.shared is not None:
+            self.shared.sync()
         now = self.clock.seconds() if self.observes_latency else 0.0
         return self._tiers.candidates(key, preferred, now)
 
@@ -155,6 +164,8 @@ class Pool:
 
     def dispatch(self, server: ServerState) -> None:
         server.active += 1
+        if self.shared is not None:
+            self.shared.dispatched(server, 1)
         if self._limited:
             limit = server.config.max_connections
             if limit is not None and server.active >= limit:
@@ -163,10 +174,16 @@ class Pool:
 
     def release(self, server: ServerState) -> None:
         server.active -= 1
+        if self.shared is not None:
+            self.shared.dispatched(server, -1)
         if self._limited and server.full and server.active < (server.config.max_connections or 0):
             server.full = False
             server.refresh()
             self._wake()
+
+    def wake(self) -> None:
+        """Let waiting requests try again (a slot may have been freed elsewhere)."""
+        self._wake()
 
     def _wake(self) -> None:
         self._queue.wake(lambda: any(s.usable for s in self.servers))
@@ -190,7 +207,10 @@ class Pool:
         probation: one more failure takes it out again (nginx's semantics).
         """
         server.stats.failures += 1
+        was_ejected = server.ejected
         self._rotation.failure(server)
+        if self.shared is not None and server.ejected and not was_ejected:
+            self.shared.ejected(server, server.ejected_at + self.config.fail_timeout)
 
     # -- active checks ------------------------------------------------------
 

@@ -1,0 +1,372 @@
+"""
+The state table the supervisor and its workers share: one row per server,
+in a memory file (C{memfd}) every process maps.
+
+A row holds what must be the group's rather than one process's:
+
+ - C{inflight[slot]}: requests in flight to the server from the worker in
+   that slot.  Each worker writes only its own column, the supervisor
+   zeroes the column of a worker that ended: one writer per word, no locks.
+   A server's in-flight count is the sum of its row, read by every worker
+   before it chooses (least_connections, random_two, max_connections).
+ - C{down}: the active health checks' verdict (they run in the supervisor).
+ - C{ejected_until}: passive ejection: a worker that takes a server out
+   writes when it comes back; every worker reads it.
+ - C{operator}: drain or maint from the admin API (in the supervisor), and
+   C{weight}: a weight set at run time (-1: none).
+
+Rows are keyed by pool and server (name and address), so that a reload
+maps the servers that stay to the same rows: their state survives it.
+
+The guarantees (README, "Worker processes"): a worker reads the sums when it
+builds a request's candidates, so two workers choosing in the same instant
+may both take the same least loaded server (least_connections is exact up to
+the requests being chosen at that instant, at most one per worker); for the
+same reason a server may exceed C{max_connections} by at most
+C{workers - 1}.  Round robin rotates per worker: each worker's requests
+are spread evenly, so the sum is too, over time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+from twisted.internet.task import LoopingCall
+
+#: Most servers over all pools, and most worker processes alive at once
+#: (a reload briefly runs two generations).
+MAX_SERVERS = 4096
+MAX_SLOTS = 512
+
+_KEY = 4  # 32 bytes of key, as four 64-bit words
+_FIELDS = _KEY + 4  # key, used, down, operator, weight
+_ROW = _FIELDS + 1 + MAX_SLOTS  # ... ejected_until (a double), inflight[MAX_SLOTS]
+_HEADER = 8  # word 0: the highest slot in use + 1
+
+OPERATOR_NONE, OPERATOR_DRAINING, OPERATOR_MAINT = 0, 1, 2
+
+#: How often a worker with requests waiting for a slot looks for one freed
+#: by another worker.
+QUEUE_POLL = 0.02
+
+
+def row_key(pool: str, server: Tuple[str, str, str, int]) -> bytes:
+    """The 32-byte key of a pool's server (name, scheme, host, port)."""
+    return hashlib.sha256(repr((pool, server)).encode("utf-8")).digest()
+
+
+def table_size() -> int:
+    return (_HEADER + MAX_SERVERS * _ROW) * 8
+
+
+def memory_file(name: str, size: int) -> int:
+    """A new zeroed memory file of C{size} bytes, inheritable by workers: its descriptor."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create(name, 0)
+    else:  # pragma: no cover - Linux has memfd_create
+        import tempfile
+
+        fd, path = tempfile.mkstemp(prefix=name + "-")
+        os.unlink(path)
+    os.ftruncate(fd, size)
+    os.set_inheritable(fd, True)
+    return fd
+
+
+class SharedTable:
+    """The table over a shared mapping; every method is a few word reads or writes."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._map = mmap.mmap(fd, table_size())
+        self.words = memoryview(self._map).cast("q")
+        self.doubles = memoryview(self._map).cast("d")
+
+    @classmethod
+    def create(cls) -> SharedTable:
+        """A new zeroed table in a memory file (inheritable by workers)."""
+        return cls(memory_file("lbproxy-shared", table_size()))
+
+    # -- layout ---------------------------------------------------------------
+
+    @staticmethod
+    def base(row: int) -> int:
+        return _HEADER + row * _ROW
+
+    @property
+    def slots(self) -> int:
+        return int(self.words[0])
+
+    @slots.setter
+    def slots(self, value: int) -> None:
+        self.words[0] = value
+
+    def key_of(self, row: int) -> bytes:
+        base = self.base(row)
+        return bytes(self.words[base : base + _KEY].cast("B"))
+
+    def find(self, key: bytes) -> Optional[int]:
+        """The row of C{key}, if one was given to it."""
+        for row in range(MAX_SERVERS):
+            base = self.base(row)
+            if not self.words[base + _KEY]:
+                continue
+            if self.key_of(row) == key:
+                return row
+        return None
+
+    def assign(self, keys: List[bytes]) -> Dict[bytes, int]:
+        """
+        Rows for C{keys} (supervisor only): a key keeps its row; a new one
+        takes a free row (never used, or freed by L{release_rows}).
+        """
+        rows: Dict[bytes, int] = {}
+        for key in keys:
+            row = self.find(key)
+            if row is None:
+                row = self._free_row()
+                base = self.base(row)
+                self.words[base : base + _FIELDS + 1 + MAX_SLOTS] = memoryview(
+                    bytes(8 * (_FIELDS + 1 + MAX_SLOTS))
+                ).cast("q")
+                self.words[base : base + _KEY] = memoryview(key).cast("q")
+                self.words[base + _KEY] = 1
+                self.words[base + _KEY + 3] = -1
+            rows[key] = row
+        return rows
+
+    def _free_row(self) -> int:
+        for row in range(MAX_SERVERS):
+            if not self.words[self.base(row) + _KEY]:
+                return row
+        raise RuntimeError(f"more than {MAX_SERVERS} servers")
+
+    def release_rows(self, keep: List[int]) -> None:
+        """Free the rows not in C{keep} that have nothing in flight (supervisor only)."""
+        kept = set(keep)
+        for row in range(MAX_SERVERS):
+            base = self.base(row)
+            if self.words[base + _KEY] and row not in kept and self.inflight(row) == 0:
+                self.words[base + _KEY] = 0
+
+    # -- fields ---------------------------------------------------------------
+
+    def inflight(self, row: int) -> int:
+        start = self.base(row) + _FIELDS + 1
+        return sum(self.words[start : start + self.slots])
+
+    def add_inflight(self, row: int, slot: int, delta: int) -> None:
+        self.words[self.base(row) + _FIELDS + 1 + slot] += delta
+
+    def inflight_of(self, row: int, slot: int) -> int:
+        return int(self.words[self.base(row) + _FIELDS + 1 + slot])
+
+    def clear_slot(self, slot: int) -> None:
+        """A worker ended: its requests are no longer in flight (supervisor only)."""
+        for row in range(MAX_SERVERS):
+            base = self.base(row)
+            if self.words[base + _KEY]:
+                self.words[base + _FIELDS + 1 + slot] = 0
+
+    def down(self, row: int) -> bool:
+        return bool(self.words[self.base(row) + _KEY + 1])
+
+    def operator(self, row: int) -> int:
+        return int(self.words[self.base(row) + _KEY + 2])
+
+    def weight(self, row: int) -> Optional[int]:
+        value = int(self.words[self.base(row) + _KEY + 3])
+        return None if value < 0 else value
+
+    def ejected_until(self, row: int) -> float:
+        return float(self.doubles[self.base(row) + _FIELDS])
+
+    def set_ejected_until(self, row: int, when: float) -> None:
+        self.doubles[self.base(row) + _FIELDS] = when
+
+    def publish(self, row: int, server: Any) -> None:
+        """Write what the supervisor decides of C{server} (health, operator, weight)."""
+        base = self.base(row)
+        self.words[base + _KEY + 1] = 0 if server.up else 1
+        self.words[base + _KEY + 2] = (
+            OPERATOR_MAINT if server.maint else OPERATOR_DRAINING if server.draining else 0
+        )
+        override = server.weight_override
+        self.words[base + _KEY + 3] = -1 if override is None else override
+        if not server.ejected:
+            # Brought back by a passing health check.
+            self.set_ejected_until(row, 0.0)
+
+
+class PoolShare:
+    """
+    A worker's pool reading and writing the table: installed as
+    C{Pool.shared}, it brings the servers' states up to date before each
+    choice (L{sync}) and writes the worker's in-flight counts and ejections.
+    """
+
+    def __init__(
+        self,
+        table: SharedTable,
+        slot: int,
+        pool: Any,
+        rows: Dict[Any, int],
+        authority: bool = False,
+    ) -> None:
+        self.table = table
+        #: The supervisor's: it decides health, drain, maint and weight
+        #: (writes them) and reads only the workers' counts and ejections.
+        self.authority = authority
+        self.slot = slot
+        self.pool = pool
+        #: Row of each server (the pool's own ServerState objects).
+        self.rows = rows
+        self._poll: Optional[LoopingCall] = None
+
+    def sync(self) -> None:
+        """The group's view of every server of the pool, into its ServerStates."""
+        table = self.table
+        now = self.pool.clock.seconds()
+        for server in self.pool.servers:
+            row = self.rows.get(server)
+            if row is None:
+                continue
+            server.active = table.inflight(row)
+            ejected = table.ejected_until(row) > now
+            if self.authority:
+                if ejected != server.ejected:
+                    server.ejected = ejected
+                    server.refresh()
+                table.publish(row, server)
+                continue
+            server.up = not table.down(row)
+            operator = table.operator(row)
+            server.draining = operator == OPERATOR_DRAINING
+            server.maint = operator == OPERATOR_MAINT
+            weight = table.weight(row)
+            if weight != server.weight_override:
+                server.weight_override = weight
+                server.weight = server.base_weight * 100
+            server.ejected = table.ejected_until(row) > now
+            limit = server.config.max_connections
+            server.full = limit is not None and server.active >= limit
+            server.refresh()
+
+    def dispatched(self, server: Any, delta: int) -> None:
+        row = self.rows.get(server)
+        if row is not None:
+            self.table.add_inflight(row, self.slot, delta)
+
+    def ejected(self, server: Any, until: float) -> None:
+        row = self.rows.get(server)
+        if row is not None:
+            self.table.set_ejected_until(row, until)
+
+    def watch_queue(self, clock: Any) -> None:
+        """While requests wait, look for slots other workers free."""
+        self._poll = LoopingCall(self._tick)
+        self._poll.clock = clock
+        self._poll.start(QUEUE_POLL, now=False)
+
+    def _tick(self) -> None:
+        if self.pool.queue_length:
+            self.sync()
+            self.pool.wake()
+
+
+class GroupState:
+    """
+    The supervisor's side of the table: rows for its servers, what it
+    decides published at once (health verdicts, drain, maint, weight), and
+    its own ServerStates kept up to date from the workers' counts (for
+    /status and /metrics).
+    """
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self.table = SharedTable.create()
+        self.shares: Dict[str, PoolShare] = {}
+        self._refresh = LoopingCall(self.sync)
+        self._clock = service.reactor
+
+    def map_servers(self) -> None:
+        """Rows for the running configuration's servers (at start and after a reload)."""
+        table = self.table
+        used: List[int] = []
+        self.shares = {}
+        for name, pool in self.service.pools.items():
+            keys = [row_key(name, _server_key(server)) for server in pool.servers]
+            rows = table.assign(keys)
+            by_server = {s: rows[k] for s, k in zip(pool.servers, keys)}
+            used.extend(by_server.values())
+            self.shares[name] = PoolShare(table, -1, pool, by_server, authority=True)
+            for server in pool.servers:
+                table.publish(by_server[server], server)
+            pool.on_change = self._publishing(name, pool.on_change)
+        table.release_rows(used)
+
+    def _publishing(self, name: str, recorder: Any) -> Any:
+        if getattr(recorder, "publishes", False):
+            return recorder
+
+        def changed(server: Any, what: str, detail: str) -> None:
+            # Told before the pool changes the server: published right after.
+            share = self.shares.get(name)
+            row = share.rows.get(server) if share is not None else None
+            if row is not None:
+                self._clock.callLater(0, self.table.publish, row, server)
+            if recorder is not None:
+                recorder(server, what, detail)
+
+        changed.publishes = True  # type: ignore[attr-defined]
+        return changed
+
+    def sync(self) -> None:
+        for share in self.shares.values():
+            share.sync()
+
+    def slot_in_use(self, slot: int) -> None:
+        if slot + 1 > self.table.slots:
+            self.table.slots = slot + 1
+
+    def slot_ended(self, slot: int) -> None:
+        self.table.clear_slot(slot)
+
+    def start(self, clock: Any) -> None:
+        self._refresh.clock = clock
+        self._refresh.start(0.25)
+
+    def stop(self) -> None:
+        if self._refresh.running:
+            self._refresh.stop()
+
+
+def attach_worker(service: Any, fd: int, slot: int) -> None:
+    """
+    Make a worker's pools read and write the shared table; its own health
+    checks are dropped (the supervisor's are the group's).
+    """
+    table = SharedTable(fd)
+    for checker in list(service.checkers.values()):
+        checker.disownServiceParent()
+    service.checkers = {}
+    for name, pool in service.pools.items():
+        rows: Dict[Any, int] = {}
+        for server in pool.servers:
+            row = table.find(row_key(name, _server_key(server)))
+            if row is not None:
+                rows[server] = row
+        share = PoolShare(table, slot, pool, rows)
+        pool.shared = share
+        share.watch_queue(service.reactor)
+
+
+def _server_key(server: Any) -> Tuple[str, str, str, int]:
+    config = server.config
+    return (config.name, config.scheme, config.host, config.port)
+
+
+__all__ = ["GroupState", "PoolShare", "SharedTable", "attach_worker", "row_key"]

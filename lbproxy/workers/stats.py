@@ -1,0 +1,431 @@
+"""
+One admin view of the worker processes: each worker publishes its counters
+into its own region of a shared memory file, and the supervisor's read model
+sums them.
+
+The region of a worker is its slot's (the same slot as its column of the
+shared table): a header of two words (a sequence number, odd while the
+worker writes; the length) and a JSON document of its counters (L{report}),
+rewritten every L{PUBLISH_EVERY} seconds and once more when the worker
+stops.  The supervisor copies a region, and keeps the copy only when the
+sequence number was even and unchanged across the copy (a seqlock: one
+writer per region, so no lock).
+
+The supervisor's source (L{GroupSource}) is a L{ProxySource} of the
+read model: the supervisor's own pools and servers (states, health and
+in-flight sums are the group's already, through the shared table) with each
+server's counters replaced by the sum over the workers: requests by method
+and status class, failures, the duration histogram, the last minute's
+latency buckets (so p50 and p99 are the group's, not an average of the
+workers').  A worker that ended leaves its last published counters behind
+(L{GroupStats.retire}), so totals never go down on a reload or a restart;
+its last minute goes with it.
+
+Counters are at most L{PUBLISH_EVERY} seconds old; a worker killed with
+SIGKILL loses what it counted since it last published.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from lbproxy.config import PoolConfig, ServerConfig
+from lbproxy.ops.snapshot import ProxySnapshot, WorkerSnapshot, snapshot
+from lbproxy.ops.stats import HISTOGRAM_BOUNDS, PoolStats, ServerStats
+from lbproxy.workers.shared import MAX_SLOTS, memory_file
+
+log = Logger()
+
+#: Bytes of one worker's region (its header and its JSON document).
+REGION = 256 * 1024
+_HEADER = 16
+
+#: Seconds between a worker's publications.
+PUBLISH_EVERY = 0.25
+
+#: Copies a reader attempts while a worker is writing, before it keeps
+#: the previous good copy.
+READ_TRIES = 20
+
+
+class StatsRegions:
+    """The regions of every slot, over one shared memory file."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._map = mmap.mmap(fd, REGION * MAX_SLOTS)
+        self.words = memoryview(self._map).cast("q")
+
+    @classmethod
+    def create(cls) -> StatsRegions:
+        return cls(memory_file("lbproxy-stats", REGION * MAX_SLOTS))
+
+    def write(self, slot: int, document: bytes) -> bool:
+        """Publish C{document} in C{slot}'s region (its one writer); False when too big."""
+        if len(document) > REGION - _HEADER:
+            return False
+        base = slot * REGION
+        word = base // 8
+        self.words[word] += 1  # odd: being written
+        self._map[base + _HEADER : base + _HEADER + len(document)] = document
+        self.words[word + 1] = len(document)
+        self.words[word] += 1  # even: whole
+        return True
+
+    def read(self, slot: int) -> Optional[bytes]:
+        """A whole copy of C{slot}'s document, or L{None} (never written, or always busy)."""
+        base = slot * REGION
+        word = base // 8
+        for _ in range(READ_TRIES):
+            before = int(self.words[word])
+            if before == 0:
+                return None
+            if before % 2:
+                continue
+            length = int(self.words[word + 1])
+            data = bytes(self._map[base + _HEADER : base + _HEADER + min(length, REGION)])
+            if int(self.words[word]) == before:
+                return data
+        return None
+
+    def clear(self, slot: int) -> None:
+        """A slot's worker ended and its counters were retired (supervisor only)."""
+        word = slot * REGION // 8
+        self.words[word] = 0
+        self.words[word + 1] = 0
+
+
+# -- the worker's side ----------------------------------------------------------
+
+
+def report(service: Any, number: int, generation: int, slot: int) -> Dict[str, Any]:
+    """What a worker publishes: its pools' and servers' counters, and its own figures."""
+    now = service.reactor.seconds()
+    pools: Dict[str, Any] = {}
+    for name, pool in service.pools.items():
+        servers = {}
+        for server in pool.servers:
+            stats = server.stats
+            minute = stats.recent.merged(now)
+            servers[server.name] = {
+                "requests": [[m, s, n] for (m, s), n in stats.requests.items()],
+                "served": stats.served,
+                "failures": stats.failures,
+                "connect_failures": stats.connect_failures,
+                "histogram": list(stats.histogram.counts),
+                "duration_sum": stats.histogram.total,
+                "minute": {str(i): n for i, n in enumerate(minute) if n},
+                "active": server.active,
+            }
+        pools[name] = {
+            "retries": pool.stats.retries,
+            "unrouted": [[m, s, n] for (m, s), n in pool.stats.unrouted.items()],
+            "queue_length": pool.queue_length,
+            "servers": servers,
+        }
+    return {
+        "number": number,
+        "generation": generation,
+        "slot": slot,
+        "pid": os.getpid(),
+        "now": now,
+        "client_connections": service.site.open_connections,
+        "pools": pools,
+    }
+
+
+class Publisher:
+    """A worker's publications, every L{PUBLISH_EVERY} seconds and at its stop."""
+
+    def __init__(
+        self, regions: StatsRegions, service: Any, number: int, generation: int, slot: int
+    ) -> None:
+        self.regions = regions
+        self.service = service
+        self.number = number
+        self.generation = generation
+        self.slot = slot
+        self._loop = LoopingCall(self.publish)
+        self._too_big = False
+
+    def start(self, clock: Any) -> None:
+        self._loop.clock = clock
+        self._loop.start(PUBLISH_EVERY, now=True)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+        self.publish()
+
+    def publish(self) -> None:
+        document = report(self.service, self.number, self.generation, self.slot)
+        data = json.dumps(document, separators=(",", ":")).encode("utf-8")
+        if not self.regions.write(self.slot, data) and not self._too_big:
+            self._too_big = True
+            log.warn(
+                "counters of {n} bytes do not fit the {size} bytes of a worker's region: "
+                "the admin view misses this worker's",
+                n=len(data),
+                size=REGION - _HEADER,
+            )
+
+
+# -- the supervisor's side --------------------------------------------------------
+
+
+def _add_pairs(into: Dict[Tuple[str, str], int], pairs: Iterable[Sequence[Any]]) -> None:
+    for method, status, n in pairs:
+        key = (str(method), str(status))
+        into[key] = into.get(key, 0) + int(n)
+
+
+def _add_server(into: ServerStats, figures: Mapping[str, Any], now: Optional[float]) -> None:
+    _add_pairs(into.requests, figures["requests"])
+    into.served += int(figures["served"])
+    into.failures += int(figures["failures"])
+    into.connect_failures += int(figures["connect_failures"])
+    counts = into.histogram.counts
+    for i, n in enumerate(figures["histogram"][: len(HISTOGRAM_BOUNDS) + 1]):
+        counts[i] += int(n)
+    into.histogram.total += float(figures["duration_sum"])
+    if now is not None:
+        into.recent.add_counts({int(i): int(n) for i, n in figures["minute"].items()}, now)
+
+
+class GroupStats:
+    """
+    The supervisor's reading of the regions: the live workers' documents
+    and the retired counters of workers that ended.
+    """
+
+    def __init__(self, regions: StatsRegions) -> None:
+        self.regions = regions
+        #: (pool, server) -> counters left by workers that ended.
+        self.retired_servers: Dict[Tuple[str, str], Dict[str, Any]] = {}
+        #: pool -> (retries, unrouted pairs) left by workers that ended.
+        self.retired_pools: Dict[str, Dict[str, Any]] = {}
+        #: The last good document of each slot.
+        self._last: Dict[int, Dict[str, Any]] = {}
+
+    def document(self, slot: int) -> Optional[Dict[str, Any]]:
+        data = self.regions.read(slot)
+        if data is not None:
+            try:
+                self._last[slot] = json.loads(data)
+            except ValueError:
+                pass
+        return self._last.get(slot)
+
+    def documents(self, slots: Iterable[int]) -> List[Dict[str, Any]]:
+        found = []
+        for slot in slots:
+            document = self.document(slot)
+            if document is not None:
+                found.append(document)
+        return found
+
+    def retire(self, slot: int) -> None:
+        """The worker of C{slot} ended: its last counters stay in the totals."""
+        document = self.document(slot)
+        self._last.pop(slot, None)
+        self.regions.clear(slot)
+        if document is None:
+            return
+        for pool_name, pool in document["pools"].items():
+            kept = self.retired_pools.setdefault(pool_name, {"retries": 0, "unrouted": []})
+            kept["retries"] += int(pool["retries"])
+            kept["unrouted"].extend(pool["unrouted"])
+            for server_name, figures in pool["servers"].items():
+                key = (pool_name, server_name)
+                old = self.retired_servers.get(key)
+                if old is None:
+                    self.retired_servers[key] = dict(figures, minute={})
+                    continue
+                old["requests"] = old["requests"] + figures["requests"]
+                for field in ("served", "failures", "connect_failures"):
+                    old[field] += figures[field]
+                old["histogram"] = [a + b for a, b in zip(old["histogram"], figures["histogram"])]
+                old["duration_sum"] += figures["duration_sum"]
+
+
+class GroupServer:
+    """A server of the supervisor's, with the group's counters (a L{ServerSource})."""
+
+    def __init__(self, server: Any, stats: ServerStats) -> None:
+        self.server = server
+        self.stats = stats
+
+    @property
+    def name(self) -> str:
+        return str(self.server.name)
+
+    @property
+    def config(self) -> ServerConfig:
+        config: ServerConfig = self.server.config
+        return config
+
+    @property
+    def state(self) -> str:
+        return str(self.server.state)
+
+    @property
+    def up(self) -> bool:
+        return bool(self.server.up)
+
+    @property
+    def ejected(self) -> bool:
+        return bool(self.server.ejected)
+
+    @property
+    def backup(self) -> bool:
+        return bool(self.server.backup)
+
+    @property
+    def base_weight(self) -> int:
+        return int(self.server.base_weight)
+
+    @property
+    def weight(self) -> int:
+        return int(self.server.weight)
+
+    @property
+    def active(self) -> int:
+        return int(self.server.active)
+
+    @property
+    def last_check(self) -> str:
+        return str(self.server.last_check)
+
+
+class GroupPool:
+    """A pool of the supervisor's, with the group's counters (a L{PoolSource})."""
+
+    def __init__(
+        self, pool: Any, stats: PoolStats, servers: List[GroupServer], queue_length: int
+    ) -> None:
+        self.pool = pool
+        self.stats = stats
+        self.servers = servers
+        self.queue_length = queue_length
+
+    @property
+    def name(self) -> str:
+        return str(self.pool.name)
+
+    @property
+    def config(self) -> PoolConfig:
+        config: PoolConfig = self.pool.config
+        return config
+
+
+class GroupSource:
+    """
+    The supervisor's L{ProxySource}: its own pools and servers with the
+    counters summed over its workers (L{take} builds one per snapshot).
+    """
+
+    def __init__(self, proxy: Any, documents: List[Dict[str, Any]], retired: GroupStats) -> None:
+        self.proxy = proxy
+        self.documents = documents
+        now = proxy.seconds()
+        self.pools: Dict[str, GroupPool] = {}
+        for name, pool in proxy.pools.items():
+            pool_stats = PoolStats()
+            kept = retired.retired_pools.get(name)
+            if kept is not None:
+                pool_stats.retries += kept["retries"]
+                _add_pairs(pool_stats.unrouted, kept["unrouted"])
+            queue = 0
+            servers = []
+            for server in pool.servers:
+                stats = ServerStats()
+                old = retired.retired_servers.get((name, server.name))
+                if old is not None:
+                    _add_server(stats, old, None)
+                servers.append(GroupServer(server, stats))
+            by_name = {s.name: s for s in servers}
+            for document in documents:
+                figures = document["pools"].get(name)
+                if figures is None:
+                    continue
+                pool_stats.retries += int(figures["retries"])
+                _add_pairs(pool_stats.unrouted, figures["unrouted"])
+                queue += int(figures["queue_length"])
+                for server_name, server_figures in figures["servers"].items():
+                    found = by_name.get(server_name)
+                    if found is not None:
+                        _add_server(found.stats, server_figures, now)
+            self.pools[name] = GroupPool(pool, pool_stats, servers, queue)
+
+    @property
+    def started_at(self) -> float:
+        return float(self.proxy.started_at)
+
+    @property
+    def config_path(self) -> str:
+        return str(self.proxy.config_path)
+
+    @property
+    def used_pools(self) -> Iterable[str]:
+        used: Iterable[str] = self.proxy.used_pools
+        return used
+
+    @property
+    def client_connections(self) -> int:
+        return sum(int(d["client_connections"]) for d in self.documents)
+
+    @property
+    def reloads(self) -> Mapping[str, int]:
+        reloads: Mapping[str, int] = self.proxy.reloads
+        return reloads
+
+    def seconds(self) -> float:
+        return float(self.proxy.seconds())
+
+    def workers(self) -> Tuple[WorkerSnapshot, ...]:
+        now = self.seconds()
+        out = []
+        for document in sorted(self.documents, key=lambda d: (d["generation"], d["number"])):
+            requests = failures = in_flight = 0
+            for pool in document["pools"].values():
+                for figures in pool["servers"].values():
+                    requests += int(figures["served"])
+                    failures += int(figures["failures"])
+                    in_flight += int(figures["active"])
+            out.append(
+                WorkerSnapshot(
+                    number=int(document["number"]),
+                    pid=int(document["pid"]),
+                    generation=int(document["generation"]),
+                    client_connections=int(document["client_connections"]),
+                    in_flight=in_flight,
+                    requests=requests,
+                    failures=failures,
+                    published_ago=round(max(0.0, now - float(document["now"])), 3),
+                )
+            )
+        return tuple(out)
+
+
+def take(proxy: Any, retired: GroupStats, slots: Iterable[int]) -> ProxySnapshot:
+    """The group's snapshot: the supervisor's pools with the live workers' counters summed."""
+    source = GroupSource(proxy, retired.documents(slots), retired)
+    taken = snapshot(source)
+    return ProxySnapshot(
+        now=taken.now,
+        started_at=taken.started_at,
+        config_path=taken.config_path,
+        client_connections=taken.client_connections,
+        reloads=taken.reloads,
+        pools=taken.pools,
+        workers=source.workers(),
+    )
+
+
+__all__ = ["GroupSource", "GroupStats", "Publisher", "StatsRegions", "report", "take"]

@@ -1,0 +1,414 @@
+"""
+Worker processes over real processes and sockets: `twistd -n lbproxy` with
+`workers = 2` supervising two `python -m lbproxy.workers.worker` processes
+that serve the listening socket it bound; a worker killed and restarted;
+SIGTERM with a request in flight; reloads under load; systemd's socket;
+`workers = 1` staying one process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import threading
+from typing import Dict, List
+
+from twisted.internet import defer, threads
+from twisted.trial import unittest
+
+from lbproxy.config import ConfigError, parse
+from lbproxy.config.values import cores
+from lbproxy.workers.supervisor import MAX_BACKOFF, backoff
+from tests.support import HOST, curl, fetch, held_handler, proxy_config, refused, wait_until
+from tests.test_operations import OperationsTestCase, config_with_port, load_loop
+from tests.test_twistd import _free_port, run, tool
+
+
+def worker_pids(output: bytes) -> Dict[int, int]:
+    """The live pid of each worker number, from the supervisor's log."""
+    pids: Dict[int, int] = {}
+    for match in re.finditer(rb"worker (\d+) started \(pid (\d+), generation (\d+)\)", output):
+        pids[int(match.group(1))] = int(match.group(2))
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+class ConfigTests(unittest.TestCase):
+    def test_default_is_one_process(self) -> None:
+        self.assertEqual(parse(proxy_config(["http://127.0.0.1:1"]), "x.ini").workers, 1)
+
+    def test_auto_is_one_per_core(self) -> None:
+        config = parse(proxy_config(["http://127.0.0.1:1"], workers="auto"), "x.ini")
+        self.assertEqual(config.workers, cores())
+
+    def test_bad_value_is_one_line(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            parse(proxy_config(["http://127.0.0.1:1"], workers="many"), "x.ini")
+        self.assertEqual(
+            str(caught.exception),
+            "x.ini: [proxy] workers: must be auto or a whole number from 1 to 256, got 'many'",
+        )
+
+
+class BackoffTests(unittest.TestCase):
+    def test_doubles_from_a_quarter_second_up_to_the_cap(self) -> None:
+        self.assertEqual([backoff(n) for n in range(5)], [0.0, 0.25, 0.5, 1.0, 2.0])
+        self.assertEqual(backoff(100), MAX_BACKOFF)
+
+
+class WorkerProcessTests(OperationsTestCase):
+    def start(self, servers: List[str], workers: int = 2, **proxy: str):  # type: ignore[no-untyped-def]
+        port = _free_port()
+        path = self.write(config_with_port(servers, port, workers=str(workers), **proxy))
+        proc = self.twistd(path)
+        return port, path, proc
+
+    @defer.inlineCallbacks
+    def ready(self, proc, workers: int = 2):  # type: ignore[no-untyped-def]
+        for number in range(workers):
+            yield proc.wait_for(rb"worker %d: lbproxy listening on" % number)
+
+    @defer.inlineCallbacks
+    def test_workers_serve_and_stop_drains_then_exits_0(self):  # type: ignore[no-untyped-def]
+        (a,) = self.backends("a", handler=held_handler)
+        port, _, proc = self.start([a.url])
+        yield self.ready(proc)
+        pids = worker_pids(proc.output)
+        self.assertEqual(sorted(pids), [0, 1])
+        self.assertNotIn(proc.transport.pid, pids.values())
+        pending = threads.deferToThread(fetch, port, "GET", "/slow")
+        yield wait_until(lambda: a.held)
+        proc.transport.signalProcess("TERM")
+        yield proc.wait_for(rb"stopping: waiting up to 30s for 1 client connections")
+        # The listening socket closes with the last worker's copy: refused now.
+        yield wait_until(lambda: refused(port))
+        self.assertFalse(proc.exited.called)
+        a.held[0].callback(b"slow but complete")
+        response = yield pending
+        self.assertEqual((response.status, response.body), (200, b"slow but complete"))
+        code = yield proc.exited
+        self.assertEqual(code, 0, proc.output)
+        self.assertEqual(
+            len(re.findall(rb"worker \d \(pid \d+\) ended: exit status 0", proc.output)), 2
+        )
+        self.assertFalse(any(alive(pid) for pid in pids.values()))
+        self.assertNotIn(b"Traceback", proc.output)
+
+    @defer.inlineCallbacks
+    def test_a_killed_worker_is_restarted_and_logged(self):  # type: ignore[no-untyped-def]
+        (a,) = self.backends("a")
+        port, _, proc = self.start([a.url])
+        yield self.ready(proc)
+        pids = worker_pids(proc.output)
+        os.kill(pids[1], signal.SIGKILL)
+        yield proc.wait_for(
+            rb"worker 1 \(pid %d\) died \(killed by signal 9\) after [\d.]+s: starting another in [\d.]+s"
+            % pids[1]
+        )
+        yield proc.wait_for(rb"worker 1 started \(pid (?!%d)\d+, generation 1\)" % pids[1])
+        # No request fails meanwhile: the other worker, then both, serve.
+        for n in range(20):
+            response = yield threads.deferToThread(fetch, port, "GET", f"/{n}")
+            self.assertEqual(response.body, b"a\n")
+        self.assertTrue(alive(worker_pids(proc.output)[1]))
+        self.assertTrue(alive(pids[0]))
+
+    @defer.inlineCallbacks
+    def test_three_reloads_under_load_lose_no_request(self):  # type: ignore[no-untyped-def]
+        backends = self.backends("a", "b", "c")
+        url = {b.name: f"{b.url} name={b.name}" for b in backends}
+        layouts = [["a", "b"], ["b", "c"], ["a", "c"], ["a", "b", "c"]]
+        port = _free_port()
+        path = self.write(config_with_port([url[n] for n in layouts[0]], port, workers="2"))
+        proc = self.twistd(path)
+        yield self.ready(proc)
+        stop = threading.Event()
+        self.addCleanup(stop.set)
+        loading = threads.deferToThread(load_loop, port, stop)
+        yield wait_until(lambda: sum(len(b.seen) for b in backends) >= 50)
+        first = worker_pids(proc.output)
+        for number, layout in enumerate(layouts[1:], 1):
+            self.write(config_with_port([url[n] for n in layout], port, workers="2"))
+            proc.transport.signalProcess("HUP")
+            yield proc.wait_for(rb"(?s)(workers of generation %d serve.*?)" % (number + 1))
+            before = {b.name: len(b.seen) for b in backends}
+            yield wait_until(
+                lambda layout=layout, before=before: all(
+                    len(b.seen) > before[b.name] + 10 for b in backends if b.name in layout
+                )
+            )
+        # The first generation finished and exited.
+        yield wait_until(lambda: not any(alive(pid) for pid in first.values()))
+        stop.set()
+        ok, errors = yield loading
+        self.assertEqual(errors, [])
+        self.assertGreater(ok, 200)
+        self.assertEqual(ok, sum(len(b.seen) for b in backends))
+        self.assertNotIn(b"Traceback", proc.output)
+
+    @defer.inlineCallbacks
+    def test_sigusr1_reaches_the_workers_which_write_the_access_log(self):  # type: ignore[no-untyped-def]
+        (a,) = self.backends("a")
+        log_path = os.path.join(self.dir, "access.log")
+        port, _, proc = self.start([f"{a.url} name=a"], access_log=log_path)
+        yield self.ready(proc)
+        for n in range(6):
+            yield threads.deferToThread(fetch, port, "GET", f"/first{n}")
+        os.rename(log_path, log_path + ".1")
+        proc.transport.signalProcess(signal.SIGUSR1)
+        yield proc.wait_for(rb"(?s)worker \d: access log reopened.*worker \d: access log reopened")
+        yield threads.deferToThread(fetch, port, "GET", "/second")
+        yield wait_until(lambda: os.path.exists(log_path) and os.path.getsize(log_path) > 0)
+        with open(log_path + ".1") as f:
+            self.assertEqual(f.read().count("GET /first"), 6)
+        with open(log_path) as f:
+            self.assertIn("GET /second", f.read())
+
+    @defer.inlineCallbacks
+    def test_one_worker_is_the_single_process_of_before(self):  # type: ignore[no-untyped-def]
+        (a,) = self.backends("a")
+        port, _, proc = self.start([a.url], workers=1)
+        yield proc.wait_for(rb"lbproxy listening on")
+        response = yield threads.deferToThread(fetch, port)
+        self.assertEqual(response.body, b"a\n")
+        self.assertNotIn(b"worker 0", proc.output)
+
+    @defer.inlineCallbacks
+    def test_ready_goes_to_systemd_from_the_supervisor_only(self):  # type: ignore[no-untyped-def]
+        (a,) = self.backends("a")
+        notify_path, receiver = self.notifications()
+        port = _free_port()
+        path = self.write(config_with_port([a.url], port, workers="2"))
+        proc = self.twistd(path, NOTIFY_SOCKET=notify_path)
+        pid = proc.transport.pid
+        yield self.ready(proc)
+        proc.transport.signalProcess("HUP")
+        yield proc.wait_for(rb"workers of generation 2 serve")
+        proc.transport.signalProcess("TERM")
+        code = yield proc.exited
+        self.assertEqual(code, 0)
+        self.assertEqual(receiver.states(), ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"])
+        self.assertIn(f"MAINPID={pid}", receiver.messages[0])
+
+    @defer.inlineCallbacks
+    def test_workers_serve_a_socket_passed_by_systemd(self):  # type: ignore[no-untyped-def]
+        activate = shutil.which("systemd-socket-activate")
+        if activate is None:
+            raise AssertionError("systemd-socket-activate is missing: apt-get install systemd")
+        (a,) = self.backends("a")
+        port = _free_port()
+        path = self.write(
+            proxy_config([a.url], workers="2").replace(
+                f"listen = tcp:0:interface={HOST}", "listen = systemd:domain=INET:name=web"
+            )
+        )
+        proc = run(
+            self, activate, "-l", f"{HOST}:{port}", "--fdname=web",
+            tool("twistd"), "-n", "--pidfile=", "lbproxy", "-c", path,
+        )  # fmt: skip
+        yield proc.wait_for(rb"Listening on")
+        out, err, code = yield curl(f"http://{HOST}:{port}/")
+        self.assertEqual((code, out), (0, b"a\n"), err)
+        yield self.ready(proc)
+        for n in range(4):
+            out, err, code = yield curl(f"http://{HOST}:{port}/{n}")
+            self.assertEqual((code, out), (0, b"a\n"), err)
+        self.assertNotIn(b"Traceback", proc.output)
+
+
+class GroupTestCase(OperationsTestCase):
+    """Two workers over one pool, with the admin listener when asked."""
+
+    def start(self, servers: List[str], pool: Dict[str, str], admin: bool = False):  # type: ignore[no-untyped-def]
+        port = _free_port()
+        text = config_with_port(servers, port, workers="2")
+        text = text.replace("algorithm = round_robin", f"algorithm = {pool.pop('algorithm')}")
+        text += "".join(f"{k} = {v}\n" for k, v in pool.items())
+        admin_port = _free_port()
+        if admin:
+            text += f"[admin]\nlisten = tcp:{admin_port}:interface={HOST}\n"
+        proc = self.twistd(self.write(text))
+        return port, admin_port, proc
+
+    @defer.inlineCallbacks
+    def ready(self, proc):  # type: ignore[no-untyped-def]
+        for number in range(2):
+            yield proc.wait_for(rb"worker %d: lbproxy listening on" % number)
+
+
+class SharedStateTests(GroupTestCase):
+    """The group's state is one: in-flight sums, max_connections, admin actions."""
+
+    @defer.inlineCallbacks
+    def test_least_connections_counts_in_flight_over_all_workers(self):  # type: ignore[no-untyped-def]
+        # Requests held by both servers, sent one at a time on new
+        # connections (which land on either worker): each goes to the server
+        # with fewer in flight summed over the workers, so the two stay level.
+        a, b = self.backends("a", "b", handler=held_handler)
+        port, _, proc = self.start([a.url, b.url], {"algorithm": "least_connections"})
+        yield self.ready(proc)
+        pending = []
+        for n in range(1, 9):
+            pending.append(threads.deferToThread(fetch, port, "GET", f"/{n}"))
+            yield wait_until(lambda n=n: len(a.held) + len(b.held) == n)
+            self.assertLessEqual(abs(len(a.held) - len(b.held)), 1, (len(a.held), len(b.held)))
+        for d in a.held + b.held:
+            d.callback(b"done")
+        responses = yield defer.gatherResults(pending)
+        self.assertEqual({r.status for r in responses}, {200})
+
+    @defer.inlineCallbacks
+    def test_max_connections_holds_over_all_workers(self):  # type: ignore[no-untyped-def]
+        (a,) = self.backends("a", handler=held_handler)
+        port, _, proc = self.start([f"{a.url} max_connections=2"], {"algorithm": "round_robin"})
+        yield self.ready(proc)
+        pending = []
+        for n in range(5):
+            pending.append(threads.deferToThread(fetch, port, "GET", f"/{n}"))
+            yield wait_until(lambda n=n: len(a.held) == min(n + 1, 2))
+        # The other three wait in their worker's queue; each freed slot lets
+        # one more through, whichever worker freed it.
+        for released in range(3):
+            a.held[released].callback(b"done")
+            yield wait_until(lambda r=released: len(a.held) == 3 + r)
+        for d in a.held[3:]:
+            d.callback(b"done")
+        responses = yield defer.gatherResults(pending)
+        self.assertEqual([r.status for r in responses], [200] * 5)
+
+    @defer.inlineCallbacks
+    def test_drain_from_the_admin_api_applies_to_every_worker(self):  # type: ignore[no-untyped-def]
+        a, b = self.backends("a", "b")
+        port, admin_port, proc = self.start(
+            [f"{a.url} name=a", f"{b.url} name=b"], {"algorithm": "round_robin"}, admin=True
+        )
+        yield self.ready(proc)
+        out, err, code = yield curl(
+            "-s", "-X", "POST", f"http://{HOST}:{admin_port}/pools/test/servers/a/drain"
+        )
+        self.assertEqual(code, 0, err)
+        before = len(a.seen)
+        for n in range(16):
+            response = yield threads.deferToThread(fetch, port, "GET", f"/{n}")
+            self.assertEqual(response.body, b"b\n")
+        self.assertEqual(len(a.seen), before)
+
+
+@defer.inlineCallbacks
+def admin_until(admin_port: int, path: str, condition, tries: int = 200):  # type: ignore[no-untyped-def]
+    """GET C{path} of the admin listener until C{condition(body)} holds (bounded); the body."""
+    from twisted.internet import reactor, task
+
+    body = b""
+    for _ in range(tries):
+        body, err, code = yield curl("-s", f"http://{HOST}:{admin_port}{path}")
+        if code == 0 and condition(body):
+            return body
+        yield task.deferLater(reactor, 0.05, lambda: None)
+    raise AssertionError(f"{path} never met the condition; last: {body[:2000]!r}")
+
+
+def served(body: bytes) -> int:
+    document = json.loads(body)
+    return sum(s["requests_served"] for p in document["pools"] for s in p["servers"])
+
+
+class GroupViewTests(GroupTestCase):
+    """/status and /metrics of the supervisor sum the workers' counters."""
+
+    @defer.inlineCallbacks
+    def test_status_counts_every_request_sent_to_any_worker(self):  # type: ignore[no-untyped-def]
+        a, b = self.backends("a", "b")
+        port, admin_port, proc = self.start(
+            [f"{a.url} name=a", f"{b.url} name=b"], {"algorithm": "round_robin"}, admin=True
+        )
+        yield self.ready(proc)
+        sent = 40
+        for n in range(sent):
+            response = yield threads.deferToThread(fetch, port, "GET", f"/{n}")
+            self.assertEqual(response.status, 200)
+        body = yield admin_until(admin_port, "/status", lambda b: served(b) == sent)
+        document = json.loads(body)
+        by_name = {s["name"]: s for s in document["pools"][0]["servers"]}
+        # What each backend saw is what /status says it served.
+        self.assertEqual(by_name["a"]["requests_served"], len(a.seen))
+        self.assertEqual(by_name["b"]["requests_served"], len(b.seen))
+        self.assertIsNotNone(by_name["a"]["latency_ms"]["p50"])
+        self.assertEqual(sum(s["requests_last_minute"] for s in by_name.values()), sent, document)
+        workers = document["workers"]
+        self.assertEqual(sorted(w["number"] for w in workers), [0, 1])
+        self.assertEqual(sum(w["requests"] for w in workers), sent)
+        self.assertEqual(
+            sorted(w["pid"] for w in workers), sorted(worker_pids(proc.output).values())
+        )
+        metrics = yield admin_until(admin_port, "/metrics", lambda b: True)
+        counted = sum(
+            float(m.group(1))
+            for m in re.finditer(
+                rb'^lbproxy_requests_total\{[^}]*server="[ab]"[^}]*\} (\S+)$', metrics, re.M
+            )
+        )
+        self.assertEqual(counted, sent)
+        self.assertIn(b'lbproxy_worker_requests_total{pid="', metrics)
+        count = re.search(
+            rb"^lbproxy_request_duration_seconds_count\{[^}]*server=\"a\"\} (\S+)$", metrics, re.M
+        )
+        self.assertIsNotNone(count, metrics)
+        self.assertEqual(float(count.group(1)), len(a.seen))  # type: ignore[union-attr]
+
+    @defer.inlineCallbacks
+    def test_counts_stay_when_a_worker_ends(self):  # type: ignore[no-untyped-def]
+        (a,) = self.backends("a")
+        port, admin_port, proc = self.start(
+            [f"{a.url} name=a"], {"algorithm": "round_robin"}, admin=True
+        )
+        yield self.ready(proc)
+        sent = 20
+        for n in range(sent):
+            yield threads.deferToThread(fetch, port, "GET", f"/{n}")
+        yield admin_until(admin_port, "/status", lambda b: served(b) == sent)
+        pids = worker_pids(proc.output)
+        os.kill(pids[0], signal.SIGTERM)
+        yield proc.wait_for(rb"worker 0 started \(pid (?!%d)\d+, generation 1\)" % pids[0])
+        # The new worker 0 starts from zero; the old one's counts stay in the total.
+        body = yield admin_until(
+            admin_port,
+            "/status",
+            lambda b: (
+                pids[0] not in [w["pid"] for w in json.loads(b)["workers"]]
+                and len(json.loads(b)["workers"]) == 2
+            ),
+        )
+        self.assertEqual(served(body), sent)
+        yield threads.deferToThread(fetch, port, "GET", "/one-more")
+        yield admin_until(admin_port, "/status", lambda b: served(b) == sent + 1)
+
+
+class StatsRegionTests(unittest.TestCase):
+    def test_a_region_holds_the_last_whole_document(self) -> None:
+        from lbproxy.workers.stats import REGION, StatsRegions
+
+        regions = StatsRegions.create()
+        self.addCleanup(os.close, regions.fd)
+        self.assertIsNone(regions.read(3))
+        self.assertTrue(regions.write(3, b'{"n":1}'))
+        self.assertTrue(regions.write(3, b'{"n":22}'))
+        self.assertEqual(regions.read(3), b'{"n":22}')
+        self.assertIsNone(regions.read(4))
+        self.assertFalse(regions.write(3, b"x" * REGION))
+        self.assertEqual(regions.read(3), b'{"n":22}')
+        # Being written (an odd sequence number): no copy is taken.
+        regions.words[3 * REGION // 8] += 1
+        self.assertIsNone(regions.read(3))
+        regions.clear(3)
+        self.assertIsNone(regions.read(3))
