@@ -94,3 +94,6 @@ class ListenTests(unittest.TestCase):
             text = str(caught.exception)
             self.assertNotIn("\n", text)
             self.assertIn("[proxy] listen", text)
+
+    def test_a_description_listen_cannot_parse_is_one_line_too(self) -> None:
+        self.assert_one_line("tcp:notaport", "notaport")
