@@ -58,8 +58,13 @@ def row_key(pool: str, server: Tuple[str, str, str, int]) -> bytes:
     return hashlib.sha256(repr((pool, server)).encode("utf-8")).digest()
 
 
+#: Where each slot's accepting word starts: its worker's open client
+#: connections + 1 while it accepts, 0 otherwise (L{AcceptBalance}).
+_ACCEPTING = _HEADER + MAX_SERVERS * _ROW
+
+
 def table_size() -> int:
-    return (_HEADER + MAX_SERVERS * _ROW) * 8
+    return (_ACCEPTING + MAX_SLOTS) * 8
 
 
 def memory_file(name: str, size: int) -> int:
@@ -164,8 +169,22 @@ class SharedTable:
     def inflight_of(self, row: int, slot: int) -> int:
         return int(self.words[self.base(row) + _FIELDS + 1 + slot])
 
+    def set_accepting(self, slot: int, connections: Optional[int]) -> None:
+        """A worker accepts, with this many open connections; or not (L{None})."""
+        self.words[_ACCEPTING + slot] = 0 if connections is None else connections + 1
+
+    def least_connections(self, slot: int) -> Optional[int]:
+        """The fewest open connections of an accepting worker other than C{slot}'s."""
+        least = 0
+        for other in range(self.slots):
+            value = self.words[_ACCEPTING + other]
+            if value and other != slot and (not least or value < least):
+                least = value
+        return least - 1 if least else None
+
     def clear_slot(self, slot: int) -> None:
         """A worker ended: its requests are no longer in flight (supervisor only)."""
+        self.words[_ACCEPTING + slot] = 0
         for row in range(MAX_SERVERS):
             base = self.base(row)
             if self.words[base + _KEY]:
@@ -277,6 +296,91 @@ class PoolShare:
             self.pool.wake()
 
 
+#: Seconds a worker with more connections than another leaves a readiness
+#: of the shared socket to the others; QUEUE_POLL's order of magnitude.
+ACCEPT_PAUSE = 0.005
+
+
+class AcceptBalance:
+    """
+    Spreads the connections of a shared listening socket over the workers.
+
+    Every worker is woken when a connection arrives and the first to call
+    accept() takes it, so left alone one worker (the one running, or the
+    hot one) takes most of a burst.  Here each worker publishes its open
+    client connections in the table and, woken, accepts one connection
+    only, and only when no other accepting worker has fewer than it by
+    more than a margin (1 + 1/16th).  Otherwise it leaves the socket
+    for L{ACCEPT_PAUSE} seconds to the others; if the queue still holds
+    connections then, it accepts one, then two after the next pause, and
+    so on doubling (up to 100) while it stays the busier one and the others
+    leave connections queued (they are slow or stuck).  So no connection
+    waits long on a worker that does not accept.
+    """
+
+    def __init__(self, table: SharedTable, slot: int, site: Any, clock: Any) -> None:
+        self.table = table
+        self.slot = slot
+        self.site = site
+        self.clock = clock
+        self._loop = LoopingCall(self.publish)
+        self._loop.clock = clock
+
+    def start(self) -> None:
+        # Connections that close are published at least this often.
+        self._loop.start(0.25, now=True)
+
+    def stop(self) -> None:
+        """No longer accepting (stopping): the others take every new connection."""
+        if self._loop.running:
+            self._loop.stop()
+        self.table.set_accepting(self.slot, None)
+
+    def publish(self) -> None:
+        self.table.set_accepting(self.slot, self.site.open_connections)
+
+    def busier(self) -> bool:
+        """Whether another accepting worker has fewer connections by more than the margin."""
+        least = self.table.least_connections(self.slot)
+        if least is None:
+            return False
+        return bool(self.site.open_connections > least + 1 + least // 16)
+
+    def adopt(self, port: Any) -> None:
+        """Accept on C{port} (a listening port of the shared socket) as described above."""
+        from lbproxy._twisted import accept_at_most
+
+        read = port.doRead
+        #: After a pause: how many to accept (doubling while the others
+        #: still leave connections queued), or 0 when not after a pause.
+        after_pause = [0]
+        burst = [1]
+
+        def resume() -> None:
+            if port.connected and not port.disconnecting:
+                # For this readiness only (the I/O that follows this call).
+                after_pause[0] = burst[0]
+                burst[0] = min(100, burst[0] * 2)
+                self.clock.callLater(0, after_pause.__setitem__, 0, 0)
+                port.startReading()
+
+        def doRead() -> None:
+            if after_pause[0]:
+                accept_at_most(port, after_pause[0])
+                after_pause[0] = 0
+            elif self.busier():
+                port.stopReading()
+                self.clock.callLater(ACCEPT_PAUSE, resume)
+                return
+            else:
+                burst[0] = 1
+                accept_at_most(port, 1)
+            read()
+            self.publish()
+
+        port.doRead = doRead
+
+
 class GroupState:
     """
     The supervisor's side of the table: rows for its servers, what it
@@ -344,10 +448,11 @@ class GroupState:
             self._refresh.stop()
 
 
-def attach_worker(service: Any, fd: int, slot: int) -> None:
+def attach_worker(service: Any, fd: int, slot: int) -> AcceptBalance:
     """
     Make a worker's pools read and write the shared table; its own health
-    checks are dropped (the supervisor's are the group's).
+    checks are dropped (the supervisor's are the group's).  Its accept
+    balance, for its listening ports.
     """
     table = SharedTable(fd)
     for checker in list(service.checkers.values()):
@@ -362,6 +467,7 @@ def attach_worker(service: Any, fd: int, slot: int) -> None:
         share = PoolShare(table, slot, pool, rows)
         pool.shared = share
         share.watch_queue(service.reactor)
+    return AcceptBalance(table, slot, service.site, service.reactor)
 
 
 def _server_key(server: Any) -> Tuple[str, str, str, int]:
@@ -369,4 +475,4 @@ def _server_key(server: Any) -> Tuple[str, str, str, int]:
     return (config.name, config.scheme, config.host, config.port)
 
 
-__all__ = ["GroupState", "PoolShare", "SharedTable", "attach_worker", "row_key"]
+__all__ = ["AcceptBalance", "GroupState", "PoolShare", "SharedTable", "attach_worker", "row_key"]
