@@ -442,6 +442,97 @@ class GroupViewTests(GroupTestCase):
         yield admin_until(admin_port, "/status", lambda b: served(b) == sent + 1)
 
 
+class FakePort:
+    """A listening port as AcceptBalance drives it: reading or not, accepts counted."""
+
+    connected = True
+    disconnecting = False
+
+    def __init__(self, site: FakeSite) -> None:
+        self.site = site
+        self.reading = True
+        self.numberAccepts = 100
+        self.queued = 0
+
+    def doRead(self) -> None:
+        taken = min(self.queued, self.numberAccepts)
+        self.queued -= taken
+        self.site.open_connections += taken
+
+    def startReading(self) -> None:
+        self.reading = True
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+
+class FakeSite:
+    open_connections = 0
+
+
+class AcceptBalanceTests(unittest.TestCase):
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+
+        from lbproxy.workers.shared import AcceptBalance, SharedTable
+
+        self.table = SharedTable.create()
+        self.addCleanup(os.close, self.table.fd)
+        self.table.slots = 2
+        self.clock = Clock()
+        self.site = FakeSite()
+        self.balance = AcceptBalance(self.table, 0, self.site, self.clock)
+        self.port = FakePort(self.site)
+        self.balance.adopt(self.port)
+
+    def test_one_connection_per_readiness_when_level(self) -> None:
+        self.table.set_accepting(1, 0)
+        self.port.queued = 5
+        self.port.doRead()  # type: ignore[misc]
+        self.assertEqual((self.site.open_connections, self.port.queued), (1, 4))
+        self.assertEqual(self.table.words[_accepting_word(0)], 2)
+
+    def test_the_busier_worker_pauses_then_takes_more_while_the_other_lags(self) -> None:
+        from lbproxy.workers.shared import ACCEPT_PAUSE
+
+        self.table.set_accepting(1, 3)  # the other worker: 3 open connections
+        self.site.open_connections = 5  # more than 3 + 1: busier
+        self.port.queued = 10
+        self.port.doRead()  # type: ignore[misc]
+        self.assertEqual((self.port.queued, self.port.reading), (10, False))
+        # The pause ends: the other did not take them, so one is taken.
+        self.clock.advance(ACCEPT_PAUSE)
+        self.assertEqual((self.port.queued, self.port.reading), (9, True))
+        self.port.doRead()  # type: ignore[misc]
+        self.assertFalse(self.port.reading)
+        self.clock.advance(ACCEPT_PAUSE)
+        self.assertEqual(self.port.queued, 7)  # two after the second pause
+        # The other took the queue meanwhile: back to one at a time.
+        self.port.doRead()  # type: ignore[misc]
+        self.port.queued = 0
+        self.clock.advance(ACCEPT_PAUSE)
+        self.port.queued = 5
+        self.port.doRead()  # type: ignore[misc]
+        self.clock.advance(ACCEPT_PAUSE)
+        self.assertEqual(self.port.queued, 4)
+        # A worker that does not accept (stopping, ended) is not compared with.
+        self.table.set_accepting(1, None)
+        self.port.doRead()  # type: ignore[misc]
+        self.assertEqual((self.port.queued, self.port.reading), (3, True))
+
+    def test_stop_withdraws_from_the_comparison(self) -> None:
+        self.balance.publish()
+        self.assertEqual(self.table.least_connections(1), 0)
+        self.balance.stop()
+        self.assertIsNone(self.table.least_connections(1))
+
+
+def _accepting_word(slot: int) -> int:
+    from lbproxy.workers import shared
+
+    return shared._ACCEPTING + slot  # type: ignore[attr-defined]
+
+
 class StatsRegionTests(unittest.TestCase):
     def test_a_region_holds_the_last_whole_document(self) -> None:
         from lbproxy.workers.stats import REGION, StatsRegions

@@ -351,30 +351,29 @@ class AcceptBalance:
         from lbproxy._twisted import accept_at_most
 
         read = port.doRead
-        #: After a pause: how many to accept (doubling while the others
-        #: still leave connections queued), or 0 when not after a pause.
-        after_pause = [0]
+        #: How many to accept when a pause ends: doubling while the others
+        #: leave connections queued.
         burst = [1]
 
         def resume() -> None:
-            if port.connected and not port.disconnecting:
-                # For this readiness only (the I/O that follows this call).
-                after_pause[0] = burst[0]
-                burst[0] = min(100, burst[0] * 2)
-                self.clock.callLater(0, after_pause.__setitem__, 0, 0)
-                port.startReading()
+            if not port.connected or port.disconnecting:
+                return
+            port.startReading()
+            # What the others left queued meanwhile (none: accept() finds
+            # nothing, at no cost).
+            before = self.site.open_connections
+            accept_at_most(port, burst[0])
+            read()
+            self.publish()
+            burst[0] = min(100, burst[0] * 2) if self.site.open_connections > before else 1
 
         def doRead() -> None:
-            if after_pause[0]:
-                accept_at_most(port, after_pause[0])
-                after_pause[0] = 0
-            elif self.busier():
+            if self.busier():
                 port.stopReading()
                 self.clock.callLater(ACCEPT_PAUSE, resume)
                 return
-            else:
-                burst[0] = 1
-                accept_at_most(port, 1)
+            burst[0] = 1
+            accept_at_most(port, 1)
             read()
             self.publish()
 
