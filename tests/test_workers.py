@@ -101,7 +101,9 @@ class WorkerProcessTests(OperationsTestCase):
         code = yield proc.exited
         self.assertEqual(code, 0, proc.output)
         self.assertEqual(
-            len(re.findall(rb"worker \d \(pid \d+\) ended: exit status 0", proc.output)), 2
+            len(re.findall(rb"worker \d \(pid \d+\) ended: exit status 0", proc.output)),
+            2,
+            proc.output,
         )
         self.assertFalse(any(alive(pid) for pid in pids.values()))
         self.assertNotIn(b"Traceback", proc.output)
@@ -507,6 +509,12 @@ class AcceptBalanceTests(unittest.TestCase):
         self.assertFalse(self.port.reading)
         self.clock.advance(ACCEPT_PAUSE)
         self.assertEqual(self.port.queued, 7)  # two after the second pause
+        # The other accepts (its word moves) during a pause: one only.
+        self.port.doRead()  # type: ignore[misc]
+        self.table.set_accepting(1, 4)
+        self.clock.advance(ACCEPT_PAUSE)
+        self.assertEqual(self.port.queued, 6)
+        self.table.set_accepting(1, 3)
         # The other took the queue meanwhile: back to one at a time.
         self.port.doRead()  # type: ignore[misc]
         self.port.queued = 0

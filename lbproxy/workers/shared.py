@@ -182,6 +182,11 @@ class SharedTable:
                 least = value
         return least - 1 if least else None
 
+    def accepting_total(self, slot: int) -> int:
+        """The accepting words of the workers other than C{slot}'s, summed (a progress mark)."""
+        start = _ACCEPTING
+        return int(sum(self.words[start : start + self.slots])) - int(self.words[start + slot])
+
     def clear_slot(self, slot: int) -> None:
         """A worker ended: its requests are no longer in flight (supervisor only)."""
         self.words[_ACCEPTING + slot] = 0
@@ -312,10 +317,11 @@ class AcceptBalance:
     only, and only when no other accepting worker has fewer than it by
     more than a margin (1 + 1/16th).  Otherwise it leaves the socket
     for L{ACCEPT_PAUSE} seconds to the others; if the queue still holds
-    connections then, it accepts one, then two after the next pause, and
-    so on doubling (up to 100) while it stays the busier one and the others
-    leave connections queued (they are slow or stuck).  So no connection
-    waits long on a worker that does not accept.
+    connections then, it accepts one; if the others accepted nothing during
+    the pause (they are stuck or gone), two after the next pause, and so on
+    doubling (up to 100) while it stays the busier one.  So no connection
+    waits long on a worker that does not accept, and a slow one (PyPy
+    before its JIT warms up) is not robbed of its share.
     """
 
     def __init__(self, table: SharedTable, slot: int, site: Any, clock: Any) -> None:
@@ -352,24 +358,29 @@ class AcceptBalance:
 
         read = port.doRead
         #: How many to accept when a pause ends: doubling while the others
-        #: leave connections queued.
+        #: make no progress; and what the others had when the pause began.
         burst = [1]
+        others = [0]
 
         def resume() -> None:
             if not port.connected or port.disconnecting:
                 return
             port.startReading()
             # What the others left queued meanwhile (none: accept() finds
-            # nothing, at no cost).
+            # nothing, at no cost).  Others that accepted meanwhile are
+            # working: one only; others that did not may be stuck: more.
+            stuck = self.table.accepting_total(self.slot) == others[0]
             before = self.site.open_connections
-            accept_at_most(port, burst[0])
+            accept_at_most(port, burst[0] if stuck else 1)
             read()
             self.publish()
-            burst[0] = min(100, burst[0] * 2) if self.site.open_connections > before else 1
+            taken = self.site.open_connections > before
+            burst[0] = min(100, burst[0] * 2) if taken and stuck else 1
 
         def doRead() -> None:
             if self.busier():
                 port.stopReading()
+                others[0] = self.table.accepting_total(self.slot)
                 self.clock.callLater(ACCEPT_PAUSE, resume)
                 return
             burst[0] = 1
