@@ -151,6 +151,12 @@ INTERNALS: Dict[Tuple[str, str], str] = {
         "given abortTimeout to finish its TLS close"
     ),
     ("Request", "_disconnected"): ("twisted.web.server.Request's flag for a client that went away"),
+    # -- worker processes (workers/worker.py) ---------------------------------
+    ("tcp.Port", "numberAccepts"): (
+        "how many connections a listening port accepts per readiness (Twisted grows it "
+        "by 20 while the queue stays full): a worker caps it so that a burst of "
+        "connections spreads over the workers sharing the socket (accept_at_most)"
+    ),
 }
 
 
@@ -228,6 +234,16 @@ def take_response_deferred(parser: HTTPClientParser) -> Deferred:  # type: ignor
     return deferred  # type: ignore[no-any-return]
 
 
+def accept_at_most(port: object, most: int) -> None:
+    """
+    Make the listening C{port} (a C{twisted.internet.tcp.Port}, or a UNIX
+    one) accept at most C{most} connections the next time the reactor finds
+    its socket readable.  Twisted sets its own figure again after each
+    readiness (up to hundreds in a row): set it before every one.
+    """
+    port.numberAccepts = most  # type: ignore[attr-defined]
+
+
 def take_buffered_data(channel: http.HTTPChannel) -> bytes:
     """
     The bytes C{channel} has read past the request it is handling (held
@@ -253,6 +269,7 @@ __all__ = [
     "give_up",
     "read_response_head",
     "WrapperException",
+    "accept_at_most",
     "request_line",
     "take_buffered_data",
     "take_response_deferred",

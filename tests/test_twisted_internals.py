@@ -7,10 +7,12 @@ naming it and what lbproxy needs it for.
 from __future__ import annotations
 
 import importlib
+import socket
 from typing import Dict, List, Tuple
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
@@ -68,6 +70,13 @@ def _owners() -> Dict[str, object]:
     return owners
 
 
+def _listening(case: unittest.TestCase) -> object:
+    """A live listening C{tcp.Port} on loopback, that stops with C{case}."""
+    port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")  # type: ignore[attr-defined]
+    case.addCleanup(port.stopListening)
+    return port
+
+
 def missing(table: Dict[Tuple[str, str], str], owners: Dict[str, object]) -> List[str]:
     """The internals of C{table} that are not there, each with its reason."""
     gone: List[str] = []
@@ -84,8 +93,10 @@ def missing(table: Dict[Tuple[str, str], str], owners: Dict[str, object]) -> Lis
 
 class TwistedInternalsTests(unittest.TestCase):
     def test_every_listed_internal_is_there(self) -> None:
+        owners = _owners()
+        owners["tcp.Port"] = _listening(self)
         self.assertEqual(
-            missing(INTERNALS, _owners()),
+            missing(INTERNALS, owners),
             [],
             "this Twisted release changed internals that lbproxy relies on "
             "(see INTERNALS in lbproxy/_twisted.py)",
@@ -165,6 +176,38 @@ class TwistedInternalsTests(unittest.TestCase):
             connection._abortingCall,  # type: ignore[attr-defined]
             "H2Connection._abortingCall no longer starts as None",
         )
+
+    def test_accept_at_most_one_takes_one_connection_per_readiness(self):  # type: ignore[no-untyped-def]
+        accepted = []
+
+        class Held(Protocol):
+            def connectionMade(self) -> None:
+                self.lost: Deferred[None] = Deferred()
+                accepted.append(self)
+
+            def connectionLost(self, reason: object = None) -> None:
+                self.lost.callback(None)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Held), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        # The test calls doRead itself, as the reactor would.
+        port.stopReading()
+        clients = [socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(4)]
+        for client in clients:
+            self.addCleanup(client.close)
+        _twisted.accept_at_most(port, 1)
+        port.doRead()
+        self.assertEqual(len(accepted), 1)
+        # Twisted raised its own figure after a full accept: set it again.
+        _twisted.accept_at_most(port, 1)
+        port.doRead()
+        self.assertEqual(len(accepted), 2)
+        _twisted.accept_at_most(port, 100)
+        port.doRead()
+        self.assertEqual(len(accepted), 4)
+        for protocol in accepted:
+            protocol.transport.abortConnection()
+        return DeferredList([protocol.lost for protocol in accepted])
 
     def test_a_missing_internal_is_named(self) -> None:
         table = {

@@ -58,8 +58,13 @@ def row_key(pool: str, server: Tuple[str, str, str, int]) -> bytes:
     return hashlib.sha256(repr((pool, server)).encode("utf-8")).digest()
 
 
+#: Where each slot's accepting word starts: its worker's open client
+#: connections + 1 while it accepts, 0 otherwise (L{AcceptBalance}).
+_ACCEPTING = _HEADER + MAX_SERVERS * _ROW
+
+
 def table_size() -> int:
-    return (_HEADER + MAX_SERVERS * _ROW) * 8
+    return (_ACCEPTING + MAX_SLOTS) * 8
 
 
 def memory_file(name: str, size: int) -> int:
@@ -164,8 +169,27 @@ class SharedTable:
     def inflight_of(self, row: int, slot: int) -> int:
         return int(self.words[self.base(row) + _FIELDS + 1 + slot])
 
+    def set_accepting(self, slot: int, connections: Optional[int]) -> None:
+        """A worker accepts, with this many open connections; or not (L{None})."""
+        self.words[_ACCEPTING + slot] = 0 if connections is None else connections + 1
+
+    def least_connections(self, slot: int) -> Optional[int]:
+        """The fewest open connections of an accepting worker other than C{slot}'s."""
+        least = 0
+        for other in range(self.slots):
+            value = self.words[_ACCEPTING + other]
+            if value and other != slot and (not least or value < least):
+                least = value
+        return least - 1 if least else None
+
+    def accepting_total(self, slot: int) -> int:
+        """The accepting words of the workers other than C{slot}'s, summed (a progress mark)."""
+        start = _ACCEPTING
+        return int(sum(self.words[start : start + self.slots])) - int(self.words[start + slot])
+
     def clear_slot(self, slot: int) -> None:
         """A worker ended: its requests are no longer in flight (supervisor only)."""
+        self.words[_ACCEPTING + slot] = 0
         for row in range(MAX_SERVERS):
             base = self.base(row)
             if self.words[base + _KEY]:
@@ -277,6 +301,96 @@ class PoolShare:
             self.pool.wake()
 
 
+#: Seconds a worker with more connections than another leaves a readiness
+#: of the shared socket to the others; QUEUE_POLL's order of magnitude.
+ACCEPT_PAUSE = 0.005
+
+
+class AcceptBalance:
+    """
+    Spreads the connections of a shared listening socket over the workers.
+
+    Every worker is woken when a connection arrives and the first to call
+    accept() takes it, so left alone one worker (the one running, or the
+    hot one) takes most of a burst.  Here each worker publishes its open
+    client connections in the table and, woken, accepts one connection
+    only, and only when no other accepting worker has fewer than it by
+    more than a margin (1 + 1/16th).  Otherwise it leaves the socket
+    for L{ACCEPT_PAUSE} seconds to the others; if the queue still holds
+    connections then, it accepts one; if the others accepted nothing during
+    the pause (they are stuck or gone), two after the next pause, and so on
+    doubling (up to 100) while it stays the busier one.  So no connection
+    waits long on a worker that does not accept, and a slow one (PyPy
+    before its JIT warms up) is not robbed of its share.
+    """
+
+    def __init__(self, table: SharedTable, slot: int, site: Any, clock: Any) -> None:
+        self.table = table
+        self.slot = slot
+        self.site = site
+        self.clock = clock
+        self._loop = LoopingCall(self.publish)
+        self._loop.clock = clock
+
+    def start(self) -> None:
+        # Connections that close are published at least this often.
+        self._loop.start(0.25, now=True)
+
+    def stop(self) -> None:
+        """No longer accepting (stopping): the others take every new connection."""
+        if self._loop.running:
+            self._loop.stop()
+        self.table.set_accepting(self.slot, None)
+
+    def publish(self) -> None:
+        self.table.set_accepting(self.slot, self.site.open_connections)
+
+    def busier(self) -> bool:
+        """Whether another accepting worker has fewer connections by more than the margin."""
+        least = self.table.least_connections(self.slot)
+        if least is None:
+            return False
+        return bool(self.site.open_connections > least + 1 + least // 16)
+
+    def adopt(self, port: Any) -> None:
+        """Accept on C{port} (a listening port of the shared socket) as described above."""
+        from lbproxy._twisted import accept_at_most
+
+        read = port.doRead
+        #: How many to accept when a pause ends: doubling while the others
+        #: make no progress; and what the others had when the pause began.
+        burst = [1]
+        others = [0]
+
+        def resume() -> None:
+            if not port.connected or port.disconnecting:
+                return
+            port.startReading()
+            # What the others left queued meanwhile (none: accept() finds
+            # nothing, at no cost).  Others that accepted meanwhile are
+            # working: one only; others that did not may be stuck: more.
+            stuck = self.table.accepting_total(self.slot) == others[0]
+            before = self.site.open_connections
+            accept_at_most(port, burst[0] if stuck else 1)
+            read()
+            self.publish()
+            taken = self.site.open_connections > before
+            burst[0] = min(100, burst[0] * 2) if taken and stuck else 1
+
+        def doRead() -> None:
+            if self.busier():
+                port.stopReading()
+                others[0] = self.table.accepting_total(self.slot)
+                self.clock.callLater(ACCEPT_PAUSE, resume)
+                return
+            burst[0] = 1
+            accept_at_most(port, 1)
+            read()
+            self.publish()
+
+        port.doRead = doRead
+
+
 class GroupState:
     """
     The supervisor's side of the table: rows for its servers, what it
@@ -344,10 +458,11 @@ class GroupState:
             self._refresh.stop()
 
 
-def attach_worker(service: Any, fd: int, slot: int) -> None:
+def attach_worker(service: Any, fd: int, slot: int) -> AcceptBalance:
     """
     Make a worker's pools read and write the shared table; its own health
-    checks are dropped (the supervisor's are the group's).
+    checks are dropped (the supervisor's are the group's).  Its accept
+    balance, for its listening ports.
     """
     table = SharedTable(fd)
     for checker in list(service.checkers.values()):
@@ -362,6 +477,7 @@ def attach_worker(service: Any, fd: int, slot: int) -> None:
         share = PoolShare(table, slot, pool, rows)
         pool.shared = share
         share.watch_queue(service.reactor)
+    return AcceptBalance(table, slot, service.site, service.reactor)
 
 
 def _server_key(server: Any) -> Tuple[str, str, str, int]:
@@ -369,4 +485,4 @@ def _server_key(server: Any) -> Tuple[str, str, str, int]:
     return (config.name, config.scheme, config.host, config.port)
 
 
-__all__ = ["GroupState", "PoolShare", "SharedTable", "attach_worker", "row_key"]
+__all__ = ["AcceptBalance", "GroupState", "PoolShare", "SharedTable", "attach_worker", "row_key"]

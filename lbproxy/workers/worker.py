@@ -36,6 +36,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from lbproxy.config import ConfigError, ProxyConfig, load
 from lbproxy.config.tls import is_tls_listen
 from lbproxy.service import ProxyService, StartError
+from lbproxy.workers.shared import AcceptBalance
 
 log = Logger()
 
@@ -95,6 +96,8 @@ class WorkerProxyService(ProxyService):
         self._inherited: Dict[str, Tuple[int, str]] = {
             description: (fd, family) for description, fd, family in listeners
         }
+        #: How the adopted sockets' connections spread over the workers.
+        self.balance: Optional[AcceptBalance] = None
         super().__init__(config, reactor)
 
     def listen_proxy(self, description: str, where: str) -> IListeningPort:
@@ -106,6 +109,8 @@ class WorkerProxyService(ProxyService):
         if is_tls_listen(description):
             factory = TLSMemoryBIOFactory(self.tls, False, factory)
         port: IListeningPort = self.reactor.adoptStreamPort(fd, FAMILIES[family], factory)
+        if self.balance is not None:
+            self.balance.adopt(port)
         # adoptStreamPort works on a duplicate: this one is not needed again.
         os.close(fd)
         return port
@@ -138,12 +143,14 @@ def run(arguments: WorkerArguments) -> int:
         if arguments.shared is not None:
             from lbproxy.workers.shared import attach_worker
 
-            attach_worker(service, arguments.shared, arguments.slot)
+            service.balance = attach_worker(service, arguments.shared, arguments.slot)
         service.privilegedStartService()
     except (ConfigError, StartError, SystemExit) as e:
         sys.stderr.write(f"cannot start: {e}\n")
         return 1
     service.startService()
+    if service.balance is not None:
+        service.balance.start()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     if arguments.stats is not None:
         from lbproxy.workers.stats import Publisher, StatsRegions
@@ -206,6 +213,9 @@ def linger(service: ProxyService, reactor: Any, seconds: float) -> Deferred[None
     instead of racing a close of an idle connection.  Fires when no client
     connection is left or C{seconds} have passed.
     """
+    balance = getattr(service, "balance", None)
+    if balance is not None:
+        balance.stop()
     ports, service.ports = service.ports, {}
     for port in ports.values():
         port.stopListening()
