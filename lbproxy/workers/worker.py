@@ -144,6 +144,16 @@ def run(arguments: WorkerArguments) -> int:
             from lbproxy.workers.shared import attach_worker
 
             service.balance = attach_worker(service, arguments.shared, arguments.slot)
+        # SIGTERM before "listening on" is logged, as ProcessControl does: a
+        # stop sent as soon as the worker says it listens is a graceful stop,
+        # not the default action.  (The reactor puts its own in as it starts;
+        # running() puts this one back.)
+        # (The name stop is looked up only once the reactor runs, after it is
+        # defined below.)
+        signal.signal(
+            signal.SIGTERM,
+            lambda number, frame: reactor.callFromThread(lambda: reactor.callWhenRunning(stop)),
+        )
         service.privilegedStartService()
     except (ConfigError, StartError, SystemExit) as e:
         sys.stderr.write(f"cannot start: {e}\n")
