@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections import deque
-from typing import Any, Deque, Dict, Iterable, List, Optional, Protocol, Sequence
+from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence
 
 import attr
 
@@ -23,6 +23,11 @@ SPAN = 900
 
 #: State changes a pool remembers.
 MAX_EVENTS = 200
+
+#: Seconds whose latency buckets a timeline keeps (the one being counted
+#: and the last ones over): what a worker publishes for its supervisor to
+#: merge (L{Timeline.recent}, L{Timeline.merge}).
+RECENT = 6
 
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _CLASS_INDEX = {name: i for i, name in enumerate(CLASSES)}
@@ -69,7 +74,18 @@ class Timeline:
     percentiles when it is over (or read).
     """
 
-    __slots__ = ("span", "_bounds", "_seconds", "_counts", "_p50", "_p99", "_open", "_buckets")
+    __slots__ = (
+        "span",
+        "_bounds",
+        "_seconds",
+        "_counts",
+        "_p50",
+        "_p99",
+        "_open",
+        "_buckets",
+        "_ring",
+        "_ring_seconds",
+    )
 
     def __init__(self, bounds: Sequence[float], span: int = SPAN) -> None:
         self.span = span
@@ -80,7 +96,12 @@ class Timeline:
         self._p99 = array("d", [_NONE]) * span
         #: The second whose latency buckets are being filled (-1: none).
         self._open = -1
-        self._buckets = array("q", [0]) * (len(bounds) + 1)
+        #: The latency buckets of the last L{RECENT} seconds counted, by
+        #: second modulo RECENT, and the second each holds; C{_buckets} is
+        #: the open second's.
+        self._ring = [array("q", [0]) * (len(bounds) + 1) for _ in range(RECENT)]
+        self._ring_seconds = array("q", [-1]) * RECENT
+        self._buckets = self._ring[0]
 
     def add(self, status: str, bucket: int, now: float) -> None:
         """
@@ -106,10 +127,52 @@ class Timeline:
         for i in range(index * width, index * width + width):
             counts[i] = 0
         self._p50[index] = self._p99[index] = _NONE
-        buckets = self._buckets
+        buckets = self._buckets = self._ring[second % RECENT]
+        self._ring_seconds[second % RECENT] = second
         for i in range(len(buckets)):
             buckets[i] = 0
         self._open = second
+
+    def recent(self, now: float) -> List[List[Any]]:
+        """
+        The seconds over (before C{now}'s) of the last L{RECENT} that had
+        responses, oldest first: C{[second, counts by status class, {latency
+        bucket: count}]} each (the buckets without a count left out), for
+        another process to L{merge}.
+        """
+        current = int(now)
+        width = len(CLASSES)
+        out: List[List[Any]] = []
+        for second in range(current - RECENT + 1, current):
+            if second < 0 or self._ring_seconds[second % RECENT] != second:
+                continue
+            if self._seconds[second % self.span] != second:
+                continue
+            base = (second % self.span) * width
+            counts = list(self._counts[base : base + width])
+            buckets = self._ring[second % RECENT]
+            out.append([second, counts, {i: n for i, n in enumerate(buckets) if n}])
+        return out
+
+    def merge(self, second: int, counts: Sequence[int], buckets: Mapping[int, int]) -> bool:
+        """
+        Add another timeline's C{second} (as L{recent} gives it) to this
+        one: seconds are merged in order, so one older than the second being
+        counted here is dropped (False).  Its percentiles are those of the
+        merged buckets.
+        """
+        if second < self._open:
+            return False
+        if second > self._open:
+            self._start(second)
+        base = (second % self.span) * len(CLASSES)
+        for i, n in enumerate(counts[: len(CLASSES)]):
+            self._counts[base + i] += int(n)
+        mine = self._buckets
+        top = len(mine) - 1
+        for bucket, n in buckets.items():
+            mine[min(max(int(bucket), 0), top)] += int(n)
+        return True
 
     def _close(self) -> None:
         """Work out the percentiles of the open second (again, if it had them)."""
@@ -242,7 +305,11 @@ class PoolHistory(Protocol):
 
 
 def history(
-    pools: Iterable[PoolHistory], now: float, started_at: float, since: Optional[int] = None
+    pools: Iterable[PoolHistory],
+    now: float,
+    started_at: float,
+    since: Optional[int] = None,
+    complete: Optional[int] = None,
 ) -> Dict[str, Any]:
     """
     The history of C{pools} as the admin listener serves it (C{GET
@@ -252,8 +319,14 @@ def history(
 
     A client that asks again with C{since} set to the answer's C{last}
     gets each second and each event once.
+
+    @param complete: The last second whose counts are all in (a supervisor
+        merges its workers' seconds a little after they end), if not the
+        last one over.
     """
     last = int(now) - 1
+    if complete is not None:
+        last = min(last, complete)
     first = max(last - SPAN + 1, int(started_at))
     if since is not None:
         first = max(first, since + 1)

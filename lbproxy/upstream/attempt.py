@@ -161,7 +161,7 @@ class Attempt(Protocol):
         lifecycle = self.lifecycle
         server = self.server
         pool = lifecycle.pool
-        pool.dispatch(server)
+        # Dispatched already: the lifecycle claimed the server's slot.
         if pool.observes_latency:
             self.sent_at = self.clock.seconds()
         request = lifecycle.request

@@ -17,6 +17,13 @@ class GroupShare(Protocol):
     def sync(self) -> None:
         """Bring the servers' states up to the group's (before a choice)."""
 
+    def claim(self, server: ServerState, limit: int) -> bool:
+        """
+        A slot of C{server} for a request about to be dispatched, at most
+        C{limit} in flight over all workers; False when it is full.  When
+        True, the L{dispatched} of +1 that follows is already counted.
+        """
+
     def dispatched(self, server: ServerState, delta: int) -> None:
         """This worker's in-flight count of C{server} changed by C{delta}."""
 

@@ -18,7 +18,8 @@ Transitions::
     NEW --a candidate--> ATTEMPTING
     NEW --no candidate, a server only busy--> QUEUED
     NEW --no candidate--> DONE (503)
-    QUEUED --a slot frees--> (as NEW)
+    QUEUED --a slot frees--> (as NEW); no slot after all (another worker's
+           request took it) --> QUEUED at the head, the same timer
     QUEUED --timer--> DONE (503)
     ATTEMPTING --response complete--> DONE (response finished)
     ATTEMPTING --response failed after a byte reached the client--> DONE (cut short)
@@ -31,6 +32,8 @@ Transitions::
     retry: the next candidate --> ATTEMPTING, or BACKING_OFF when every
            candidate has had its turn; no candidate --> DONE (502)
     BACKING_OFF --timer--> ATTEMPTING
+    a candidate found at its max_connections as it is claimed (Pool.claim:
+           filled meanwhile, or by another worker) --> the next candidate
     any --client lost--> DONE (the attempt stopped, the queue left; a tunnel
            closes its server's side itself, and is reported as a 101)
 
@@ -185,6 +188,11 @@ class Lifecycle:
         """
         pool = self.pool
         if pool.can_wait():
+            if self.state is QUEUED:
+                # Woken, but the slot went to another worker's request:
+                # back to the head of the queue, the same deadline.
+                self.leave_queue = pool.wait(self._queue_ready, first=True)
+                return
             self._enter(QUEUED, pool.config.queue_timeout)
             self.leave_queue = pool.wait(self._queue_ready)
             return
@@ -206,6 +214,12 @@ class Lifecycle:
 
     def _attempt(self, server: ServerState) -> None:
         if self.state is DONE:
+            return
+        if not self.pool.claim(server):
+            # At its max_connections: filled by another worker in the same
+            # instant, or while this request backed off.  The next
+            # candidate, or the queue.
+            self._next_attempt()
             return
         self._enter(ATTEMPTING)
         record = self.record

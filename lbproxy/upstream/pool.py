@@ -141,12 +141,13 @@ class Pool:
             return False
         return any(s.full and not s.out for s in self.servers)
 
-    def wait(self, ready: Callable[[], None]) -> Callable[[], None]:
+    def wait(self, ready: Callable[[], None], first: bool = False) -> Callable[[], None]:
         """
         Queue C{ready} to be called when a busy server frees a slot (first
-        come, first served).  Returns a function that leaves the queue.
+        come, first served; C{first}: at the head, for a request that was
+        woken but lost the slot).  Returns a function that leaves the queue.
         """
-        return self._queue.join(ready)
+        return self._queue.join(ready, first)
 
     def retry_after(self) -> int:
         """
@@ -161,6 +162,28 @@ class Pool:
         return max(1, int(seconds + 0.999))
 
     # -- requests in flight -------------------------------------------------
+
+    def claim(self, server: ServerState) -> bool:
+        """
+        Dispatch a request to C{server} (L{dispatch}) if it is below its
+        C{max_connections}, in a worker process over all workers (the
+        shared table's claim); else mark it full and answer False: the
+        caller tries the next candidate or waits in the queue.
+        """
+        if self._limited:
+            limit = server.config.max_connections
+            if limit is not None:
+                shared = self.shared
+                if server.active >= limit and shared is None:
+                    taken = False
+                else:
+                    taken = shared is None or shared.claim(server, limit)
+                if not taken:
+                    server.full = True
+                    server.refresh()
+                    return False
+        self.dispatch(server)
+        return True
 
     def dispatch(self, server: ServerState) -> None:
         server.active += 1

@@ -27,12 +27,17 @@ class WaitQueue:
     def has_room(self) -> bool:
         return len(self._waiting) < self.limit
 
-    def join(self, ready: Callable[[], None]) -> Callable[[], None]:
+    def join(self, ready: Callable[[], None], first: bool = False) -> Callable[[], None]:
         """
-        Queue C{ready}; the caller checks L{has_room} first.  Returns a
-        function that leaves the queue (harmless once C{ready} was called).
+        Queue C{ready} (at the head when C{first}: a waiter woken that found
+        no slot after all keeps its turn); the caller checks L{has_room}
+        first.  Returns a function that leaves the queue (harmless once
+        C{ready} was called).
         """
-        self._waiting.append(ready)
+        if first:
+            self._waiting.appendleft(ready)
+        else:
+            self._waiting.append(ready)
 
         def leave() -> None:
             try:
@@ -46,7 +51,11 @@ class WaitQueue:
         """
         Call waiters in order while C{open_()} says a server may take one:
         everyone woken may try, and the first to dispatch may close it again.
+        Each wake calls at most as many waiters as were waiting (one that
+        goes back to the head is not called again and again).
         """
         waiting = self._waiting
-        while waiting and open_():
+        turns = len(waiting)
+        while turns and waiting and open_():
+            turns -= 1
             waiting.popleft()()

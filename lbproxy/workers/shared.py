@@ -21,10 +21,13 @@ maps the servers that stay to the same rows: their state survives it.
 The guarantees (README, "Worker processes"): a worker reads the sums when it
 builds a request's candidates, so two workers choosing in the same instant
 may both take the same least loaded server (least_connections is exact up to
-the requests being chosen at that instant, at most one per worker); for the
-same reason a server may exceed C{max_connections} by at most
-C{workers - 1}.  Round robin rotates per worker: each worker's requests
-are spread evenly, so the sum is too, over time.
+the requests being chosen at that instant, at most one per worker).
+C{max_connections} is exact: a worker takes a slot of a limited server by
+writing its +1 first and reading the sum after (L{SharedTable.claim}); over
+the limit, it withdraws.  Two workers racing for the last slot may both
+withdraw, never both go through (docs/workers.md, "max_connections across
+workers", has the argument).  Round robin rotates per worker: each worker's
+requests are spread evenly, so the sum is too, over time.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet.task import LoopingCall
@@ -51,6 +55,27 @@ OPERATOR_NONE, OPERATOR_DRAINING, OPERATOR_MAINT = 0, 1, 2
 #: How often a worker with requests waiting for a slot looks for one freed
 #: by another worker.
 QUEUE_POLL = 0.02
+
+
+#: A lock of this process alone, never contended (a worker has one
+#: thread): taking and releasing it is L{barrier}.
+_BARRIER = threading.Lock()
+
+
+def barrier() -> None:
+    """
+    A full memory barrier: the stores this process made before it are
+    visible to every other core before any load made after it.
+
+    Python has no fence of its own.  Taking and releasing an uncontended
+    lock runs the C library's atomic read-modify-write instructions
+    (glibc's C{sem_wait}/C{sem_post} under CPython's and PyPy's locks: a
+    C{lock cmpxchg} on x86-64, which drains the store buffer), and the
+    interpreter cannot move a memory access across the call.  Used only
+    between a claim's write and its read (docs/workers.md).
+    """
+    _BARRIER.acquire()
+    _BARRIER.release()
 
 
 def row_key(pool: str, server: Tuple[str, str, str, int]) -> bytes:
@@ -166,6 +191,29 @@ class SharedTable:
     def add_inflight(self, row: int, slot: int, delta: int) -> None:
         self.words[self.base(row) + _FIELDS + 1 + slot] += delta
 
+    def claim(self, row: int, slot: int, limit: int) -> bool:
+        """
+        Take one of the C{limit} slots of C{row}'s server for the worker in
+        C{slot}, exactly over all workers: its +1 first (L{hold}), a barrier,
+        then the sum (L{over}); over the limit, the +1 is withdrawn and the
+        answer is False (the server is full).  Two workers claiming the last
+        slot at once may both withdraw; they never both succeed.
+        """
+        self.hold(row, slot)
+        barrier()
+        if self.over(row, limit):
+            self.add_inflight(row, slot, -1)
+            return False
+        return True
+
+    def hold(self, row: int, slot: int) -> None:
+        """A claim's first step: the worker's +1, in its own column."""
+        self.words[self.base(row) + _FIELDS + 1 + slot] += 1
+
+    def over(self, row: int, limit: int) -> bool:
+        """A claim's second step: whether the sum, the claim's +1 in it, exceeds C{limit}."""
+        return self.inflight(row) > limit
+
     def inflight_of(self, row: int, slot: int) -> int:
         return int(self.words[self.base(row) + _FIELDS + 1 + slot])
 
@@ -249,6 +297,9 @@ class PoolShare:
         #: Row of each server (the pool's own ServerState objects).
         self.rows = rows
         self._poll: Optional[LoopingCall] = None
+        #: The row of a claim whose +1 is in the table already: the
+        #: dispatch that follows it writes nothing more.
+        self._claimed: Optional[int] = None
 
     def sync(self) -> None:
         """The group's view of every server of the pool, into its ServerStates."""
@@ -279,9 +330,26 @@ class PoolShare:
             server.full = limit is not None and server.active >= limit
             server.refresh()
 
+    def claim(self, server: Any, limit: int) -> bool:
+        """
+        A slot of C{server} (at most C{limit} in flight over all workers)
+        for a request about to be dispatched (L{SharedTable.claim}); False:
+        it is full.  The pool's dispatch follows at once.
+        """
+        row = self.rows.get(server)
+        if row is None:
+            return True
+        if not self.table.claim(row, self.slot, limit):
+            return False
+        self._claimed = row
+        return True
+
     def dispatched(self, server: Any, delta: int) -> None:
         row = self.rows.get(server)
         if row is not None:
+            if delta == 1 and self._claimed == row:
+                self._claimed = None  # its claim wrote it
+                return
             self.table.add_inflight(row, self.slot, delta)
 
     def ejected(self, server: Any, until: float) -> None:

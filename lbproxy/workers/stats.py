@@ -23,6 +23,13 @@ its last minute goes with it.
 
 Counters are at most L{PUBLISH_EVERY} seconds old; a worker killed with
 SIGKILL loses what it counted since it last published.
+
+The history (C{/history}, the dashboard's charts): each document also holds
+the last seconds of every pool's and server's timeline (responses by status
+class and latency buckets per second, L{Timeline.recent}); the supervisor's
+L{HistoryFeed} merges each second into its own timelines once every live
+worker has published past it (at most L{HistoryFeed.WAIT} seconds after it
+ended), so the history is the group's, one to two seconds behind the clock.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ from __future__ import annotations
 import json
 import mmap
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from collections import deque
+from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -104,9 +112,16 @@ class StatsRegions:
 # -- the worker's side ----------------------------------------------------------
 
 
-def report(service: Any, number: int, generation: int, slot: int) -> Dict[str, Any]:
-    """What a worker publishes: its pools' and servers' counters, and its own figures."""
+def report(
+    service: Any, number: int, generation: int, slot: int, final: bool = False
+) -> Dict[str, Any]:
+    """
+    What a worker publishes: its pools' and servers' counters, and its own
+    figures.  C{final}: its last, as it stops; its history includes the
+    second in progress.
+    """
     now = service.reactor.seconds()
+    upto = now + 1 if final else now
     pools: Dict[str, Any] = {}
     for name, pool in service.pools.items():
         servers = {}
@@ -122,8 +137,10 @@ def report(service: Any, number: int, generation: int, slot: int) -> Dict[str, A
                 "duration_sum": stats.histogram.total,
                 "minute": {str(i): n for i, n in enumerate(minute) if n},
                 "active": server.active,
+                "seconds": stats.timeline.recent(upto),
             }
         pools[name] = {
+            "seconds": pool.stats.timeline.recent(upto),
             "retries": pool.stats.retries,
             "unrouted": [[m, s, n] for (m, s), n in pool.stats.unrouted.items()],
             "queue_length": pool.queue_length,
@@ -161,10 +178,10 @@ class Publisher:
     def stop(self) -> None:
         if self._loop.running:
             self._loop.stop()
-        self.publish()
+        self.publish(final=True)
 
-    def publish(self) -> None:
-        document = report(self.service, self.number, self.generation, self.slot)
+    def publish(self, final: bool = False) -> None:
+        document = report(self.service, self.number, self.generation, self.slot, final)
         data = json.dumps(document, separators=(",", ":")).encode("utf-8")
         if not self.regions.write(self.slot, data) and not self._too_big:
             self._too_big = True
@@ -212,6 +229,9 @@ class GroupStats:
         self.retired_pools: Dict[str, Dict[str, Any]] = {}
         #: The last good document of each slot.
         self._last: Dict[int, Dict[str, Any]] = {}
+        #: The last documents of workers that ended, for the history seconds
+        #: not merged yet (L{HistoryFeed}).
+        self.ended: Deque[Dict[str, Any]] = deque(maxlen=64)
 
     def document(self, slot: int) -> Optional[Dict[str, Any]]:
         data = self.regions.read(slot)
@@ -237,6 +257,7 @@ class GroupStats:
         self.regions.clear(slot)
         if document is None:
             return
+        self.ended.append(document)
         for pool_name, pool in document["pools"].items():
             kept = self.retired_pools.setdefault(pool_name, {"retries": 0, "unrouted": []})
             kept["retries"] += int(pool["retries"])
@@ -413,6 +434,106 @@ class GroupSource:
         return tuple(out)
 
 
+class HistoryFeed:
+    """
+    The supervisor's history, fed from its workers: every L{EVERY} seconds,
+    each second that is over for every live worker (their last documents
+    were published after it ended) is merged, in order, into the
+    supervisor's own pool and server timelines, from the seconds the
+    documents carry (L{Timeline.recent}).  A worker that has not published
+    for L{WAIT} seconds after a second ended is not waited for (its
+    counts of that second are lost, not the others').
+
+    @ivar complete: The last second merged: C{/history} ends there.
+    """
+
+    EVERY = 0.5
+    WAIT = 4
+
+    def __init__(self, proxy: Any, group: GroupStats, slots: Callable[[], Iterable[int]]) -> None:
+        self.proxy = proxy
+        self.group = group
+        self.slots = slots
+        self.complete = int(proxy.seconds()) - 1
+        self._loop = LoopingCall(self.feed)
+
+    def start(self, clock: Any) -> None:
+        self._loop.clock = clock
+        self._loop.start(self.EVERY, now=False)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def feed(self) -> None:
+        now = self.proxy.seconds()
+        live = self.group.documents(self.slots())
+        # Each document holds the seconds before the one it was published in.
+        last = int(now) - 1
+        for document in live:
+            last = min(last, int(float(document["now"])) - 1)
+        last = max(last, int(now) - 1 - self.WAIT)
+        if last <= self.complete:
+            return
+        documents = list(self.group.ended) + live
+        first = self.complete + 1
+        by_pool = self._seconds_by_pool(documents, first, last)
+        for name, pool in self.proxy.pools.items():
+            found = by_pool.get(name)
+            if not found:
+                continue
+            own, servers = found
+            for second, counts, buckets in sorted(own, key=lambda e: e[0]):
+                pool.stats.timeline.merge(second, counts, buckets)
+            for server in pool.servers:
+                for second, counts, buckets in sorted(
+                    servers.get(server.name, ()), key=lambda e: e[0]
+                ):
+                    server.stats.timeline.merge(second, counts, buckets)
+        self.complete = last
+        # Workers that ended long enough ago have nothing left to merge.
+        ended = self.group.ended
+        while ended and int(float(ended[0]["now"])) <= last:
+            ended.popleft()
+
+    @staticmethod
+    def _seconds_by_pool(
+        documents: Iterable[Mapping[str, Any]], first: int, last: int
+    ) -> Dict[str, Tuple[List[Any], Dict[str, List[Any]]]]:
+        """pool -> (its seconds, server -> its seconds) from C{first} to C{last}, summed."""
+        out: Dict[str, Tuple[List[Any], Dict[str, List[Any]]]] = {}
+        for document in documents:
+            for pool_name, pool in document["pools"].items():
+                own, servers = out.setdefault(pool_name, ([], {}))
+                _add_seconds(own, pool.get("seconds", ()), first, last)
+                for server_name, figures in pool["servers"].items():
+                    _add_seconds(
+                        servers.setdefault(server_name, []),
+                        figures.get("seconds", ()),
+                        first,
+                        last,
+                    )
+        return out
+
+
+def _add_seconds(into: List[Any], seconds: Iterable[Sequence[Any]], first: int, last: int) -> None:
+    """Sum the seconds from C{first} to C{last} of C{seconds} into C{into} (one entry a second)."""
+    for entry in seconds:
+        second, counts, buckets = int(entry[0]), entry[1], entry[2]
+        if not first <= second <= last:
+            continue
+        for mine in into:
+            if mine[0] == second:
+                mine[1] = [a + int(b) for a, b in zip(mine[1], counts)]
+                for bucket, n in buckets.items():
+                    mine[2][int(bucket)] = mine[2].get(int(bucket), 0) + int(n)
+                break
+        else:
+            into.append(
+                [second, [int(n) for n in counts], {int(b): int(n) for b, n in buckets.items()}]
+            )
+
+
 def take(proxy: Any, retired: GroupStats, slots: Iterable[int]) -> ProxySnapshot:
     """The group's snapshot: the supervisor's pools with the live workers' counters summed."""
     source = GroupSource(proxy, retired.documents(slots), retired)
@@ -428,4 +549,12 @@ def take(proxy: Any, retired: GroupStats, slots: Iterable[int]) -> ProxySnapshot
     )
 
 
-__all__ = ["GroupSource", "GroupStats", "Publisher", "StatsRegions", "report", "take"]
+__all__ = [
+    "GroupSource",
+    "GroupStats",
+    "HistoryFeed",
+    "Publisher",
+    "StatsRegions",
+    "report",
+    "take",
+]

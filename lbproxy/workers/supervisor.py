@@ -32,7 +32,7 @@ from lbproxy.ops.process import ProcessControl
 from lbproxy.ops.snapshot import ProxySnapshot
 from lbproxy.service import ProxyService
 from lbproxy.workers.shared import MAX_SLOTS, GroupState
-from lbproxy.workers.stats import GroupStats, StatsRegions, take
+from lbproxy.workers.stats import GroupStats, HistoryFeed, StatsRegions, take
 from lbproxy.workers.worker import WorkerArguments
 
 log = Logger()
@@ -349,6 +349,14 @@ class SupervisorService(ProxyService):
         self.group_state.map_servers()
         self.workers = WorkerGroup(self, path, self.reactor)
         self.workers.setServiceParent(self)
+        self.history_feed = HistoryFeed(
+            self, self.group_stats, lambda: [w.slot for w in self.workers.live]
+        )
+
+    @property
+    def history_complete(self) -> int:
+        """The last second of /history with every worker's counts in."""
+        return self.history_feed.complete
 
     def listen_proxy(self, description: str, where: str) -> IListeningPort:
         port = super().listen_proxy(description, where)
@@ -382,9 +390,11 @@ class SupervisorService(ProxyService):
     def startService(self) -> None:
         super().startService()
         self.group_state.start(self.reactor)
+        self.history_feed.start(self.reactor)
 
     def stopService(self) -> Deferred[Any]:
         self.group_state.stop()
+        self.history_feed.stop()
         return super().stopService()
 
     def reload(self, config: ProxyConfig) -> None:
