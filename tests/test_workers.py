@@ -295,6 +295,28 @@ class SharedStateTests(GroupTestCase):
         self.assertEqual([r.status for r in responses], [200] * 5)
 
     @defer.inlineCallbacks
+    def test_a_slow_server_never_has_more_than_its_max_connections(self):  # type: ignore[no-untyped-def]
+        # Many clients at once on both workers, a server that answers after
+        # 30 ms and takes 2 at a time: it counts its own concurrency (the
+        # requests it has begun and not finished) and never sees a third.
+        (a,) = self.backends("a", handler=slow_handler)
+        port, _, proc = self.start(
+            [f"{a.url} max_connections=2"], {"algorithm": "round_robin", "queue_timeout": "60s"}
+        )
+        yield self.ready(proc)
+        count = 30
+        for _ in range(3):
+            opened: List[socket.socket] = []
+            try:
+                statuses = yield threads.deferToThread(burst, port, count, opened)
+            finally:
+                for sock in opened:
+                    sock.close()
+            self.assertEqual(statuses, [200] * count)
+        self.assertEqual(len(a.seen), 3 * count)
+        self.assertEqual(a.peak, 2)
+
+    @defer.inlineCallbacks
     def test_drain_from_the_admin_api_applies_to_every_worker(self):  # type: ignore[no-untyped-def]
         a, b = self.backends("a", "b")
         port, admin_port, proc = self.start(
@@ -324,6 +346,21 @@ def admin_until(admin_port: int, path: str, condition, tries: int = 200):  # typ
             return body
         yield task.deferLater(reactor, 0.05, lambda: None)
     raise AssertionError(f"{path} never met the condition; last: {body[:2000]!r}")
+
+
+def slow_handler(backend, request, body: bytes):  # type: ignore[no-untyped-def]
+    """A backend handler that answers after 30 ms."""
+    from twisted.internet import reactor
+    from twisted.web import server
+
+    def answer() -> None:
+        if not request._disconnected:
+            request.setHeader(b"Content-Length", b"3")
+            request.write(b"ok\n")
+            request.finish()
+
+    reactor.callLater(0.03, answer)
+    return server.NOT_DONE_YET
 
 
 def served(body: bytes) -> int:
@@ -419,6 +456,37 @@ class GroupViewTests(GroupTestCase):
         )
         self.assertIsNotNone(count, metrics)
         self.assertEqual(float(count.group(1)), len(a.seen))  # type: ignore[union-attr]
+
+    @defer.inlineCallbacks
+    def test_history_shows_the_requests_of_every_worker(self):  # type: ignore[no-untyped-def]
+        a, b = self.backends("a", "b")
+        port, admin_port, proc = self.start(
+            [f"{a.url} name=a", f"{b.url} name=b"], {"algorithm": "round_robin"}, admin=True
+        )
+        yield self.ready(proc)
+        sent = 40
+        opened: List[socket.socket] = []
+        self.addCleanup(lambda: [s.close() for s in opened])
+        # New connections, so that both workers answer some.
+        statuses = yield threads.deferToThread(burst, port, sent, opened)
+        self.assertEqual(statuses, [200] * sent)
+
+        def ok(document: dict, name: str) -> int:
+            return sum(document["series"]["2xx"])
+
+        def complete(body: bytes) -> bool:
+            (pool,) = json.loads(body)["pools"]
+            return ok(pool, "test") == sent
+
+        body = yield admin_until(admin_port, "/history", complete)
+        (pool,) = json.loads(body)["pools"]
+        by_name = {s["name"]: s for s in pool["servers"]}
+        self.assertEqual(ok(by_name["a"], "a"), len(a.seen))
+        self.assertEqual(ok(by_name["b"], "b"), len(b.seen))
+        self.assertTrue(any(v is not None for v in pool["series"]["p50_ms"]), pool)
+        status = yield admin_until(admin_port, "/status", lambda b: served(b) == sent)
+        workers = json.loads(status)["workers"]
+        self.assertEqual(len([w for w in workers if w["requests"]]), 2, workers)
 
     @defer.inlineCallbacks
     def test_counts_stay_when_a_worker_ends(self):  # type: ignore[no-untyped-def]
@@ -563,3 +631,163 @@ class StatsRegionTests(unittest.TestCase):
         self.assertIsNone(regions.read(3))
         regions.clear(3)
         self.assertIsNone(regions.read(3))
+
+
+class ClaimProtocolTests(unittest.TestCase):
+    """
+    The claim of a slot of a limited server (SharedTable.claim), its steps
+    interleaved every possible way between workers, each with a table of
+    its own over one memory file (as each process maps it).
+    """
+
+    def tables(self, count: int):  # type: ignore[no-untyped-def]
+        from lbproxy.workers.shared import SharedTable, row_key
+
+        first = SharedTable.create()
+        self.addCleanup(os.close, first.fd)
+        first.slots = count + 1  # the last slot: requests already in flight
+        row = first.assign([row_key("p", ("a", "http", "127.0.0.1", 1))])[
+            row_key("p", ("a", "http", "127.0.0.1", 1))
+        ]
+        return [SharedTable(first.fd) for _ in range(count)], row
+
+    def schedules(self, workers: int, limit: int, already: int) -> List[List[bool]]:
+        """
+        Every interleaving of C{workers} claims, step by step (the +1; the
+        read of the sum; the withdrawal when over): for each, whether each
+        worker went through.  Checked at every step: no more than C{limit}
+        claims went through and hold their slot.
+        """
+        tables, row = self.tables(workers)
+        tables[0].add_inflight(row, workers, already)  # another worker's
+        outcomes: List[List[bool]] = []
+
+        def explore(pcs: List[int], passed: List[bool]) -> None:
+            self.assertLessEqual(sum(passed) + already, limit, (pcs, passed))
+            if all(pc == 3 for pc in pcs):
+                outcomes.append(list(passed))
+                return
+            for i, pc in enumerate(pcs):
+                if pc == 3:
+                    continue
+                table = tables[i]
+                if pc == 0:
+                    table.hold(row, i)
+                    explore(pcs[:i] + [1] + pcs[i + 1 :], passed)
+                    table.add_inflight(row, i, -1)
+                elif pc == 1:
+                    if table.over(row, limit):
+                        explore(pcs[:i] + [2] + pcs[i + 1 :], passed)
+                    else:
+                        explore(pcs[:i] + [3] + pcs[i + 1 :], passed[:i] + [True] + passed[i + 1 :])
+                else:  # over: the withdrawal
+                    table.add_inflight(row, i, -1)
+                    explore(pcs[:i] + [3] + pcs[i + 1 :], passed)
+                    table.add_inflight(row, i, 1)
+
+        explore([0] * workers, [False] * workers)
+        return outcomes
+
+    def test_two_workers_racing_for_the_last_slot_never_both_go_through(self) -> None:
+        outcomes = self.schedules(workers=2, limit=2, already=1)
+        # Every interleaving of the steps (2 or 3 for each worker): 14.
+        self.assertEqual(len(outcomes), 14)
+        self.assertTrue(all(sum(o) <= 1 for o in outcomes))
+        # One after the other: the first goes through; in the race, both
+        # may withdraw (a request waits a little more).
+        self.assertIn([True, False], outcomes)
+        self.assertIn([False, True], outcomes)
+        self.assertIn([False, False], outcomes)
+
+    def test_three_workers_and_two_free_slots(self) -> None:
+        outcomes = self.schedules(workers=3, limit=2, already=0)
+        self.assertTrue(all(sum(o) <= 2 for o in outcomes))
+        self.assertIn([True, True, False], outcomes)
+
+    def test_free_slots_for_all_let_all_through(self) -> None:
+        outcomes = self.schedules(workers=2, limit=3, already=1)
+        self.assertEqual({tuple(o) for o in outcomes}, {(True, True)})
+
+    def test_the_read_before_the_write_would_let_both_through(self) -> None:
+        # The protocol of before (read the sum, then add): both read 1 of 2
+        # and both go through, 3 in flight.  The claim's order prevents it.
+        tables, row = self.tables(2)
+        tables[0].add_inflight(row, 2, 1)
+        a_sees = tables[0].inflight(row)
+        b_sees = tables[1].inflight(row)
+        self.assertEqual((a_sees, b_sees), (1, 1))
+        tables[0].add_inflight(row, 0, 1)
+        tables[1].add_inflight(row, 1, 1)
+        self.assertEqual(tables[0].inflight(row), 3)
+
+    def test_claim_and_release(self) -> None:
+        tables, row = self.tables(2)
+        a, b = tables
+        self.assertTrue(a.claim(row, 0, 1))
+        self.assertFalse(b.claim(row, 1, 1))
+        self.assertEqual((a.inflight(row), b.inflight_of(row, 1)), (1, 0))
+        a.add_inflight(row, 0, -1)
+        self.assertTrue(b.claim(row, 1, 1))
+        self.assertEqual(a.inflight(row), 1)
+
+
+class PoolClaimTests(unittest.TestCase):
+    """Two workers' pools over one table: the limit and its queue hold across them."""
+
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+
+        from lbproxy.upstream.pool import Pool, ServerState
+        from lbproxy.workers.shared import PoolShare, SharedTable, _server_key, row_key
+
+        config = parse(proxy_config(["http://127.0.0.1:1 name=a max_connections=1"]))
+        pool_config = config.active_pool()
+        table = SharedTable.create()
+        self.addCleanup(os.close, table.fd)
+        table.slots = 2
+        key = row_key("test", _server_key(ServerState(pool_config.servers[0])))
+        row = table.assign([key])[key]
+        self.clock = Clock()
+        self.pools = []
+        for slot in range(2):
+            server = ServerState(pool_config.servers[0])
+            pool = Pool(pool_config, [server], self.clock)
+            share = PoolShare(SharedTable(table.fd), slot, pool, {server: row})
+            pool.shared = share
+            share.watch_queue(self.clock)
+            self.addCleanup(lambda share=share: share._poll.stop())  # type: ignore[union-attr]
+            self.pools.append(pool)
+        self.table, self.row = table, row
+
+    def test_a_slot_taken_by_one_worker_is_full_for_the_other(self) -> None:
+        a, b = self.pools
+        # Both chose the server with nothing in flight, in the same instant.
+        self.assertEqual([s.name for s in a.candidates()], ["a"])
+        self.assertEqual([s.name for s in b.candidates()], ["a"])
+        self.assertTrue(a.claim(a.servers[0]))
+        self.assertFalse(b.claim(b.servers[0]))
+        self.assertEqual(self.table.inflight(self.row), 1)
+        self.assertTrue(b.can_wait())
+        self.assertEqual(list(b.candidates()), [])
+
+    def test_a_waiting_request_is_woken_within_the_poll_when_the_other_frees_it(self) -> None:
+        from lbproxy.workers.shared import QUEUE_POLL
+
+        a, b = self.pools
+        self.assertTrue(a.claim(a.servers[0]))
+        list(b.candidates())
+        woken: List[bool] = []
+        b.wait(lambda: woken.append(b.claim(b.servers[0])))
+        self.clock.advance(QUEUE_POLL)
+        self.assertEqual(woken, [])  # still full
+        a.release(a.servers[0])
+        self.clock.advance(QUEUE_POLL)
+        self.assertEqual(woken, [True])
+        self.assertEqual(self.table.inflight(self.row), 1)
+
+    def test_the_dispatch_after_a_claim_counts_once(self) -> None:
+        a, _ = self.pools
+        self.assertTrue(a.claim(a.servers[0]))
+        self.assertEqual((a.servers[0].active, self.table.inflight(self.row)), (1, 1))
+        a.release(a.servers[0])
+        self.assertEqual((a.servers[0].active, self.table.inflight(self.row)), (0, 0))
