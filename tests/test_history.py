@@ -24,7 +24,40 @@ def bucket(seconds: float) -> int:
     return next(i for i, bound in enumerate(WINDOW_BOUNDS) if bound >= seconds)
 
 
+def series_ms(seconds: float) -> float:
+    """The milliseconds a series gives for a duration: its bucket's upper bound."""
+    return round(WINDOW_BOUNDS[bucket(seconds)] * 1000, 3)
+
+
 class TimelineTests(unittest.TestCase):
+    def test_recent_seconds_merge_into_another_timeline(self) -> None:
+        # Two workers' timelines, merged second by second into a third (the
+        # supervisor's): the counts add up and the percentiles are those of
+        # all the responses, not an average.
+        one, two, merged = Timeline(WINDOW_BOUNDS), Timeline(WINDOW_BOUNDS), Timeline(WINDOW_BOUNDS)
+        for _ in range(60):
+            one.add("2xx", bucket(0.001), 1000.2)
+        for _ in range(40):
+            two.add("2xx", bucket(0.1), 1000.5)
+        two.add("5xx", bucket(0.1), 1001.5)
+        one.add("2xx", bucket(0.001), 1002.5)  # the second being counted
+        self.assertEqual([e[0] for e in one.recent(1002.7)], [1000])
+        self.assertEqual([e[0] for e in two.recent(1002.7)], [1000, 1001])
+        for second in (1000, 1001):
+            for worker in (one, two):
+                for entry in worker.recent(1002.7):
+                    if entry[0] == second:
+                        self.assertTrue(merged.merge(*entry))
+        series = merged.series(1000, 1001)
+        self.assertEqual(series["2xx"], [100, 0])
+        self.assertEqual(series["5xx"], [0, 1])
+        self.assertEqual(series["p50_ms"][0], series_ms(0.001))
+        self.assertEqual(series["p99_ms"][0], series_ms(0.1))
+        # A second older than the one merged last is dropped.
+        self.assertFalse(merged.merge(999, [1, 0, 0, 0, 0], {}))
+        # Seconds older than the ring are no longer offered.
+        self.assertEqual(one.recent(1100), [])
+
     def test_counts_by_class_and_percentiles_per_second(self) -> None:
         clock = task.Clock()
         clock.advance(1000)

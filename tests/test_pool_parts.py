@@ -77,6 +77,44 @@ class WaitQueueTests(unittest.TestCase):
         queue.wake(lambda: False)
         self.assertEqual((woken, len(queue)), ([], 1))
 
+    def test_a_waiter_back_at_the_head_keeps_its_turn_and_is_woken_once(self) -> None:
+        queue = WaitQueue()
+        woken: List[int] = []
+
+        def first() -> None:
+            # Woken, found no slot after all (another worker took it).
+            woken.append(1)
+            queue.join(first, first=True)
+
+        queue.join(first)
+        queue.join(lambda: woken.append(2))
+        queue.wake(lambda: True)
+        # Called at most once per waiter present: 1 went back to the head,
+        # 2 was called, 1 is still first.
+        self.assertEqual(woken, [1, 1])
+        self.assertEqual(len(queue), 2)
+
+
+class ClaimTests(unittest.TestCase):
+    def test_a_server_at_its_max_connections_is_refused_and_marked_full(self) -> None:
+        from lbproxy.config import parse
+        from lbproxy.upstream.pool import Pool
+        from tests.support import proxy_config
+
+        config = parse(proxy_config(["http://127.0.0.1:1 name=a max_connections=1"]))
+        pool_config = config.active_pool()
+        a = ServerState(pool_config.servers[0])
+        pool = Pool(pool_config, [a], Clock())
+        self.assertTrue(pool.claim(a))
+        self.assertEqual((a.active, a.full, a.usable), (1, True, False))
+        # Say it was chosen before it filled (a retry's back-off): refused.
+        a.full = False
+        a.refresh()
+        self.assertFalse(pool.claim(a))
+        self.assertEqual((a.active, a.full), (1, True))
+        pool.release(a)
+        self.assertTrue(pool.claim(a))
+
 
 class VerdictTests(unittest.TestCase):
     def judge_all(self, s: ServerState, outcomes: str) -> List[Optional[str]]:
