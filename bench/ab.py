@@ -4,6 +4,13 @@ Interleaved A/B of two lbproxy installations on the bench's setup.
     python3 bench/ab.py --a /path/to/A/.venv/bin/twistd \\
         --b /path/to/B/.venv/bin/twistd --rounds 6
 
+    python3 bench/ab.py --a .venv/bin/twistd --b .venv/bin/twistd \\
+        --workers-a 1 --workers-b 2 --rounds 6
+
+The second form compares one installation with itself at two numbers of
+worker processes (the whole process tree is measured, supervisor included;
+every process pinned to the proxy's core).
+
 Each round starts A, warms it up, measures it with wrk, stops it, then the
 same for B (the order alternates between rounds), against the same three
 nginx backends, with the bench's configuration (every feature on) and its
@@ -34,8 +41,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per run")
     parser.add_argument("--duration", type=int, default=5, help="seconds measured per run")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="workers of both sides")
+    parser.add_argument("--workers-a", type=int, help="workers of A (default: --workers)")
+    parser.add_argument("--workers-b", type=int, help="workers of B (default: --workers)")
     args = parser.parse_args()
+    workers = {
+        "A": args.workers if args.workers_a is None else args.workers_a,
+        "B": args.workers if args.workers_b is None else args.workers_b,
+    }
+    print(f"A: {args.a}, {workers['A']} worker(s); B: {args.b}, {workers['B']} worker(s)")
     runs: Dict[str, List[float]] = {"A": [], "B": []}
     p99: Dict[str, List[float]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory(prefix="lbproxy-ab-") as workdir:
@@ -46,8 +60,8 @@ def main() -> int:
                 for side in order:
                     twistd = args.a if side == "A" else args.b
                     proc, (port,) = bench.start_listening(
-                        lambda ports, twistd=twistd: bench.start_lbproxy(
-                            twistd, workdir, ports[0], backends.ports, workers=args.workers
+                        lambda ports, twistd=twistd, count=workers[side]: bench.start_lbproxy(
+                            twistd, workdir, ports[0], backends.ports, workers=count
                         )
                     )
                     try:
