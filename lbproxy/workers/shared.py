@@ -338,7 +338,8 @@ class PoolShare:
         """
         row = self.rows.get(server)
         if row is None:
-            return True
+            # Not in the table (found by DNS discovery): this worker's count.
+            return bool(server.active < limit)
         if not self.table.claim(row, self.slot, limit):
             return False
         self._claimed = row
