@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 class Connection(asyncio.Protocol):
     """One keep-alive connection: at most one request in flight."""
 
-    def __init__(self, client: "PacedClient") -> None:
+    def __init__(self, client: PacedClient) -> None:
         self.client = client
         self.transport: Optional[asyncio.Transport] = None
         self.buffer = bytearray()
