@@ -917,6 +917,11 @@ def run_proxy(name: str, start, args, backends: Backends, workdir: str) -> Dict[
                     f" p99.9 {p['p999_ms']} ms, max {p['max_ms']} ms, errors {p['errors']}"
                     f" (client lag p99 {p['client_lag_p99_ms']} ms)"
                 )
+                if p["most_waiting"] > CONNECTIONS:
+                    log(
+                        f"   the proxy did not keep up with {args.paced_rate} req/s here"
+                        f" ({p['most_waiting']} requests waited at once): queueing, not its tail"
+                    )
         log(
             f"   {result['cpu_us_per_request'] or 0:.1f} us/request, {result['rps']:.0f} req/s,"
             f" proxy CPU {result['proxy_cpu_pct']:.0f}%,"

@@ -17,7 +17,9 @@ tail.  The client's own lateness (how late it woke up to send, the same for
 every server measured) is reported beside it as C{client_lag_p99_ms}.
 
 It prints one JSON object: the rate, the requests due, answered and failed,
-and p50/p90/p99/p99.9/max latency in milliseconds.  Responses must carry
+p50/p90/p99/p99.9/max latency in milliseconds, and the most requests that
+waited at once for a free connection (more than a few: the server did not
+keep up with the rate, and the figures are queueing).  Responses must carry
 Content-Length (every proxy in the bench answers so).
 """
 
@@ -85,6 +87,7 @@ class PacedClient:
         self.lags: List[float] = []
         self.errors = 0
         self.outstanding = 0
+        self.most_waiting = 0
         self.all_sent = False
         self.loop = asyncio.get_event_loop()
         self.finished = self.loop.create_future()
@@ -142,6 +145,7 @@ class PacedClient:
                 self.idle.popleft().send(due)
             else:
                 self.waiting.append(due)
+                self.most_waiting = max(self.most_waiting, len(self.waiting))
         self.all_sent = True
         if self.outstanding:
             try:
@@ -175,6 +179,10 @@ def summary(client: PacedClient) -> Dict[str, object]:
         "p999_ms": ms(percentile(values, 0.999)),
         "max_ms": ms(values[-1] if values else None),
         "client_lag_p99_ms": ms(percentile(lags, 0.99)),
+        # Requests that found every connection busy (at most this many at
+        # once): then the server did not keep up with the rate at that
+        # moment, and beyond a few the figures are queueing, not its tail.
+        "most_waiting": client.most_waiting,
     }
 
 
