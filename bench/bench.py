@@ -14,6 +14,10 @@ lbproxy again on each interpreter through 100 routes with two header rules
 beside them), with the same load.  Each proxy runs alone on CPU 0
 (taskset); wrk, the backends and this script share CPU 1.  Every proxy gets
 the same warm-up run and then the same measured wrk run (50 connections).
+Then every proxy gets the same paced run (bench/paced.py: a fixed rate of
+requests, well below what any of them can serve, latency measured from when
+each request was due, so without coordinated omission): its p50/p99 are the
+proxy's own tail, which wrk's at full load cannot tell from the machine's.
 Then a 300 MiB download and a 300 MiB upload go through each proxy, and
 10,000 idle keep-alive client connections are opened to it.
 
@@ -58,6 +62,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
 PEER = os.path.join(ROOT, "bench", "peers", "aiohttp_proxy.py")
+PACED = os.path.join(ROOT, "bench", "paced.py")
 PEER_VENV = os.path.join(ROOT, "bench", ".venv-peer")
 PEER_PACKAGES = ["aiohttp", "uvloop"]
 HOST = "127.0.0.1"
@@ -67,6 +72,10 @@ BODY = "0123456789"
 BIG = 300 * 1024 * 1024
 IDLE_CONNECTIONS = 10_000
 CONNECTIONS = 50
+#: The paced latency run (bench/paced.py): requests per second, the same for
+#: every proxy and below what the slowest can serve on this machine (lbproxy
+#: on CPython serves about 5,000 with wrk; 1,000 leave it most of its core).
+PACED_RATE = 1000
 #: The load core is saturated when it was busy this much of the measured run
 #: (by anything: wrk, the backends, or other work on the machine).  Then the
 #: proxy was not the bottleneck and its requests/s is a floor.
@@ -437,11 +446,13 @@ backend pool
 
 
 #: PyPy's garbage collector settings for lbproxy, as etc/lbproxy.service sets
-#: them: a larger nursery makes collections rarer, which removes most of the
-#: latency tail (p99) and raises throughput; the minimum heap keeps the heap
-#: from growing to 8 nurseries before the first major collection.  CPython
-#: ignores both.
-LBPROXY_ENV = {"PYPY_GC_NURSERY": "96MB", "PYPY_GC_MIN": "192MB"}
+#: them: a nursery of 32 MB (the default, half the L2 cache, collects so
+#: often that it costs a third of the throughput) and major collections from
+#: 64 MB of old objects on (the default would be eight nurseries).  96MB and
+#: 192MB, the settings before, cost the same CPU per request and peaked at
+#: 360 MiB; these peak under 200 MiB (docs/performance.md, "Memory on
+#: PyPy").  CPython ignores both.
+LBPROXY_ENV = {"PYPY_GC_NURSERY": "32MB", "PYPY_GC_MIN": "64MB"}
 
 
 #: lbproxy's configuration in the bench: every feature on, as a deployment
@@ -688,6 +699,37 @@ def wrk(
     return result
 
 
+def paced(port: int, rate: float, seconds: int, scheme: str = "http") -> Dict[str, object]:
+    """
+    Latency at a fixed rate, without coordinated omission (bench/paced.py,
+    on the load core, over CONNECTIONS keep-alive connections): p50, p90,
+    p99, p99.9 and max from when each request was due, the requests due,
+    answered and failed, and the client's own lateness.
+    """
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            LOAD_CPU,
+            sys.executable,
+            PACED,
+            f"{scheme}://{HOST}:{port}/",
+            "--rate",
+            str(rate),
+            "--seconds",
+            str(seconds),
+            "--connections",
+            str(CONNECTIONS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1:] or ["failed"]}
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
 def measured_run(
     port: int, seconds: int, proxy: List[int], load: List[int], scheme: str = "http"
 ) -> Dict[str, object]:
@@ -863,6 +905,23 @@ def run_proxy(name: str, start, args, backends: Backends, workdir: str) -> Dict[
             time.sleep(1.5)  # written at least once a second
             with open(access_log, "rb") as f:
                 result["access_log_lines"] = sum(1 for _ in f)
+        if args.paced_rate > 0:
+            # After the access log count and the peak RSS, which stay the
+            # wrk run's.
+            log(f"== {name}: paced {args.paced_rate} req/s for {args.duration} s")
+            result["paced"] = paced(port, args.paced_rate, args.duration, scheme)
+            p = result["paced"]
+            if "error" not in p:
+                log(
+                    f"   paced p50 {p['p50_ms']} ms, p99 {p['p99_ms']} ms,"
+                    f" p99.9 {p['p999_ms']} ms, max {p['max_ms']} ms, errors {p['errors']}"
+                    f" (client lag p99 {p['client_lag_p99_ms']} ms)"
+                )
+                if p["most_waiting"] > CONNECTIONS:
+                    log(
+                        f"   the proxy did not keep up with {args.paced_rate} req/s here"
+                        f" ({p['most_waiting']} requests waited at once): queueing, not its tail"
+                    )
         log(
             f"   {result['cpu_us_per_request'] or 0:.1f} us/request, {result['rps']:.0f} req/s,"
             f" proxy CPU {result['proxy_cpu_pct']:.0f}%,"
@@ -926,8 +985,9 @@ def table(results: Dict[str, Dict[str, object]]) -> str:
     rows = [
         "| proxy | CPU µs/request | req/s | p50 ms | p99 ms | peak RSS MiB | "
         "proxy CPU % (its core busy %) | load core busy % (wrk, backends) | errors | "
-        "300 MiB down MiB/s (RSS growth) | 300 MiB up MiB/s (RSS growth) | idle connection kB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "300 MiB down MiB/s (RSS growth) | 300 MiB up MiB/s (RSS growth) | idle connection kB |"
+        " paced p50 / p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
 
@@ -950,6 +1010,12 @@ def table(results: Dict[str, Dict[str, object]]) -> str:
             else ("failed" if "error" in idle else f"{idle['kb_each']:.1f}")
         )
         floor = "≥ " if r.get("load_saturated") else ""
+        p = r.get("paced")
+        paced_cell = (
+            "-"
+            if not isinstance(p, dict)
+            else ("failed" if "error" in p else f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f}")
+        )
         rows.append(
             f"| {NAMES.get(name, name)} | {number('cpu_us_per_request', '.0f')} | "
             f"{floor}{r['rps']:.0f} | {number('p50_ms', '.2f')} | {number('p99_ms', '.2f')} | "
@@ -958,7 +1024,7 @@ def table(results: Dict[str, Dict[str, object]]) -> str:
             f"{number('load_core_busy_pct', '.0f')} ({number('wrk_cpu_pct', '.0f')}, "
             f"{number('backends_cpu_pct', '.0f')}) | "
             f"{r['errors']:.0f} | {transfer_cell('download')} | {transfer_cell('upload')} | "
-            f"{idle_cell} |"
+            f"{idle_cell} | {paced_cell} |"
         )
     if any(r.get("load_saturated") for r in results.values()):
         rows.append(
@@ -986,6 +1052,13 @@ def main() -> int:
     )
     parser.add_argument("--duration", type=int, default=10, help="seconds of each measured run")
     parser.add_argument("--warmup", type=int, default=10, help="seconds of each warm-up run")
+    parser.add_argument(
+        "--paced-rate",
+        type=int,
+        default=PACED_RATE,
+        help="requests/s of the paced latency run (bench/paced.py), as long as the measured"
+        " run; 0: none",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -1090,6 +1163,7 @@ def main() -> int:
             "lbproxy_tls": LBPROXY_TLS,
             "tls_certificate": "self-signed, ECDSA P-256 (openssl req -x509)",
             "connections": CONNECTIONS,
+            "paced_rate": args.paced_rate,
             "saturated_pct": SATURATED_PCT,
             "duration_s": args.duration,
             "warmup_s": args.warmup,

@@ -80,9 +80,13 @@ def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
     from lbproxy.ops.process import ProcessControl
-    from lbproxy.service import ProxyService, StartError
+    from lbproxy.service import ProxyService, StartError, settle_heap
 
     config: ProxyConfig = options["proxy_config"]
+    if options.parent is not None:
+        # Under twistd: start-up's heap out of the collector's sight once the
+        # reactor runs (not when a test makes the service in its own process).
+        reactor.callWhenRunning(settle_heap)
     if config.workers > 1:
         # Worker processes (lbproxy.workers): this process supervises them.
         from lbproxy.workers.supervisor import SupervisorControl, SupervisorService

@@ -19,7 +19,7 @@ from zope.interface import implementer
 from lbproxy.config import ServerConfig
 from lbproxy.front.resource import Routes
 from lbproxy.reload import server_key
-from lbproxy.service import ProxyService, StartError
+from lbproxy.service import GC_THRESHOLDS, ProxyService, StartError, settle_heap
 from lbproxy.testing import MemoryNetworkReactor, ProxyHarness
 from lbproxy.upstream.health import HealthChecker
 
@@ -195,3 +195,68 @@ class ServerKeyTests(unittest.SynchronousTestCase):
             server("http://g:1", "g", 1, "a"),
         ):
             self.assertNotEqual(server_key(same), server_key(other), other)
+
+
+class SettleHeapTests(unittest.SynchronousTestCase):
+    """
+    L{settle_heap}: once start-up is over, collect, freeze what is left and
+    set the serving thresholds (CPython); nothing where the collector has no
+    freeze (PyPy).
+    """
+
+    def test_collect_then_freeze_then_thresholds(self) -> None:
+        calls: List[Any] = []
+
+        class Collector:
+            def collect(self) -> int:
+                calls.append("collect")
+                return 0
+
+            def freeze(self) -> None:
+                calls.append("freeze")
+
+            def set_threshold(self, *thresholds: int) -> None:
+                calls.append(thresholds)
+
+        self.assertTrue(settle_heap(Collector()))
+        self.assertEqual(calls, ["collect", "freeze", GC_THRESHOLDS])
+
+    def test_a_collector_without_freeze_is_left_alone(self) -> None:
+        calls: List[str] = []
+
+        class PyPyLike:
+            def collect(self) -> int:
+                calls.append("collect")
+                return 0
+
+        self.assertFalse(settle_heap(PyPyLike()))
+        self.assertEqual(calls, [])
+
+    def test_this_interpreter(self) -> None:
+        """
+        With the real C{gc}: on CPython the start-up objects are frozen (a
+        cycle made before is collected first, not frozen) and the
+        thresholds set; on PyPy nothing happens.
+        """
+        import gc
+        import weakref
+
+        if not hasattr(gc, "freeze"):
+            self.assertFalse(settle_heap())
+            return
+        old = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *old)
+        self.addCleanup(gc.unfreeze)
+
+        class Node:
+            pass
+
+        cycle = Node()
+        cycle.other = Node()  # type: ignore[attr-defined]
+        cycle.other.other = cycle  # type: ignore[attr-defined]
+        gone = weakref.ref(cycle)
+        del cycle
+        self.assertTrue(settle_heap())
+        self.assertIsNone(gone())
+        self.assertGreater(gc.get_freeze_count(), 0)
+        self.assertEqual(gc.get_threshold(), GC_THRESHOLDS)

@@ -12,6 +12,7 @@ import sys
 from twisted.python import usage
 from twisted.trial import unittest
 
+from lbproxy import service as service_module
 from lbproxy.ops.process import ProcessControl
 from lbproxy.service import ProxyService
 from lbproxy.tap import ConfigRefused, Options, makeService
@@ -134,6 +135,27 @@ class MakeServiceTests(unittest.SynchronousTestCase):
         controls = [c for c in children if isinstance(c, ProcessControl)]
         self.assertEqual(len(controls), 1)
         self.assertEqual(controls[0].path, proxy.config.path)
+
+    def test_under_twistd_the_heap_is_settled_once_running(self) -> None:
+        """
+        Under twistd (the options have a parent), makeService asks the
+        reactor to run L{settle_heap} once it runs; made by a test (no
+        parent), it does not, so no test freezes its own process's heap.
+        """
+        from twisted.internet import reactor
+
+        def settle() -> bool:
+            return True
+
+        self.patch(service_module, "settle_heap", settle)
+        asked: list = []
+        self.patch(reactor, "callWhenRunning", lambda f, *a, **kw: asked.append(f))
+        makeService(self.options())
+        self.assertEqual(asked, [])
+        options = self.options()
+        options.parent = {"nodaemon": True}  # type: ignore[assignment]
+        makeService(options)
+        self.assertEqual(asked, [settle])
 
     def test_demo_adds_one_backend_service_per_server(self) -> None:
         plain = len(list(makeService(self.options())))  # type: ignore[call-overload]

@@ -35,7 +35,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from lbproxy.config import ConfigError, ProxyConfig, load
 from lbproxy.config.tls import is_tls_listen
-from lbproxy.service import ProxyService, StartError
+from lbproxy.service import ProxyService, StartError, settle_heap
 from lbproxy.workers.shared import AcceptBalance
 
 log = Logger()
@@ -194,6 +194,7 @@ def run(arguments: WorkerArguments) -> int:
         signal.signal(signal.SIGUSR1, deferred(reopen))
         signal.signal(signal.SIGTERM, deferred(stop))
         _watch_supervisor(reactor, stop)
+        settle_heap()
         os.write(1, b"ready\n")
 
     stopping: List[bool] = []
