@@ -38,7 +38,7 @@ log = Logger()
 GC_THRESHOLDS = (10000, 10, 10)
 
 
-def settle_heap(collector: Any = gc) -> bool:
+def settle_heap(collector: Any = gc, collect: bool = True) -> bool:
     """
     Once start-up is over (called as the reactor starts): collect what it
     left behind, then freeze the rest (modules, classes, the configuration,
@@ -51,11 +51,13 @@ def settle_heap(collector: Any = gc) -> bool:
     and its sizes come from C{PYPY_GC_*} environment variables
     (C{etc/lbproxy.service}).  Then nothing is done.
 
+    @param collect: Whether to collect before freezing.
     @return: Whether the heap was frozen.
     """
     if not hasattr(collector, "freeze"):
         return False
-    collector.collect()
+    if collect:
+        collector.collect()
     collector.freeze()
     collector.set_threshold(*GC_THRESHOLDS)
     return True
