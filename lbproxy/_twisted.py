@@ -81,10 +81,15 @@ INTERNALS: Dict[Tuple[str, str], str] = {
     ("HTTPConnectionPool", "_connections"): (
         "pool key -> idle connections: screened for unread bytes before reuse"
     ),
-    ("HTTPConnectionPool", "_timeouts/_newConnection/retryAutomatically"): (
+    (
+        "HTTPConnectionPool",
+        "_timeouts/_newConnection/retryAutomatically/_putConnection/_removeConnection/_reactor/"
+        "closeCachedConnections",
+    ): (
         "an idle connection is taken at once, without the pool's Deferred "
         "(BackendConnectionPool.idle_connection): its idle timer, the way to a new "
-        "connection for Twisted's automatic retry, and whether it retries"
+        "connection for Twisted's automatic retry, and whether it retries; a connection "
+        "back in the pool moves its idle timer instead of making a new one"
     ),
     ("twisted.web.client", "_RetryingHTTP11ClientProtocol"): (
         "the wrapper that retries an idempotent request once on a new connection, "

@@ -38,7 +38,7 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.logger import Logger
@@ -117,6 +117,10 @@ class _BackendProtocol(HTTP11ClientProtocol):
         self.switched: Optional[SwitchedConnection] = None
         #: The socket under the transport (found once, on the first reuse).
         self._socket: Union[socket.socket, None, bool] = False
+        #: Closes the connection once idle in the pool for its timeout
+        #: (L{BackendConnectionPool}); it runs on while the connection is
+        #: busy and is moved, not made again, when it goes back.
+        self.idle_timer: Optional[IDelayedCall] = None
 
     @property
     def state(self) -> str:
@@ -210,6 +214,9 @@ class _BackendProtocol(HTTP11ClientProtocol):
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        timer = self.idle_timer
+        if timer is not None and timer.active():
+            timer.cancel()
         if self.switched is not None:
             self.switched.connection_lost(reason)
         super().connectionLost(reason)
@@ -274,6 +281,12 @@ class BackendConnectionPool(HTTPConnectionPool):
     The proxy's one pool of persistent backend connections.  An idle
     connection with unread bytes or a close waiting on its socket is closed
     rather than handed out (L{_BackendProtocol.ready_for_request}).
+
+    An idle connection closes C{cachedConnectionTimeout} seconds after it
+    went back to the pool, as in Twisted's pool, but its timer is not
+    cancelled when a request takes it and made again when it comes back: it
+    runs on, is moved to the new time when the connection comes back, and
+    does nothing if it runs out while the connection is busy.
     """
 
     _factory = _BackendProtocolFactory
@@ -291,7 +304,8 @@ class BackendConnectionPool(HTTPConnectionPool):
         idle: Optional[List[_BackendProtocol]] = self._connections.get(key)
         while idle:
             connection = idle.pop(0)
-            self._timeouts.pop(connection).cancel()
+            # Its idle timer runs on (see the class docstring).
+            del self._timeouts[connection]
             # Twisted's pool takes the first idle connection that is
             # QUIESCENT; this one also closes those with unread bytes or a
             # close waiting, and passes over them.
@@ -302,6 +316,40 @@ class BackendConnectionPool(HTTPConnectionPool):
                     )
                 return connection
         return None
+
+    def _putConnection(self, key, connection):  # type: ignore[no-untyped-def]
+        if connection.state != "QUIESCENT" or not isinstance(connection, _BackendProtocol):
+            super()._putConnection(key, connection)
+            return
+        connections = self._connections.setdefault(key, [])
+        if len(connections) == self.maxPersistentPerHost:
+            dropped = connections.pop(0)
+            dropped.transport.loseConnection()
+            self._timeouts.pop(dropped).cancel()
+        connections.append(connection)
+        timer = connection.idle_timer
+        if timer is not None and timer.active():
+            timer.reset(self.cachedConnectionTimeout)
+        else:
+            timer = connection.idle_timer = self._reactor.callLater(
+                self.cachedConnectionTimeout, self._idle_timed_out, key, connection
+            )
+        self._timeouts[connection] = timer
+
+    def _idle_timed_out(self, key: tuple, connection: _BackendProtocol) -> None:
+        """A connection's idle timer ran out: closed if it is still idle."""
+        connection.idle_timer = None
+        if connection in self._timeouts:
+            self._removeConnection(key, connection)
+
+    def closeCachedConnections(self):  # type: ignore[no-untyped-def]
+        # A connection cancels its idle timer when it closes, which Twisted's
+        # pool would cancel again after closing it: the timers go first.
+        timers, self._timeouts = self._timeouts, {}
+        for timer in timers.values():
+            if timer.active():
+                timer.cancel()
+        return super().closeCachedConnections()
 
     def getConnection(self, key, endpoint):  # type: ignore[no-untyped-def]
         connection = self.idle_connection(key, endpoint)
