@@ -16,7 +16,7 @@ each one on the installed Twisted and fails naming the one that changed.
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -31,8 +31,11 @@ from twisted.web._newclient import (
     RequestNotSent,
     ResponseDone,
 )
+from twisted.web._newclient import Request as ClientRequest
 from twisted.web._newclient import _WrapperException as WrapperException
 from twisted.web.client import _HTTP11ClientFactory as HTTP11ClientFactory
+from twisted.web.client import _RetryingHTTP11ClientProtocol as RetryingHTTP11ClientProtocol
+from twisted.web.http_headers import Headers
 
 #: Twisted's chunked decoder, which the front's stricter decoder extends.
 ChunkedTransferDecoder = http._ChunkedTransferDecoder
@@ -77,6 +80,29 @@ INTERNALS: Dict[Tuple[str, str], str] = {
     ),
     ("HTTPConnectionPool", "_connections"): (
         "pool key -> idle connections: screened for unread bytes before reuse"
+    ),
+    (
+        "HTTPConnectionPool",
+        "_timeouts/_newConnection/retryAutomatically/_putConnection/_removeConnection/_reactor/"
+        "closeCachedConnections",
+    ): (
+        "an idle connection is taken at once, without the pool's Deferred "
+        "(BackendConnectionPool.idle_connection): its idle timer, the way to a new "
+        "connection for Twisted's automatic retry, and whether it retries; a connection "
+        "back in the pool moves its idle timer instead of making a new one"
+    ),
+    ("twisted.web.client", "_RetryingHTTP11ClientProtocol"): (
+        "the wrapper that retries an idempotent request once on a new connection, "
+        "as the pool wraps every reused connection"
+    ),
+    ("twisted.web._newclient", "Request"): (
+        "the client's request object, made as Agent makes it (Request._construct) when "
+        "a request goes straight to an idle connection"
+    ),
+    ("ClientRequest", "_construct"): ("how Agent makes a request with its parsed URI"),
+    ("Headers", "_rawHeaders"): (
+        "canonical name -> values: headers whose values are known clean are set "
+        "without Twisted sanitizing them again (set_clean_header)"
     ),
     ("_HTTP11ClientFactory", "_quiescentCallback"): (
         "how a connection goes back to the pool once its response is complete"
@@ -254,8 +280,37 @@ def take_buffered_data(channel: http.HTTPChannel) -> bytes:
     return buffered
 
 
+def set_clean_header(headers: Headers, name: bytes, values: List[bytes]) -> None:
+    """
+    C{headers.setRawHeaders(name, values)} for a C{name} already in Twisted's
+    canonical capitalization (C{X-Request-Id}, see L{canonical_name}) and
+    C{values} that hold no CR or LF: the same result, without encoding the
+    name and sanitizing every value again.
+    """
+    headers._rawHeaders[name] = values
+
+
+def client_request(  # type: ignore[no-untyped-def]
+    method: bytes, target: bytes, headers: Headers, body, persistent: bool, uri
+) -> ClientRequest:
+    """The client's request object for C{target} on the server at C{uri}, as Agent makes it."""
+    return ClientRequest._construct(method, target, headers, body, persistent, uri)
+
+
+def canonical_name(name: bytes) -> bytes:
+    """C{name} as Twisted's C{Headers} spells it (C{X-Request-Id})."""
+    headers = Headers()
+    headers.setRawHeaders(name, [b""])
+    return next(iter(headers.getAllRawHeaders()))[0]
+
+
 __all__ = [
     "INTERNALS",
+    "ClientRequest",
+    "RetryingHTTP11ClientProtocol",
+    "canonical_name",
+    "client_request",
+    "set_clean_header",
     "ChunkedTransferDecoder",
     "H2Connection",
     "H2Stream",

@@ -102,3 +102,68 @@ servers = http://127.0.0.1:8001
         for _ in range(3):
             harness.request()
         self.assertEqual(harness.backend("127.0.0.1:8001").connections, 3)
+
+
+class IdleTimerTests(unittest.SynchronousTestCase):
+    """
+    An idle backend connection closes cachedConnectionTimeout seconds after
+    it last went back to the pool, as in Twisted's pool; its one timer is
+    moved rather than cancelled and made again per request.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        from lbproxy.upstream.backend import _BackendProtocol
+
+        self.clock = Clock()
+        self.pool = BackendConnectionPool(self.clock, persistent=True)
+        self.pool.cachedConnectionTimeout = 10  # type: ignore[assignment]
+        self.key = route("http://127.0.0.1:8001").key
+        self.connection = _BackendProtocol(lambda p: None)
+        self.transport = StringTransport()
+        self.connection.makeConnection(self.transport)
+
+    def put(self) -> None:
+        self.pool._putConnection(self.key, self.connection)  # type: ignore[no-untyped-call]
+
+    def take(self) -> None:
+        taken = self.pool.idle_connection(self.key, route("http://127.0.0.1:8001").endpoint)
+        self.assertIs(taken._clientProtocol, self.connection)  # type: ignore[union-attr]
+
+    def test_an_idle_connection_closes_its_timeout_after_it_came_back(self) -> None:
+        self.put()
+        self.clock.advance(5)
+        self.take()
+        # Busy past the timeout: the timer runs out and leaves it alone.
+        self.clock.advance(20)
+        self.assertFalse(self.transport.disconnecting)
+        self.put()
+        self.clock.advance(9.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.pool._connections[self.key], [])
+
+    def test_a_connection_back_in_the_pool_moves_its_one_timer(self) -> None:
+        self.put()
+        self.clock.advance(5)
+        self.take()
+        self.clock.advance(1)
+        self.put()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(9.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(self.pool._connections[self.key], [self.connection])
+        self.clock.advance(0.2)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_a_closed_connection_cancels_its_idle_timer(self) -> None:
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        self.put()
+        self.take()
+        self.connection.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -24,6 +24,7 @@ from lbproxy import _twisted
 from lbproxy._twisted import (
     INTERNALS,
     ChunkedTransferDecoder,
+    ClientRequest,
     H2Connection,
     HTTP11ClientFactory,
     HTTP11ClientProtocol,
@@ -40,8 +41,6 @@ class _Held(Request):
 
 def _owners() -> Dict[str, object]:
     """A live instance (or the class) of every owner named in INTERNALS."""
-    from twisted.web._newclient import Request as ClientRequest
-
     parser = HTTPClientParser(ClientRequest(b"GET", b"/", Headers(), None), lambda rest: None)
     parser.makeConnection(StringTransport())
     parser.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
@@ -55,6 +54,8 @@ def _owners() -> Dict[str, object]:
     decoder.dataReceived(b"5\r\nab")
     owners: Dict[str, object] = {
         "Agent": Agent,
+        "ClientRequest": ClientRequest,
+        "Headers": Headers(),
         "HTTPConnectionPool": HTTPConnectionPool(reactor, persistent=False),
         "_HTTP11ClientFactory": HTTP11ClientFactory(lambda p: None, "metadata"),
         "HTTP11ClientProtocol": HTTP11ClientProtocol(),
@@ -218,3 +219,23 @@ class TwistedInternalsTests(unittest.TestCase):
             missing(table, {"Agent": Agent}),
             ["Agent._gone (why)", "twisted.web.http._NoSuchThing (because)"],
         )
+
+
+class CleanHeaderTests(unittest.TestCase):
+    def test_a_clean_header_is_set_as_setRawHeaders_sets_it(self) -> None:
+        """
+        set_clean_header with a name in canonical_name's spelling leaves the
+        header object as setRawHeaders leaves it: same names, same order,
+        same values, on the installed Twisted.
+        """
+        names = [b"X-Request-ID", b"x-forwarded-for", b"Via", b"Content-Length", b"te"]
+        twisted_way, clean_way = Headers(), Headers()
+        for headers in (twisted_way, clean_way):
+            headers.setRawHeaders(b"host", [b"h"])
+            headers.setRawHeaders(b"via", [b"1.0 old"])
+        for name in names:
+            twisted_way.setRawHeaders(name, [b"v " + name])
+            _twisted.set_clean_header(clean_way, _twisted.canonical_name(name), [b"v " + name])
+        self.assertEqual(list(clean_way.getAllRawHeaders()), list(twisted_way.getAllRawHeaders()))
+        self.assertEqual(_twisted.canonical_name(b"x-request-id"), b"X-Request-Id")
+        self.assertEqual(_twisted.canonical_name(b"te"), b"TE")

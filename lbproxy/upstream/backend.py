@@ -27,17 +27,18 @@ one that is gone, if a Twisted release changes them.
 from __future__ import annotations
 
 import socket
-from typing import Callable, List, Optional
+from functools import partial
+from typing import Callable, List, Optional, Union
 
 import attr
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.logger import Logger
@@ -52,8 +53,11 @@ from lbproxy._twisted import (
     HTTP11ClientProtocol,
     HTTPClientParser,
     RequestNotSent,
+    RetryingHTTP11ClientProtocol,
+    client_request,
     give_up,
     read_response_head,
+    set_clean_header,
 )
 from lbproxy.config import PoolConfig, ServerConfig
 from lbproxy.upstream.tunnel import Switched, SwitchedConnection, watch_for_switch
@@ -111,6 +115,12 @@ class _BackendProtocol(HTTP11ClientProtocol):
         self._discarded = False
         #: After a 101: the connection is a tunnel's, no longer HTTP.
         self.switched: Optional[SwitchedConnection] = None
+        #: The socket under the transport (found once, on the first reuse).
+        self._socket: Union[socket.socket, None, bool] = False
+        #: Closes the connection once idle in the pool for its timeout
+        #: (L{BackendConnectionPool}); it runs on while the connection is
+        #: busy and is moved, not made again, when it goes back.
+        self.idle_timer: Optional[IDelayedCall] = None
 
     @property
     def state(self) -> str:
@@ -165,11 +175,13 @@ class _BackendProtocol(HTTP11ClientProtocol):
         """
         if self._discarded or super().state != "QUIESCENT":
             return False
-        sock = _socket_of(self.transport)
+        sock = self._socket
+        if sock is False:
+            sock = self._socket = _socket_of(self.transport)
         if sock is None:
             return True
         try:
-            waiting = sock.recv(1, socket.MSG_PEEK)
+            waiting = sock.recv(1, socket.MSG_PEEK)  # type: ignore[union-attr]
         except BlockingIOError:
             return True
         except OSError:
@@ -202,6 +214,9 @@ class _BackendProtocol(HTTP11ClientProtocol):
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        timer = self.idle_timer
+        if timer is not None and timer.active():
+            timer.cancel()
         if self.switched is not None:
             self.switched.connection_lost(reason)
         super().connectionLost(reason)
@@ -220,22 +235,27 @@ class _BackendProtocol(HTTP11ClientProtocol):
                 # An upgrade request: a 101 ends HTTP on this connection.
                 watch_for_switch(self, parser, offered[0], self._switch)
 
-            def keep_connection_header(response: IResponse) -> IResponse:
-                if isinstance(response, Switched):
-                    return response
-                framing = parser.connHeaders
-                if framing.hasHeader(b"transfer-encoding") and framing.hasHeader(b"content-length"):
-                    # Ambiguous framing: this connection cannot be trusted
-                    # for another response.  Close it and fail the attempt.
-                    response.deliverBody(_Abandon())
-                    raise AmbiguousFraming("a response with Content-Length and Transfer-Encoding")
-                values = framing.getRawHeaders(b"connection")
-                if values:
-                    response.headers.setRawHeaders(b"Connection", values)
-                return response
-
-            result.addCallback(keep_connection_header)
+            result.addCallback(self._keep_connection_header, parser)
         return result
+
+    def _keep_connection_header(self, response: IResponse, parser: HTTPClientParser) -> IResponse:
+        """
+        The response's C{Connection} header put back among its headers; a
+        response framed two ways at once refused.
+        """
+        if isinstance(response, Switched):
+            return response
+        framing = parser.connHeaders
+        if framing.hasHeader(b"transfer-encoding") and framing.hasHeader(b"content-length"):
+            # Ambiguous framing: this connection cannot be trusted for
+            # another response.  Close it and fail the attempt.
+            response.deliverBody(_Abandon())
+            raise AmbiguousFraming("a response with Content-Length and Transfer-Encoding")
+        values = framing.getRawHeaders(b"connection")
+        if values:
+            # The parser's header object sanitized them already.
+            set_clean_header(response.headers, b"Connection", list(values))
+        return response
 
 
 class AmbiguousFraming(Exception):
@@ -261,18 +281,81 @@ class BackendConnectionPool(HTTPConnectionPool):
     The proxy's one pool of persistent backend connections.  An idle
     connection with unread bytes or a close waiting on its socket is closed
     rather than handed out (L{_BackendProtocol.ready_for_request}).
+
+    An idle connection closes C{cachedConnectionTimeout} seconds after it
+    went back to the pool, as in Twisted's pool, but its timer is not
+    cancelled when a request takes it and made again when it comes back: it
+    runs on, is moved to the new time when the connection comes back, and
+    does nothing if it runs out while the connection is busy.
     """
 
     _factory = _BackendProtocolFactory
 
-    def getConnection(self, key, endpoint):  # type: ignore[no-untyped-def]
-        idle: List[_BackendProtocol] = self._connections.get(key, [])
-        for connection in idle:
+    def idle_connection(
+        self, key: tuple, endpoint: IStreamClientEndpoint
+    ) -> Union[HTTP11ClientProtocol, RetryingHTTP11ClientProtocol, None]:
+        """
+        An idle connection for C{key} that can take a request, at once (no
+        Deferred), or L{None}: what C{getConnection} fires with at once when
+        it has one.  Like Twisted's pool, the connection is wrapped to retry
+        an idempotent request once on a new connection when the reused one
+        fails before a response.
+        """
+        idle: Optional[List[_BackendProtocol]] = self._connections.get(key)
+        while idle:
+            connection = idle.pop(0)
+            # Its idle timer runs on (see the class docstring).
+            del self._timeouts[connection]
+            # Twisted's pool takes the first idle connection that is
+            # QUIESCENT; this one also closes those with unread bytes or a
+            # close waiting, and passes over them.
             if connection.ready_for_request():
-                break
-        # Twisted's pool takes the first idle connection that is QUIESCENT:
-        # those closed above are not, and are dropped.
-        return super().getConnection(key, endpoint)
+                if self.retryAutomatically:
+                    return RetryingHTTP11ClientProtocol(
+                        connection, partial(self._newConnection, key, endpoint)
+                    )
+                return connection
+        return None
+
+    def _putConnection(self, key, connection):  # type: ignore[no-untyped-def]
+        if connection.state != "QUIESCENT" or not isinstance(connection, _BackendProtocol):
+            super()._putConnection(key, connection)
+            return
+        connections = self._connections.setdefault(key, [])
+        if len(connections) == self.maxPersistentPerHost:
+            dropped = connections.pop(0)
+            dropped.transport.loseConnection()
+            self._timeouts.pop(dropped).cancel()
+        connections.append(connection)
+        timer = connection.idle_timer
+        if timer is not None and timer.active():
+            timer.reset(self.cachedConnectionTimeout)
+        else:
+            timer = connection.idle_timer = self._reactor.callLater(
+                self.cachedConnectionTimeout, self._idle_timed_out, key, connection
+            )
+        self._timeouts[connection] = timer
+
+    def _idle_timed_out(self, key: tuple, connection: _BackendProtocol) -> None:
+        """A connection's idle timer ran out: closed if it is still idle."""
+        connection.idle_timer = None
+        if connection in self._timeouts:
+            self._removeConnection(key, connection)
+
+    def closeCachedConnections(self):  # type: ignore[no-untyped-def]
+        # A connection cancels its idle timer when it closes, which Twisted's
+        # pool would cancel again after closing it: the timers go first.
+        timers, self._timeouts = self._timeouts, {}
+        for timer in timers.values():
+            if timer.active():
+                timer.cancel()
+        return super().closeCachedConnections()
+
+    def getConnection(self, key, endpoint):  # type: ignore[no-untyped-def]
+        connection = self.idle_connection(key, endpoint)
+        if connection is not None:
+            return succeed(connection)
+        return self._newConnection(key, endpoint)
 
 
 def _announces_unsent_body(parser: HTTPClientParser) -> bool:
@@ -336,6 +419,18 @@ class BackendAgent(Agent):
         problem = unsendable(method, target, headers)
         if problem is not None:
             return fail(UnsendableRequest(problem))
+        pool = self._pool
+        if isinstance(pool, BackendConnectionPool) and headers.hasHeader(b"host"):
+            # An idle connection is used at once: what Agent does through
+            # the pool's Deferred and a callback, without them.
+            connection = pool.idle_connection(route.key, route.endpoint)
+            if connection is not None:
+                try:
+                    return connection.request(  # type: ignore[no-any-return]
+                        client_request(method, target, headers, body, pool.persistent, route.uri)
+                    )
+                except Exception:
+                    return fail()
         try:
             return self._requestWithEndpoint(
                 route.key, route.endpoint, method, route.uri, headers, body, target

@@ -15,11 +15,13 @@ C{Upgrade} headers; a C{101} makes its attempt a tunnel
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.web.http_headers import Headers
 
 from lbproxy import headers as rules
+from lbproxy._twisted import canonical_name, set_clean_header
 from lbproxy.routing import Facts, Route, changes
 from lbproxy.upstream.backend import BackendAgent
 from lbproxy.upstream.failures import describe, is_client_error, was_not_sent
@@ -31,6 +33,23 @@ from lbproxy.upstream.tunnel import requested_upgrade
 
 if TYPE_CHECKING:
     from lbproxy.front.site import ProxyRequest
+
+
+#: How Twisted's headers spell it.
+_X_REQUEST_ID = canonical_name(b"X-Request-ID")
+
+
+def _set_header(headers: Headers, name: bytes, values: List[bytes]) -> None:
+    """
+    C{headers.setRawHeaders(name, values)} for a header of
+    L{rules.request_changes} (its names are spelt as Twisted spells them),
+    without sanitizing values again that hold no CR or LF.
+    """
+    for value in values:
+        if b"\r" in value or b"\n" in value:
+            headers.setRawHeaders(name, values)
+            return
+    set_clean_header(headers, name, values)
 
 
 class Forwarder:
@@ -91,14 +110,14 @@ class Forwarder:
         for name in remove:
             outgoing.removeHeader(name)
         for name, values in add:
-            outgoing.setRawHeaders(name, values)
+            _set_header(outgoing, name, values)
         if upgrade is not None:
             outgoing.setRawHeaders(b"Connection", [b"Upgrade"])
             outgoing.setRawHeaders(b"Upgrade", [upgrade])
         request_id = rules.kept_request_id(outgoing.getRawHeaders(b"x-request-id"))
         if request_id is None:
             request_id = os.urandom(16).hex().encode("ascii")
-            outgoing.setRawHeaders(b"X-Request-ID", [request_id])
+            set_clean_header(outgoing, _X_REQUEST_ID, [request_id])
         record.request_id = request_id
         record.pool = pool
         if route is not None:

@@ -14,6 +14,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from lbproxy import headers as rules
+from lbproxy._twisted import set_clean_header
 from lbproxy.routing import Change, changes
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def relay_head(lifecycle: Exchange, server: ServerState, response: IResponse) ->
         and request.method != b"HEAD"
         and response.code not in NO_BODY_CODES
     ):
-        relayed.setRawHeaders(b"Content-Length", [b"%d" % length])
+        set_clean_header(relayed, b"Content-Length", [b"%d" % length])
     if not relayed.hasHeader(b"Date"):
         relayed.setRawHeaders(b"Date", [datetimeToString()])
     sticky = lifecycle.pool.sticky
