@@ -308,6 +308,34 @@ class PublisherTests(unittest.TestCase):
         self.assertEqual(self.row_of(self.two), row)
         self.assertEqual(self.publisher.held, {})
 
+    def test_at_most_256_discovered_servers_a_pool_get_a_row_logged_once(self) -> None:
+        from lbproxy.workers.discovery import MAX_DISCOVERED_ROWS
+
+        self.pool.servers = [
+            FakeServer(f"s{n}", f"10.1.{n // 250}.{n % 250}")
+            for n in range(MAX_DISCOVERED_ROWS + 2)
+        ]
+        logged: List[str] = []
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        def observer(event: Dict[str, object]) -> None:
+            logged.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.publisher.publish()
+        self.publisher.publish()
+        _, document = self.region.read()  # type: ignore[misc]
+        self.assertEqual(len(json.loads(document)["pools"]["web"]["rows"]), MAX_DISCOVERED_ROWS)
+        warnings = [line for line in logged if "get no shared row" in line]
+        self.assertEqual(
+            warnings,
+            [
+                "pool web: 2 servers found in DNS get no shared row (at most 256 a pool, "
+                "4096 in all): each worker keeps their state"
+            ],
+        )
+
 
 class RegionTests(unittest.TestCase):
     def test_a_reader_takes_only_a_whole_document(self) -> None:

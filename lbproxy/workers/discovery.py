@@ -47,7 +47,14 @@ from twisted.logger import Logger
 from lbproxy.config.dns import Found
 from lbproxy.reload import server_key
 from lbproxy.upstream.discovered import DiscoveredPools
-from lbproxy.workers.shared import MAX_SLOTS, GroupState, SharedTable, memory_file, row_key
+from lbproxy.workers.shared import (
+    MAX_SERVERS,
+    MAX_SLOTS,
+    GroupState,
+    SharedTable,
+    memory_file,
+    row_key,
+)
 
 log = Logger()
 
@@ -178,10 +185,10 @@ class FoundPublisher:
                     row = free.pop()
                     table.claim(row, key)
                     used[key] = row
-                    table.publish(row, server)
                 elif len(rows) >= MAX_DISCOVERED_ROWS:
                     left_out += 1
                     continue
+                table.publish(row, server)
                 rows[key.hex()] = row
                 if share is not None:
                     share.rows[server] = row
@@ -227,7 +234,7 @@ class FoundPublisher:
                 pool=pool,
                 n=left_out,
                 most=MAX_DISCOVERED_ROWS,
-                total=len(self.state.table.scan()[0]),
+                total=MAX_SERVERS,
             )
 
     def release(self) -> None:
