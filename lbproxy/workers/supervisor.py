@@ -6,8 +6,8 @@ without accepting; it starts the worker processes that serve them, restarts
 one that dies (with a back-off, logged), replaces the whole group on reload
 (new workers take new connections, the old ones finish theirs and exit) and
 stops them on SIGTERM.  It alone talks to systemd and handles signals
-(L{SupervisorControl}); the admin listener and the active health checks run
-here, once for the group.
+(L{SupervisorControl}); the admin listener, the active health checks and
+the DNS lookups (L{lbproxy.workers.discovery}) run here, once for the group.
 """
 
 from __future__ import annotations
