@@ -98,13 +98,17 @@ class ProxyService(service.MultiService):
         # The tls: listeners' certificates, swapped whole on reload.
         self.tls = SNIConnectionCreator()
         # The pools whose servers DNS names.
-        self.discovered = DiscoveredPools(self, reactor, plans.server_key, self._servers_changed)
+        self.discovered = self.discovered_pools()
         self._admin_site: Optional[Any] = None
         # The first configuration: pools and wiring now; listeners and the
         # log file in privilegedStartService.
         plan = self._prepare_inside(config)
         self._apply_inside(plan)
         self._planned_first: Optional[plans.Plan] = plan
+
+    def discovered_pools(self) -> DiscoveredPools:
+        """Where the pools' DNS answers come from (a worker's come from its supervisor)."""
+        return DiscoveredPools(self, self.reactor, plans.server_key, self._servers_changed)
 
     @property
     def access_log(self) -> Optional[accesslog.AccessLog]:

@@ -128,6 +128,7 @@ TESTED_BY: Dict[str, Tuple[str, ...]] = {
     "lbproxy.upstream.tunnel": ("tests.test_lifecycle",),
     "lbproxy.upstream.verdict": ("tests.test_pool_parts",),
     # workers: real worker processes behind a supervisor.
+    "lbproxy.workers.discovery": ("tests.test_workers_dns",),
     "lbproxy.workers.shared": ("tests.test_workers",),
     "lbproxy.workers.stats": ("tests.test_workers",),
     "lbproxy.workers.supervisor": ("tests.test_workers",),

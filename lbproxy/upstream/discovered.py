@@ -88,8 +88,8 @@ class DiscoveredPools:
 
     def _rediscovered(self, name: str) -> None:
         """A pool's DNS lines name other servers: apply them like a reload."""
-        pool, discovery = self.pools.get(name), self.discoveries.get(name)
-        if pool is None or discovery is None:
+        pool = self.pools.get(name)
+        if pool is None or not pool.config.discovery:
             return
         from lbproxy.config.found import all_servers
         from lbproxy.upstream.discovery import update_pool
@@ -100,7 +100,7 @@ class DiscoveredPools:
         def route_for(server: ServerConfig) -> Any:
             return make_route(self.reactor, server, policy, config.connect_timeout)
 
-        update_pool(pool, all_servers(config, discovery.answers), route_for, self.server_key)
+        update_pool(pool, all_servers(config, self.answers(name)), route_for, self.server_key)
         self.changed(name)
 
     def stop(self) -> None:

@@ -36,7 +36,7 @@ import hashlib
 import mmap
 import os
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from twisted.internet.task import LoopingCall
 
@@ -181,6 +181,31 @@ class SharedTable:
             base = self.base(row)
             if self.words[base + _KEY] and row not in kept and self.inflight(row) == 0:
                 self.words[base + _KEY] = 0
+
+    def scan(self) -> Tuple[Dict[bytes, int], List[int]]:
+        """Every row given to a key, by key, and the free rows: one pass over the table."""
+        used: Dict[bytes, int] = {}
+        free: List[int] = []
+        for row in range(MAX_SERVERS):
+            if self.words[self.base(row) + _KEY]:
+                used[self.key_of(row)] = row
+            else:
+                free.append(row)
+        return used, free
+
+    def take_row(self, row: int, key: bytes) -> None:
+        """Give the free C{row} to C{key}, zeroed (supervisor only; see L{assign})."""
+        base = self.base(row)
+        self.words[base : base + _FIELDS + 1 + MAX_SLOTS] = memoryview(
+            bytes(8 * (_FIELDS + 1 + MAX_SLOTS))
+        ).cast("q")
+        self.words[base : base + _KEY] = memoryview(key).cast("q")
+        self.words[base + _KEY + 3] = -1
+        self.words[base + _KEY] = 1
+
+    def free_row(self, row: int) -> None:
+        """Free one row (supervisor only, once no worker writes to it)."""
+        self.words[self.base(row) + _KEY] = 0
 
     # -- fields ---------------------------------------------------------------
 
@@ -472,6 +497,9 @@ class GroupState:
         self.service = service
         self.table = SharedTable.create()
         self.shares: Dict[str, PoolShare] = {}
+        #: Rows of servers DNS no longer names that workers may still
+        #: write (L{lbproxy.workers.discovery}): not freed by a reload.
+        self.held_rows: Set[int] = set()
         self._refresh = LoopingCall(self.sync)
         self._clock = service.reactor
 
@@ -489,7 +517,7 @@ class GroupState:
             for server in pool.servers:
                 table.publish(by_server[server], server)
             pool.on_change = self._publishing(name, pool.on_change)
-        table.release_rows(used)
+        table.release_rows(used + sorted(self.held_rows))
 
     def _publishing(self, name: str, recorder: Any) -> Any:
         if getattr(recorder, "publishes", False):

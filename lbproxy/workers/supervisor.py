@@ -6,8 +6,8 @@ without accepting; it starts the worker processes that serve them, restarts
 one that dies (with a back-off, logged), replaces the whole group on reload
 (new workers take new connections, the old ones finish theirs and exit) and
 stops them on SIGTERM.  It alone talks to systemd and handles signals
-(L{SupervisorControl}); the admin listener and the active health checks run
-here, once for the group.
+(L{SupervisorControl}); the admin listener, the active health checks and
+the DNS lookups (L{lbproxy.workers.discovery}) run here, once for the group.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from lbproxy.config import ProxyConfig
 from lbproxy.ops.process import ProcessControl
 from lbproxy.ops.snapshot import ProxySnapshot
 from lbproxy.service import ProxyService
+from lbproxy.workers.discovery import FoundPublisher, FoundRegion
 from lbproxy.workers.shared import MAX_SLOTS, GroupState
 from lbproxy.workers.stats import GroupStats, HistoryFeed, StatsRegions, take
 from lbproxy.workers.worker import WorkerArguments
@@ -168,6 +169,7 @@ class WorkerGroup(Service):
         listeners = self.supervisor.inherited_listeners()
         shared = self.supervisor.shared_fd()
         stats = self.supervisor.group_stats.regions.fd
+        found = self.supervisor.found.region.fd
         arguments = WorkerArguments(
             config=self.path,
             number=number,
@@ -176,8 +178,9 @@ class WorkerGroup(Service):
             shared=shared,
             stats=stats,
             generation=self.generation,
+            found=found,
         )
-        child_fds: Dict[int, Any] = {0: "w", 1: "r", 2: "r", stats: stats}
+        child_fds: Dict[int, Any] = {0: "w", 1: "r", 2: "r", stats: stats, found: found}
         for _, fd, _ in listeners:
             child_fds[fd] = fd
         if shared is not None:
@@ -213,6 +216,7 @@ class WorkerGroup(Service):
             self.live.remove(worker)
         # Its requests are no longer in flight anywhere; its counters stay.
         self.supervisor.group_state.slot_ended(worker.slot)
+        self.supervisor.found.slot_ended(worker.slot)
         self.supervisor.group_stats.retire(worker.slot)
         value = reason.value
         status = getattr(value, "exitCode", None)
@@ -352,6 +356,14 @@ class SupervisorService(ProxyService):
         self.history_feed = HistoryFeed(
             self, self.group_stats, lambda: [w.slot for w in self.workers.live]
         )
+        # DNS lookups run here only; the workers take the answers.
+        self.found = FoundPublisher(
+            self,
+            self.group_state,
+            FoundRegion.create(),
+            lambda: [worker.slot for worker in self.workers.live],
+        )
+        self.found.publish()
 
     @property
     def history_complete(self) -> int:
@@ -391,16 +403,26 @@ class SupervisorService(ProxyService):
         super().startService()
         self.group_state.start(self.reactor)
         self.history_feed.start(self.reactor)
+        self.found.start(self.reactor)
 
     def stopService(self) -> Deferred[Any]:
         self.group_state.stop()
         self.history_feed.stop()
+        self.found.stop()
         return super().stopService()
+
+    def _servers_changed(self, pool: str) -> None:
+        """DNS changed a pool's servers: rows for them, and the workers told."""
+        super()._servers_changed(pool)
+        found = getattr(self, "found", None)
+        if found is not None:
+            found.publish()
 
     def reload(self, config: ProxyConfig) -> None:
         super().reload(_supervisor_config(config))
         self.full_config = config
         self.group_state.map_servers()
+        self.found.publish()
         self.workers.roll()
 
 

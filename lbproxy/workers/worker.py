@@ -59,6 +59,7 @@ class WorkerArguments:
     @ivar shared: The shared table's file descriptor, or L{None}.
     @ivar stats: The counters' regions' file descriptor (L{lbproxy.workers.stats}), or L{None}.
     @ivar generation: The generation the worker belongs to (a reload starts one).
+    @ivar found: The DNS answers' region (L{lbproxy.workers.discovery}), or L{None}.
     """
 
     config: str
@@ -68,6 +69,7 @@ class WorkerArguments:
     shared: Optional[int] = None
     stats: Optional[int] = None
     generation: int = 1
+    found: Optional[int] = None
 
     def encode(self) -> str:
         return json.dumps(attr.asdict(self, recurse=False))
@@ -91,14 +93,29 @@ class WorkerProxyService(ProxyService):
     """
 
     def __init__(
-        self, config: ProxyConfig, reactor: Any, listeners: Sequence[Tuple[str, int, str]]
+        self,
+        config: ProxyConfig,
+        reactor: Any,
+        listeners: Sequence[Tuple[str, int, str]],
+        found: Optional[Tuple[int, int]] = None,
     ) -> None:
+        #: The supervisor's DNS answers: (region's file descriptor, slot).
+        self._found = found
         self._inherited: Dict[str, Tuple[int, str]] = {
             description: (fd, family) for description, fd, family in listeners
         }
         #: How the adopted sockets' connections spread over the workers.
         self.balance: Optional[AcceptBalance] = None
         super().__init__(config, reactor)
+
+    def discovered_pools(self) -> Any:
+        """DNS answers from the supervisor (which alone looks up), when it publishes them."""
+        if self._found is None:
+            return super().discovered_pools()
+        from lbproxy.workers.discovery import FoundRegion, PublishedPools
+
+        fd, slot = self._found
+        return PublishedPools(self, self.reactor, self._servers_changed, FoundRegion(fd), slot)
 
     def listen_proxy(self, description: str, where: str) -> IListeningPort:
         inherited = self._inherited.get(description)
@@ -139,11 +156,17 @@ def run(arguments: WorkerArguments) -> int:
     _log_to_stderr()
     try:
         config = worker_config(load(arguments.config))
-        service = WorkerProxyService(config, reactor, arguments.listeners)
+        found = None
+        if arguments.found is not None and arguments.shared is not None:
+            found = (arguments.found, arguments.slot)
+        service = WorkerProxyService(config, reactor, arguments.listeners, found)
         if arguments.shared is not None:
             from lbproxy.workers.shared import attach_worker
 
             service.balance = attach_worker(service, arguments.shared, arguments.slot)
+            if found is not None:
+                # The rows of the discovered servers, then the supervisor's news.
+                service.discovered.start()  # type: ignore[attr-defined]
         # SIGTERM before "listening on" is logged, as ProcessControl does: a
         # stop sent as soon as the worker says it listens is a graceful stop,
         # not the default action.  (The reactor puts its own in as it starts;
