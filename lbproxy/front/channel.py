@@ -15,7 +15,7 @@ header sections that take too long (408).
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 from typing import Protocol as Structure
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
@@ -141,6 +141,11 @@ class ProxyChannel(http.HTTPChannel):
     #: After a 101: the tunnel that takes this connection's bytes
     #: (L{lbproxy.upstream.tunnel.Tunnel}); no more HTTP is parsed.
     tunnel: Optional[Tunnelled] = None
+    #: The connection's two ends and whether it is TLS, which every
+    #: request asks for (a new address object each time from a transport).
+    _peer = None
+    _host = None
+    _secure: Optional[bool] = None
     #: A request head that arrives whole is read in one pass
     #: (L{_read_head}); off, every head is read line by line.
     read_heads_whole = True
@@ -148,6 +153,26 @@ class ProxyChannel(http.HTTPChannel):
     def connectionMade(self) -> None:
         self.MAX_LENGTH = max(self.limits.max_request_line, self.limits.max_header_size) + 2
         super().connectionMade()
+
+    def getPeer(self) -> Any:
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = super().getPeer()
+        return peer
+
+    def getHost(self) -> Any:
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
+
+    def isSecure(self) -> bool:
+        secure = self._secure
+        if secure is None:
+            secure = bool(super().isSecure())
+            if self.transport is not None:
+                self._secure = secure
+        return secure
 
     def dataReceived(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -226,9 +251,8 @@ class ProxyChannel(http.HTTPChannel):
             or end - len(first) > limits.max_header_size
         ):
             return False
-        for line in lines[1:]:
-            if line[:1] in b" \t":
-                return False  # a folded line
+        if b"\r\n " in head or b"\r\n\t" in head:
+            return False  # a folded line
         if request_line_refusal(first) is not None:
             return False
         self.resetTimeout()
