@@ -235,9 +235,11 @@ class ProxyChannel(http.HTTPChannel):
         if transport is None or transport.disconnecting:
             return False
         end = data.find(b"\r\n\r\n")
-        if end <= 0 or end > self.MAX_LENGTH or data[:2] == b"\r\n":
-            return False
-        if end > self.totalHeadersSize - self._receivedHeaderSize:
+        if (
+            end < 0
+            or end > self.MAX_LENGTH
+            or end > self.totalHeadersSize - self._receivedHeaderSize
+        ):
             return False
         head = data[:end]
         lines = head.split(b"\r\n")
@@ -246,7 +248,8 @@ class ProxyChannel(http.HTTPChannel):
         first = lines[0]
         limits = self.limits
         if (
-            len(first) > limits.max_request_line
+            not first  # an empty line before the request line
+            or len(first) > limits.max_request_line
             or len(lines) - 1 > limits.max_headers
             or end - len(first) > limits.max_header_size
         ):
@@ -258,9 +261,10 @@ class ProxyChannel(http.HTTPChannel):
         self.resetTimeout()
         # What this channel's lineReceived does for a request line that
         # passes its checks, and for header lines within the limits.
+        last = len(lines) - 1
         self._phase = self._HEADERS
-        self._header_lines = 0
-        self._header_bytes = 0
+        self._header_lines = last
+        self._header_bytes = end - len(first)
         self._request_version = first.rsplit(b" ", 1)[-1]
         self._busyReceiving = True
         try:
@@ -272,15 +276,12 @@ class ProxyChannel(http.HTTPChannel):
                 return True
             # Of each header line twisted.web counts its size, reads the
             # line before it (headerReceived) and keeps it for the next.
-            last = len(lines) - 1
             received = self.headerReceived
             for i in range(1, last):
                 received(lines[i])
                 if transport.disconnecting:
                     self._stop_head(data, end, lines, i + 1)
                     return True
-            self._header_lines = last
-            self._header_bytes = end - len(first)
             if last:
                 self._receivedHeaderSize += end - len(first) - 2 * last - len(lines[last])
                 _http_line_received(self, lines[last])
