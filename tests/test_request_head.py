@@ -55,8 +55,17 @@ class LineByLine(ProxyChannel):
     read_heads_whole = False
 
 
+def respond(request: ProxyRequest) -> None:
+    request.setHeader(b"content-length", b"2")
+    request.write(b"ok")
+    request.finish()
+
+
 class Recorder(Resource):
-    """Records each request it is given; answers it at once if C{answer}."""
+    """
+    Records each request it is given; answers it at once if C{answer},
+    else leaves it to the test (L{outcome} answers it later).
+    """
 
     isLeaf = True
 
@@ -64,6 +73,7 @@ class Recorder(Resource):
         super().__init__()
         self.answer = answer
         self.seen: List[Tuple[Any, ...]] = []
+        self.waiting: List[ProxyRequest] = []
 
     def render(self, request: ProxyRequest) -> int:  # type: ignore[override]
         self.seen.append(
@@ -76,9 +86,9 @@ class Recorder(Resource):
             )
         )
         if self.answer:
-            request.setHeader(b"content-length", b"2")
-            request.write(b"ok")
-            request.finish()
+            respond(request)
+        else:
+            self.waiting.append(request)
         return NOT_DONE_YET
 
 
@@ -93,6 +103,15 @@ def outcome(data: bytes, whole: bool, limits: FrontLimits, answer: bool) -> Tupl
     channel.makeConnection(transport)
     channel.dataReceived(data)
     clock.advance(0)  # requests with a body are dispatched in the next turn
+    # Then the requests are answered one by one, later: the channel reads
+    # the heads it held back (pipelined) when each response is done.
+    for _ in range(5):
+        if not resource.waiting or transport.disconnecting:
+            break
+        request = resource.waiting.pop(0)
+        if not request.finished and not request._disconnected:
+            respond(request)
+        clock.advance(0)
     state = vars(channel)
     return (
         resource.seen,
@@ -181,6 +200,17 @@ class RequestHeadTests(unittest.SynchronousTestCase):
         self.assertEqual((channel.whole, channel._heads), (1, 2))
         channel.dataReceived(GET)
         self.assertEqual((channel.whole, channel._heads), (2, 3))
+
+    def test_head_held_back_is_read_in_one_pass_when_its_turn_comes(self) -> None:
+        resource = Recorder(False)
+        site = ProxySite(resource, reactor=Clock())
+        site.protocol = OnePass  # type: ignore[assignment]
+        channel = site.buildProtocol(CLIENT)
+        channel.makeConnection(Transport(peerAddress=CLIENT, hostAddress=SERVER))
+        channel.dataReceived(GET + GET)
+        self.assertEqual((channel.whole, len(resource.seen)), (1, 1))
+        respond(resource.waiting.pop(0))
+        self.assertEqual((channel.whole, len(resource.seen)), (2, 2))
 
     def test_unusual_heads_go_line_by_line(self) -> None:
         for data in [

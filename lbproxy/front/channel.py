@@ -231,7 +231,7 @@ class ProxyChannel(http.HTTPChannel):
             or not self.persistent
         ):
             return False
-        transport = self.transport
+        transport: Any = self.transport  # its "disconnecting" as LineReceiver reads it
         if transport is None or transport.disconnecting:
             return False
         end = data.find(b"\r\n\r\n")

@@ -5,7 +5,7 @@ The proxy as a twisted.web resource: every request of the site comes here.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import attr
 from twisted.web.http import datetimeToString
@@ -21,7 +21,7 @@ from lbproxy.upstream.relay import change_headers
 Refusal = Tuple[int, bytes, bytes]
 
 
-def refusal(request: ProxyRequest, hosts: Optional[List[bytes]]) -> Optional[Refusal]:
+def refusal(request: ProxyRequest, hosts: Optional[Sequence[bytes]]) -> Optional[Refusal]:
     """
     Why a request must not be forwarded, as C{(code, phrase, detail)}, or
     L{None} when it may be.
@@ -60,7 +60,7 @@ def _absolute(target: bytes) -> Optional[Tuple[bytes, bytes, bytes]]:
     return rules.absolute_target(target)
 
 
-def normalize(request: ProxyRequest, hosts: Optional[List[bytes]]) -> Optional[bytes]:
+def normalize(request: ProxyRequest, hosts: Optional[Sequence[bytes]]) -> Optional[bytes]:
     """
     Make an absolute-form request origin-form, as a backend expects it: the
     target's path and query go on as C{request.target}, its authority as
