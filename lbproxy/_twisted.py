@@ -145,6 +145,12 @@ INTERNALS: Dict[Tuple[str, str], str] = {
     ("HTTPChannel", "_buffer/line_mode"): (
         "LineReceiver's partial line: a bare LF in it is refused"
     ),
+    ("HTTPChannel", "_busyReceiving/paused/_receivedHeaderSize/_HTTPChannel__header"): (
+        "a request head that arrives whole is read in one pass (front/channel.py "
+        "_read_head) through twisted.web's own steps, with LineReceiver's buffer and "
+        "re-entry flag, the head's size so far and the header line kept for the next "
+        "as the line-by-line reading leaves them"
+    ),
     ("_ChunkedTransferDecoder", "_buffer/_start/state/length/dataCallback/finishCallback"): (
         "the decoder's buffer and state: chunk lines and sizes are checked before it reads them"
     ),
@@ -270,6 +276,16 @@ def accept_at_most(port: object, most: int) -> None:
     port.numberAccepts = most  # type: ignore[attr-defined]
 
 
+def keep_header_line(channel: http.HTTPChannel, line: bytes) -> None:
+    """
+    Leave C{line} as the header line C{channel} keeps unread until the next
+    line shows whether it is folded: where twisted.web's line-by-line
+    reading leaves a head that a header closed the connection in (the one
+    after the header that did).
+    """
+    channel._HTTPChannel__header = line  # type: ignore[attr-defined]
+
+
 def take_buffered_data(channel: http.HTTPChannel) -> bytes:
     """
     The bytes C{channel} has read past the request it is handling (held
@@ -322,6 +338,7 @@ __all__ = [
     "RequestNotSent",
     "ResponseDone",
     "give_up",
+    "keep_header_line",
     "read_response_head",
     "WrapperException",
     "accept_at_most",

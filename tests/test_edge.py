@@ -385,7 +385,7 @@ class ClientErrorTests(EdgeCase):
         # With the front's Host rules out of the way, two Host headers reach
         # the forwarder, where Twisted's client would refuse them (BadHeaders)
         # after connecting.
-        self.patch(resource, "refusal", lambda request: None)
+        self.patch(resource, "refusal", lambda request, hosts: None)
         yield self.refused([(request(b"GET / HTTP/1.1\nHost: x\nHost: y\n"), 400)])
 
     @defer.inlineCallbacks

@@ -71,7 +71,7 @@ TESTED_BY: Dict[str, Tuple[str, ...]] = {
     "lbproxy.config.values": ("tests.test_values", "tests.test_config"),
     # front
     "lbproxy.front.body": ("tests.test_body",),
-    "lbproxy.front.channel": ("tests.test_channel",),
+    "lbproxy.front.channel": ("tests.test_channel", "tests.test_request_head"),
     "lbproxy.front.errors": ("tests.test_errors",),
     "lbproxy.front.h2": ("tests.test_http2",),
     "lbproxy.front.h2head": ("tests.test_http2",),

@@ -15,20 +15,30 @@ header sections that take too long (408).
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, List, Optional, Tuple
 from typing import Protocol as Structure
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import connectionDone
+from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web import http
 
 from lbproxy import headers as rules
-from lbproxy._twisted import ChunkedTransferDecoder, MalformedChunkedDataError, take_buffered_data
+from lbproxy._twisted import (
+    ChunkedTransferDecoder,
+    MalformedChunkedDataError,
+    keep_header_line,
+    take_buffered_data,
+)
 from lbproxy.config import FrontLimits
 from lbproxy.front.errors import error_response
 
 Refusal = Tuple[int, bytes, bytes]
+
+#: twisted.web's own reading of one line of a request head (bound once:
+#: C{twisted.web.http} is a deprecation proxy, slow to look names up in).
+_http_line_received = http.HTTPChannel.lineReceived
 
 
 def request_line_refusal(line: bytes) -> Optional[Refusal]:
@@ -131,10 +141,38 @@ class ProxyChannel(http.HTTPChannel):
     #: After a 101: the tunnel that takes this connection's bytes
     #: (L{lbproxy.upstream.tunnel.Tunnel}); no more HTTP is parsed.
     tunnel: Optional[Tunnelled] = None
+    #: The connection's two ends and whether it is TLS, which every
+    #: request asks for (a new address object each time from a transport).
+    _peer = None
+    _host = None
+    _secure: Optional[bool] = None
+    #: A request head that arrives whole is read in one pass
+    #: (L{_read_head}); off, every head is read line by line.
+    read_heads_whole = True
 
     def connectionMade(self) -> None:
         self.MAX_LENGTH = max(self.limits.max_request_line, self.limits.max_header_size) + 2
         super().connectionMade()
+
+    def getPeer(self) -> Any:
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = super().getPeer()
+        return peer
+
+    def getHost(self) -> Any:
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
+
+    def isSecure(self) -> bool:
+        secure = self._secure
+        if secure is None:
+            secure = bool(super().isSecure())
+            if self.transport is not None:
+                self._secure = secure
+        return secure
 
     def dataReceived(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -149,7 +187,8 @@ class ProxyChannel(http.HTTPChannel):
         # from this same moment.
         starting = self._phase == self._IDLE and self._header_timer is None
         heads = self._heads
-        super().dataReceived(data)
+        if not (self.read_heads_whole and starting and self._read_head(data)):
+            super().dataReceived(data)
         if self.refused:
             return
         # Whole CRLF-terminated lines have been taken; an LF left over in a
@@ -162,6 +201,113 @@ class ProxyChannel(http.HTTPChannel):
             self._header_timer = self.callLater(  # type: ignore[attr-defined]
                 self.limits.client_header_timeout, self._header_timed_out
             )
+
+    def _read_head(self, data: bytes) -> bool:
+        """
+        Read a request head that has arrived whole in C{data} in one pass,
+        as the line-by-line reading would; C{False} (nothing read) when the
+        head is not plain: C{data} then goes the line-by-line way.
+
+        Plain means: the channel waits for a request line with nothing
+        buffered, and the head (up to its first empty line) ends every line
+        with CRLF, starts with a request line that passes this channel's
+        checks, has no folded line, and is within every limit (the line
+        length, the request line, the header count and size).  For such a
+        head every check of L{lineReceived} passes, so what is left of it
+        is twisted.web's own reading: its C{lineReceived} runs for each line
+        and the empty one, in order (the request made, each
+        C{headerReceived}, C{allHeadersReceived} with its framing and
+        keep-alive decisions), with what follows the head in
+        C{LineReceiver}'s buffer as its splitting would leave it; when a
+        line closes the connection the rest stays unread, as there.  The
+        bytes after the head are then read in whatever mode the channel is
+        in.
+        """
+        if (
+            not self.line_mode
+            or self._buffer
+            or self._busyReceiving
+            or self.paused
+            or not self.persistent
+        ):
+            return False
+        transport: Any = self.transport  # its "disconnecting" as LineReceiver reads it
+        if transport is None or transport.disconnecting:
+            return False
+        end = data.find(b"\r\n\r\n")
+        if (
+            end < 0
+            or end > self.MAX_LENGTH
+            or end > self.totalHeadersSize - self._receivedHeaderSize
+        ):
+            return False
+        head = data[:end]
+        lines = head.split(b"\r\n")
+        if b"\n" in head and head.count(b"\n") != len(lines) - 1:
+            return False  # a bare LF: refused line by line
+        first = lines[0]
+        limits = self.limits
+        if (
+            not first  # an empty line before the request line
+            or len(first) > limits.max_request_line
+            or len(lines) - 1 > limits.max_headers
+            or end - len(first) > limits.max_header_size
+        ):
+            return False
+        if b"\r\n " in head or b"\r\n\t" in head:
+            return False  # a folded line
+        if request_line_refusal(first) is not None:
+            return False
+        self.resetTimeout()
+        # What this channel's lineReceived does for a request line that
+        # passes its checks, and for header lines within the limits.
+        last = len(lines) - 1
+        self._phase = self._HEADERS
+        self._header_lines = last
+        self._header_bytes = end - len(first)
+        self._request_version = first.rsplit(b" ", 1)[-1]
+        self._busyReceiving = True
+        try:
+            self._buffer = data[end + 4 :]
+            # twisted.web's reading of the request line: the request made.
+            _http_line_received(self, first)
+            if transport.disconnecting:
+                self._stop_head(data, end, lines, 0)
+                return True
+            # Of each header line twisted.web counts its size, reads the
+            # line before it (headerReceived) and keeps it for the next.
+            received = self.headerReceived
+            for i in range(1, last):
+                received(lines[i])
+                if transport.disconnecting:
+                    self._stop_head(data, end, lines, i + 1)
+                    return True
+            if last:
+                self._receivedHeaderSize += end - len(first) - 2 * last - len(lines[last])
+                _http_line_received(self, lines[last])
+            # The empty line: the last header read, the framing decided.
+            _http_line_received(self, b"")
+        finally:
+            self._busyReceiving = False
+        if self._buffer and not transport.disconnecting:
+            rest, self._buffer = self._buffer, b""
+            LineReceiver.dataReceived(self, rest)
+        return True
+
+    def _stop_head(self, data: bytes, end: int, lines: List[bytes], read: int) -> None:
+        """
+        A line of a head read in one pass (its C{read}th header line, 0 for
+        the request line) closed the connection: leave the channel as the
+        line-by-line reading would have, with the rest of the head unread.
+        """
+        size = sum(len(line) for line in lines[1 : read + 1])
+        self._header_lines = read
+        self._header_bytes = size + 2 * read
+        self._receivedHeaderSize += size
+        if read:
+            keep_header_line(self, lines[read])
+        at = len(lines[0]) + 2 + self._header_bytes
+        self._buffer = data[at : end + 4] + self._buffer
 
     def lineReceived(self, line: bytes) -> None:
         limits = self.limits

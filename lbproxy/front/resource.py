@@ -5,7 +5,7 @@ The proxy as a twisted.web resource: every request of the site comes here.
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import attr
 from twisted.web.http import datetimeToString
@@ -21,7 +21,7 @@ from lbproxy.upstream.relay import change_headers
 Refusal = Tuple[int, bytes, bytes]
 
 
-def refusal(request: ProxyRequest) -> Optional[Refusal]:
+def refusal(request: ProxyRequest, hosts: Optional[Sequence[bytes]]) -> Optional[Refusal]:
     """
     Why a request must not be forwarded, as C{(code, phrase, detail)}, or
     L{None} when it may be.
@@ -30,10 +30,11 @@ def refusal(request: ProxyRequest) -> Optional[Refusal]:
     one C{Host} on an HTTP/1.1 request, at most one on HTTP/1.0, each a
     valid C{uri-host [":" port]}; with an absolute-form target, a C{Host}
     naming the target's authority.
+
+    @param hosts: The request's C{Host} values.
     """
     if request.method == b"CONNECT":
         return (501, b"Not Implemented", b"CONNECT is not supported")
-    hosts = request.requestHeaders.getRawHeaders(b"host")
     host: Optional[bytes] = None
     if hosts is None:
         if request.clientproto == b"HTTP/1.1":
@@ -44,7 +45,7 @@ def refusal(request: ProxyRequest) -> Optional[Refusal]:
         host = hosts[0]
         if rules.parse_authority(host) is None:
             return (400, b"Bad Request", b"invalid Host header")
-    absolute = rules.absolute_target(request.uri)
+    absolute = _absolute(request.uri)
     if absolute is not None and host is not None:
         scheme, authority, _ = absolute
         if not rules.same_authority(host, authority, scheme):
@@ -52,22 +53,34 @@ def refusal(request: ProxyRequest) -> Optional[Refusal]:
     return None
 
 
-def normalize(request: ProxyRequest) -> None:
+def _absolute(target: bytes) -> Optional[Tuple[bytes, bytes, bytes]]:
+    """L{rules.absolute_target}, with the usual origin-form target known at once."""
+    if target[:1] == b"/":
+        return None
+    return rules.absolute_target(target)
+
+
+def normalize(request: ProxyRequest, hosts: Optional[Sequence[bytes]]) -> Optional[bytes]:
     """
     Make an absolute-form request origin-form, as a backend expects it: the
     target's path and query go on as C{request.target}, its authority as
     the C{Host} header (RFC 9112 section 3.2.2), which C{X-Forwarded-Host}
     then repeats.  An OPTIONS request for C{http://host} (no path) becomes
     C{OPTIONS *}.  The channel has checked the target's form and authority.
+
+    @param hosts: The request's C{Host} values.
+    @returns: The request's C{Host} from now on, L{None} for none.
     """
-    absolute = rules.absolute_target(request.uri)
-    if absolute is not None:
-        _, authority, origin = absolute
-        if request.method == b"OPTIONS" and request.uri.endswith(b"://" + authority):
-            # RFC 9112 section 3.2.4: OPTIONS of the whole server.
-            origin = b"*"
-        request.target = origin
-        request.requestHeaders.setRawHeaders(b"Host", [authority])
+    absolute = _absolute(request.uri)
+    if absolute is None:
+        return hosts[0] if hosts else None
+    _, authority, origin = absolute
+    if request.method == b"OPTIONS" and request.uri.endswith(b"://" + authority):
+        # RFC 9112 section 3.2.4: OPTIONS of the whole server.
+        origin = b"*"
+    request.target = origin
+    request.requestHeaders.setRawHeaders(b"Host", [authority])
+    return authority
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -103,26 +116,30 @@ class ProxyResource(Resource):
         self.routes = routes
 
     def render(self, request: ProxyRequest) -> int:  # type: ignore[override]
-        problem = refusal(request)
+        headers = request.requestHeaders
+        hosts = headers.getRawHeaders(b"host")
+        problem = refusal(request, hosts)
         if problem is not None:
             code, phrase, detail = problem
             request.respond_error(code, phrase, detail, close=True)
             return NOT_DONE_YET
-        normalize(request)
+        host = normalize(request, hosts)
         routes = self.routes
         if routes is None:
             assert self.forwarder is not None
             self.forwarder.forward(request)
             return NOT_DONE_YET
-        headers = request.requestHeaders
-        hosts = headers.getRawHeaders(b"host")
-        host = hosts[0] if hosts else None
+        record = request.record
+        if record is not None:
+            scheme = record.scheme
+        else:
+            scheme = b"https" if request.isSecure() else b"http"
         found = routes.router.match(
             host,
             request.method,
             request.target,
             headers.getRawHeaders,
-            b"https" if request.isSecure() else b"http",
+            scheme,
         )
         if found is None:
             request.respond_error(404, b"Not Found", b"no route for this request")
@@ -130,7 +147,6 @@ class ProxyResource(Resource):
         route, prefix = found
         facts: Optional[Facts] = None
         if route.needs_facts:
-            scheme = b"https" if request.isSecure() else b"http"
             facts = Facts(request.method, scheme, host_name(host), request.target)
         if route.pool is not None:
             if route.rewrite_prefix is not None and prefix is not None:

@@ -84,6 +84,13 @@ class ProxyRequest(server.Request):
         super().__init__(*args, **kwargs)
         self.started = monotonic()
 
+    def parseCookies(self) -> None:
+        """
+        Nothing: cookies go to the backend in their header, and nothing of
+        the proxy reads C{received_cookies} (twisted.web parses them for
+        every request).
+        """
+
     @property
     def front(self) -> ProxyChannel:
         """The client connection, as the proxy's own channel."""
