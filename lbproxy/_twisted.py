@@ -189,6 +189,20 @@ INTERNALS: Dict[Tuple[str, str], str] = {
         "by 20 while the queue stays full): a worker caps it so that a burst of "
         "connections spreads over the workers sharing the socket (accept_at_most)"
     ),
+    # -- transports reading into one reused buffer (transports.py) -----------
+    ("tcp.Port", "transport"): (
+        "the class a listening port makes its connections with (undocumented): set to "
+        "a subclass of tcp.Server whose doRead uses the process's read buffer"
+    ),
+    ("tcp.Connector", "_makeTransport"): (
+        "makes the connector's tcp.Client: overridden to make one reading into the "
+        "process's buffer, for the backend connections"
+    ),
+    ("tcp.Connection", "_dataReceived/bufferSize/socket"): (
+        "what Twisted's doRead does with the bytes it read (the end of the connection, "
+        "the protocol's dataReceived and what it returns), its read size and socket: "
+        "the doRead that reads into the process's buffer ends with it"
+    ),
 }
 
 

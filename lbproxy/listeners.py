@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from lbproxy.config.tls import is_tls_listen
 from lbproxy.config.values import describe_address
 from lbproxy.front.tls import SNIConnectionCreator, server_endpoint
+from lbproxy.transports import reuse_read_buffer
 
 log = Logger()
 
@@ -66,6 +67,7 @@ def listen(
         reason = outcome[0].getErrorMessage() if outcome else "no answer"
         raise StartError(f"{where}: cannot listen on {description}: {reason}")
     port: IListeningPort = outcome[0]
+    reuse_read_buffer(port)
     return port
 
 

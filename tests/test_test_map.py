@@ -42,6 +42,7 @@ TESTED_BY: Dict[str, Tuple[str, ...]] = {
     "lbproxy.reload": ("tests.test_service", "tests.test_discovery"),
     "lbproxy.service": ("tests.test_service", "tests.test_reload", "tests.test_snapshot"),
     "lbproxy.tap": ("tests.test_tap",),
+    "lbproxy.transports": ("tests.test_transports",),
     "lbproxy.upgrade": ("tests.test_websocket",),
     # balancing: one test module per algorithm, and the shared parts.
     "lbproxy.balancing.consistent_hash": ("tests.balancing.test_consistent_hash",),
@@ -142,6 +143,7 @@ THROUGH_THE_PROXY: Dict[str, Tuple[str, ...]] = {
     "lbproxy.ops.admin": ("tests.test_admin",),
     "lbproxy.reload": ("tests.test_reload",),
     "lbproxy.service": ("tests.test_integration", "tests.test_hardening"),
+    "lbproxy.transports": ("tests.test_integration", "tests.test_tls_front", "tests.test_tls"),
     "lbproxy.upgrade": ("tests.test_websocket",),
     "lbproxy.upstream.tunnel": ("tests.test_websocket",),
     "lbproxy.upstream.group": ("tests.test_workers",),

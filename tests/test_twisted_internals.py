@@ -10,11 +10,11 @@ import importlib
 import socket
 from typing import Dict, List, Tuple
 
-from twisted.internet import reactor
+from twisted.internet import reactor, tcp
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http import HTTPChannel, Request
@@ -78,6 +78,15 @@ def _listening(case: unittest.TestCase) -> object:
     return port
 
 
+def _connection(case: unittest.TestCase) -> object:
+    """A live C{tcp.Connection} (a C{tcp.Server}) on a loopback pair, closed with C{case}."""
+    ours, peer = socket.socketpair()
+    case.addCleanup(peer.close)
+    case.addCleanup(ours.close)
+    connection = tcp.Server(ours, Protocol(), ("127.0.0.1", 1), None, 1, MemoryReactor())
+    return connection
+
+
 def missing(table: Dict[Tuple[str, str], str], owners: Dict[str, object]) -> List[str]:
     """The internals of C{table} that are not there, each with its reason."""
     gone: List[str] = []
@@ -96,6 +105,8 @@ class TwistedInternalsTests(unittest.TestCase):
     def test_every_listed_internal_is_there(self) -> None:
         owners = _owners()
         owners["tcp.Port"] = _listening(self)
+        owners["tcp.Connector"] = tcp.Connector("127.0.0.1", 1, ClientFactory(), 30, None, reactor)
+        owners["tcp.Connection"] = _connection(self)
         self.assertEqual(
             missing(INTERNALS, owners),
             [],

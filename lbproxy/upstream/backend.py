@@ -60,6 +60,7 @@ from lbproxy._twisted import (
     set_clean_header,
 )
 from lbproxy.config import PoolConfig, ServerConfig
+from lbproxy.transports import connecting
 from lbproxy.upstream.tunnel import Switched, SwitchedConnection, watch_for_switch
 
 log = Logger()
@@ -494,9 +495,13 @@ def make_route(  # type: ignore[no-untyped-def]
     host = server.host
     endpoint: IStreamClientEndpoint
     if _is_ipv4(host):
-        endpoint = TCP4ClientEndpoint(reactor, host, server.port, timeout=connect_timeout)
+        endpoint = TCP4ClientEndpoint(
+            connecting(reactor), host, server.port, timeout=connect_timeout
+        )
     elif ":" in host:
-        endpoint = TCP6ClientEndpoint(reactor, host, server.port, timeout=connect_timeout)
+        endpoint = TCP6ClientEndpoint(
+            connecting(reactor), host, server.port, timeout=connect_timeout
+        )
     else:
         endpoint = HostnameEndpoint(reactor, host, server.port, timeout=connect_timeout)
     host_bytes = host.encode("ascii")

@@ -36,6 +36,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from lbproxy.config import ConfigError, ProxyConfig, load
 from lbproxy.config.tls import is_tls_listen
 from lbproxy.service import ProxyService, StartError, settle_heap
+from lbproxy.transports import reuse_read_buffer
 from lbproxy.workers.shared import AcceptBalance
 
 log = Logger()
@@ -126,6 +127,7 @@ class WorkerProxyService(ProxyService):
         if is_tls_listen(description):
             factory = TLSMemoryBIOFactory(self.tls, False, factory)
         port: IListeningPort = self.reactor.adoptStreamPort(fd, FAMILIES[family], factory)
+        reuse_read_buffer(port)
         if self.balance is not None:
             self.balance.adopt(port)
         # adoptStreamPort works on a duplicate: this one is not needed again.
