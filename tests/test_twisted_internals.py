@@ -78,6 +78,16 @@ def _listening(case: unittest.TestCase) -> object:
     return port
 
 
+def _epoll_reactor(case: unittest.TestCase) -> object:
+    """A new epoll reactor (never run), closed with C{case}."""
+    from twisted.internet.epollreactor import EPollReactor
+
+    epoll = EPollReactor()
+    case.addCleanup(epoll._poller.close)  # type: ignore[attr-defined]
+    case.addCleanup(lambda: epoll.waker.connectionLost(None))  # type: ignore[attr-defined]
+    return epoll
+
+
 def missing(table: Dict[Tuple[str, str], str], owners: Dict[str, object]) -> List[str]:
     """The internals of C{table} that are not there, each with its reason."""
     gone: List[str] = []
@@ -96,6 +106,7 @@ class TwistedInternalsTests(unittest.TestCase):
     def test_every_listed_internal_is_there(self) -> None:
         owners = _owners()
         owners["tcp.Port"] = _listening(self)
+        owners["EPollReactor"] = _epoll_reactor(self)
         self.assertEqual(
             missing(INTERNALS, owners),
             [],
