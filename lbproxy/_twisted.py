@@ -16,7 +16,7 @@ each one on the installed Twisted and fails naming the one that changed.
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -203,6 +203,12 @@ INTERNALS: Dict[Tuple[str, str], str] = {
         "the protocol's dataReceived and what it returns), its read size and socket: "
         "the doRead that reads into the process's buffer ends with it"
     ),
+    # -- the reactor's dispatch (dispatch.py) ---------------------------------
+    ("EPollReactor", "_poller/_selectables/_doReadOrWrite"): (
+        "the epoll reactor's poll, fd -> descriptor, and the handling of one ready "
+        "descriptor: lbproxy's poll (dispatch.py) makes the same calls with one legacy "
+        "log context per poll instead of one per event (epoll_parts)"
+    ),
 }
 
 
@@ -290,6 +296,15 @@ def accept_at_most(port: object, most: int) -> None:
     port.numberAccepts = most  # type: ignore[attr-defined]
 
 
+def epoll_parts(reactor: Any) -> Tuple[Any, Dict[int, Any], Any]:
+    """
+    The epoll object of Twisted's epoll C{reactor}, its descriptors by file
+    number, and its C{_doReadOrWrite(selectable, fd, event)}: what its
+    C{doPoll} uses.
+    """
+    return (reactor._poller, reactor._selectables, reactor._doReadOrWrite)
+
+
 def keep_header_line(channel: http.HTTPChannel, line: bytes) -> None:
     """
     Leave C{line} as the header line C{channel} keeps unread until the next
@@ -356,6 +371,7 @@ __all__ = [
     "read_response_head",
     "WrapperException",
     "accept_at_most",
+    "epoll_parts",
     "request_line",
     "take_buffered_data",
     "take_response_deferred",

@@ -79,6 +79,7 @@ class Options(usage.Options):
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
+    from lbproxy.dispatch import install_quick_dispatch
     from lbproxy.ops.process import ProcessControl
     from lbproxy.service import ProxyService, StartError, settle_heap
 
@@ -87,6 +88,7 @@ def makeService(options: Options) -> service.IService:
         # Under twistd: start-up's heap out of the collector's sight once the
         # reactor runs (not when a test makes the service in its own process).
         reactor.callWhenRunning(settle_heap)
+        install_quick_dispatch(reactor)  # one legacy log context per poll (dispatch.py)
     if config.workers > 1:
         # Worker processes (lbproxy.workers): this process supervises them.
         from lbproxy.workers.supervisor import SupervisorControl, SupervisorService

@@ -12,6 +12,7 @@ import sys
 from twisted.python import usage
 from twisted.trial import unittest
 
+from lbproxy import dispatch as dispatch_module
 from lbproxy import service as service_module
 from lbproxy.ops.process import ProcessControl
 from lbproxy.service import ProxyService
@@ -139,8 +140,9 @@ class MakeServiceTests(unittest.SynchronousTestCase):
     def test_under_twistd_the_heap_is_settled_once_running(self) -> None:
         """
         Under twistd (the options have a parent), makeService asks the
-        reactor to run L{settle_heap} once it runs; made by a test (no
-        parent), it does not, so no test freezes its own process's heap.
+        reactor to run L{settle_heap} once it runs, and gives it lbproxy's
+        dispatch; made by a test (no parent), it does neither, so no test
+        freezes its own process's heap or changes its reactor.
         """
         from twisted.internet import reactor
 
@@ -150,12 +152,15 @@ class MakeServiceTests(unittest.SynchronousTestCase):
         self.patch(service_module, "settle_heap", settle)
         asked: list = []
         self.patch(reactor, "callWhenRunning", lambda f, *a, **kw: asked.append(f))
+        # The dispatch with one log context per poll goes on twistd's
+        # reactor, not on the tests' (lbproxy/dispatch.py).
+        self.patch(dispatch_module, "install_quick_dispatch", asked.append)
         makeService(self.options())
         self.assertEqual(asked, [])
         options = self.options()
         options.parent = {"nodaemon": True}  # type: ignore[assignment]
         makeService(options)
-        self.assertEqual(asked, [settle])
+        self.assertEqual(asked, [settle, reactor])
 
     def test_demo_adds_one_backend_service_per_server(self) -> None:
         plain = len(list(makeService(self.options())))  # type: ignore[call-overload]

@@ -36,6 +36,7 @@ TESTED_BY: Dict[str, Tuple[str, ...]] = {
     ),
     "lbproxy.cli": ("tests.test_cli",),
     "lbproxy.demo": ("tests.test_demo",),
+    "lbproxy.dispatch": ("tests.test_dispatch",),
     "lbproxy.headers": ("tests.test_headers", "tests.test_edge", "tests.test_accesslog"),
     "lbproxy.listeners": ("tests.test_listeners",),
     "lbproxy.record": ("tests.test_record", "tests.test_lifecycle", "tests.test_accounting"),

@@ -87,6 +87,16 @@ def _connection(case: unittest.TestCase) -> object:
     return connection
 
 
+def _epoll_reactor(case: unittest.TestCase) -> object:
+    """A new epoll reactor (never run), closed with C{case}."""
+    from twisted.internet.epollreactor import EPollReactor
+
+    epoll = EPollReactor()
+    case.addCleanup(epoll._poller.close)  # type: ignore[attr-defined]
+    case.addCleanup(lambda: epoll.waker.connectionLost(None))  # type: ignore[attr-defined]
+    return epoll
+
+
 def missing(table: Dict[Tuple[str, str], str], owners: Dict[str, object]) -> List[str]:
     """The internals of C{table} that are not there, each with its reason."""
     gone: List[str] = []
@@ -107,6 +117,7 @@ class TwistedInternalsTests(unittest.TestCase):
         owners["tcp.Port"] = _listening(self)
         owners["tcp.Connector"] = tcp.Connector("127.0.0.1", 1, ClientFactory(), 30, None, reactor)
         owners["tcp.Connection"] = _connection(self)
+        owners["EPollReactor"] = _epoll_reactor(self)
         self.assertEqual(
             missing(INTERNALS, owners),
             [],

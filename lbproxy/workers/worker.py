@@ -154,7 +154,10 @@ def run(arguments: WorkerArguments) -> int:
     """Serve until told to stop; the process's exit status."""
     from twisted.internet import reactor as default_reactor
 
+    from lbproxy.dispatch import install_quick_dispatch
+
     reactor: Any = default_reactor
+    install_quick_dispatch(reactor)  # one legacy log context per poll (lbproxy/dispatch.py)
     _log_to_stderr()
     try:
         config = worker_config(load(arguments.config))
