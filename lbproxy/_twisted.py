@@ -102,7 +102,8 @@ INTERNALS: Dict[Tuple[str, str], str] = {
     ("ClientRequest", "_construct"): ("how Agent makes a request with its parsed URI"),
     ("Headers", "_rawHeaders"): (
         "canonical name -> values: headers whose values are known clean are set "
-        "without Twisted sanitizing them again (set_clean_header)"
+        "without Twisted sanitizing them again (set_clean_header), and read by name "
+        "(header_map, the access log)"
     ),
     ("_HTTP11ClientFactory", "_quiescentCallback"): (
         "how a connection goes back to the pool once its response is complete"
@@ -335,6 +336,14 @@ def set_clean_header(headers: Headers, name: bytes, values: List[bytes]) -> None
     headers._rawHeaders[name] = values
 
 
+def header_map(headers: Headers) -> Dict[bytes, List[bytes]]:
+    """
+    The values of C{headers} by canonical name (C{User-Agent}), for reading
+    a few of them without encoding each name again; not to be changed.
+    """
+    return headers._rawHeaders
+
+
 def client_request(  # type: ignore[no-untyped-def]
     method: bytes, target: bytes, headers: Headers, body, persistent: bool, uri
 ) -> ClientRequest:
@@ -352,6 +361,7 @@ def canonical_name(name: bytes) -> bytes:
 __all__ = [
     "INTERNALS",
     "ClientRequest",
+    "header_map",
     "RetryingHTTP11ClientProtocol",
     "canonical_name",
     "client_request",

@@ -12,9 +12,12 @@ import re
 
 from twisted.internet import defer, task
 from twisted.trial import unittest
+from twisted.web.http_headers import Headers
 
 from lbproxy.headers import kept_request_id
+from lbproxy.ops import accesslog
 from lbproxy.ops.accesslog import AccessLog, Entry, _LocalTime, as_json, combined
+from lbproxy.record import RequestRecord
 from tests.support import ProxyTestCase, proxy_config, refused_url
 
 #: nginx's combined format and the fields lbproxy adds after it.
@@ -64,6 +67,54 @@ class FormatTests(unittest.TestCase):
         self.assertIn('"GET /\\x7F HTTP/1.1"', line)
         self.assertTrue(line.endswith(" - 1 -\n"), line)
         self.assertEqual(line.count("\n"), 1)
+
+    def test_a_line_made_from_the_record_is_the_entrys_line(self) -> None:
+        """
+        The line the log writes straight from a request's record is the
+        line of its L{accesslog.entry}, byte for byte, for every field's odd
+        cases: no server, an empty request id, a tunnel's received bytes,
+        quoted bytes, headers absent, empty or repeated.
+        """
+
+        class Server:
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+        headers = [
+            Headers(),
+            Headers({b"referer": [b"http://r/a b"], b"user-agent": [b'say "hi"\\\n\xff']}),
+            Headers({b"Referer": [], b"USER-AGENT": [b"a", b"b"]}),
+        ]
+        changes = [
+            {},
+            {"server": Server("b1"), "attempts": 2},
+            {"server": Server(""), "request_id": b""},
+            {"status": 101, "received": 7, "server": Server("b2")},
+            {"target": b'/\x7f"', "method": b"BREW", "protocol": b"HTTP/1.0"},
+            {"duration": 12.3456, "sent": 0, "status": 499, "client": "::1"},
+        ]
+        for header in headers:
+            for change in changes:
+                values = dict(
+                    method=b"GET",
+                    target=b"/a?b=1",
+                    protocol=b"HTTP/1.1",
+                    client="127.0.0.1",
+                    scheme=b"http",
+                    headers=header,
+                    started=0.0,
+                    request_id=b"abc",
+                    duration=0.0123,
+                    status=200,
+                    sent=12,
+                )
+                values.update(change)
+                record = RequestRecord(**values)  # type: ignore[arg-type]
+                now = 1795000000.25
+                expected = combined(accesslog.entry(record, now), _LocalTime())
+                self.assertEqual(
+                    accesslog.combined_record(record, now, _LocalTime()), expected, values
+                )
 
     def test_json(self) -> None:
         record = json.loads(as_json(entry(referer=b"http://r/", user_agent=None), _LocalTime()))

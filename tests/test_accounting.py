@@ -24,8 +24,8 @@ class FakeLog:
     def __init__(self) -> None:
         self.entries: List[accesslog.Entry] = []
 
-    def write(self, entry: accesslog.Entry) -> None:
-        self.entries.append(entry)
+    def write_record(self, record: RequestRecord, now: float) -> None:
+        self.entries.append(accesslog.entry(record, now))
 
 
 class AccountingTests(unittest.TestCase):

@@ -15,12 +15,17 @@ import json
 import re
 import sys
 import time
-from typing import IO, Any, Callable, Dict, Optional
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Optional
 
 import attr
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from lbproxy._twisted import header_map
+
+if TYPE_CHECKING:
+    from lbproxy.record import RequestRecord
 
 log = Logger()
 
@@ -39,12 +44,16 @@ def _escape(match: re.Match[bytes]) -> bytes:
     return b"\\x%02X" % match.group()[0]
 
 
+#: The bytes a quoted field holds as they are: printable ASCII but C{"} and C{\\}.
+_QUOTABLE = bytes([0x20, 0x21, *range(0x23, 0x5C), *range(0x5D, 0x7F)])
+
+
 def _quoted(value: bytes) -> str:
     """
     A value for a quoted field of a combined line: printable ASCII stays,
     C{"} and C{\\} and everything else become C{\\xHH} (as nginx does).
     """
-    if _UNQUOTABLE.search(value) is None:
+    if not value.translate(None, _QUOTABLE):
         return value.decode("ascii")
     return _UNQUOTABLE.sub(_escape, value).decode("ascii")
 
@@ -112,6 +121,51 @@ def combined(entry: Entry, clock: Callable[[float], str]) -> str:
     )
 
 
+def combined_record(record: RequestRecord, now: float, clock: Callable[[float], str]) -> str:
+    """
+    L{combined} for the L{entry} of C{record} at C{now}, made straight from
+    the record (the same line, byte for byte, without an L{Entry} between).
+    """
+    headers = header_map(record.headers)
+    referer = headers.get(b"Referer")
+    agent = headers.get(b"User-Agent")
+    server = record.server
+    received = record.received
+    request = _quoted(b"%s %s %s" % (record.method, record.target, record.protocol))
+    return (
+        f'{record.client} - - [{clock(now)}] "{request}" {record.status} {record.sent} '
+        f'"{_quoted(referer[0]) if referer else "-"}" '
+        f'"{_quoted(agent[0]) if agent else "-"}" {record.duration:.3f} '
+        f"{(server is not None and server.name) or '-'} {record.attempts} "
+        f"{_quoted(record.request_id) or '-'}"
+        f"{'' if received is None else f' {received}'}\n"
+    )
+
+
+def entry(record: RequestRecord, now: float) -> Entry:
+    """The access log's view of a finished request, at C{now}."""
+    headers = header_map(record.headers)
+    referer = headers.get(b"Referer")
+    agent = headers.get(b"User-Agent")
+    server = record.server
+    return Entry(
+        time=now,
+        client=record.client,
+        method=record.method,
+        target=record.target,
+        protocol=record.protocol,
+        status=record.status,
+        sent=record.sent,
+        duration=record.duration,
+        server=server.name if server is not None else None,
+        attempts=record.attempts,
+        request_id=record.request_id,
+        referer=referer[0] if referer else None,
+        user_agent=agent[0] if agent else None,
+        received=record.received,
+    )
+
+
 def as_json(entry: Entry, clock: Callable[[float], str]) -> str:
     """One JSON object per line; absent values are C{null}."""
     record: Dict[str, Any] = {
@@ -168,6 +222,17 @@ class AccessLog:
             self._file = sys.__stdout__
         else:
             self._file = open(self.path, "a", encoding="utf-8", errors="backslashreplace")
+
+    def write_record(self, record: RequestRecord, now: float) -> None:
+        """Write the line of a finished request, at C{now}."""
+        if self._format is combined:
+            line = combined_record(record, now, self._clock)
+        else:
+            line = self._format(entry(record, now), self._clock)
+        self._pending.append(line)
+        self._pending_bytes += len(line)
+        if self._pending_bytes >= BUFFER_SIZE:
+            self.flush()
 
     def write(self, entry: Entry) -> None:
         line = self._format(entry, self._clock)

@@ -6,12 +6,13 @@ request's L{RequestRecord} and nothing else.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Optional
 
 from twisted.internet.interfaces import IReactorTime
 
 from lbproxy.ops import accesslog
-from lbproxy.ops.stats import method_label, status_class
+from lbproxy.ops.stats import METHOD_LABELS, WINDOW_BOUNDS, status_class
 from lbproxy.record import RequestRecord
 
 
@@ -33,46 +34,26 @@ class Accounting:
         server took it) and write its access log line.
         """
         server = record.server
-        method = method_label(record.method)
-        status = record.status
-        klass = status_class(status)
+        method = METHOD_LABELS.get(record.method, "OTHER")
+        klass = status_class(record.status)
         now = self._clock.seconds()
         pool = record.pool
         # A tunnel's latency is its time to the 101, not how long it stayed open.
         latency = record.duration if record.switched_after is None else record.switched_after
+        bucket = bisect_left(WINDOW_BOUNDS, latency)
         if server is not None:
-            server.stats.record(method, klass, latency, now)
+            server.stats.record_bucket(method, klass, latency, bucket, now)
         elif pool is not None:
             pool.stats.record_unrouted(method, klass)
         if pool is not None:
-            pool.stats.record(klass, latency, now)
+            pool.stats.record_bucket(klass, bucket, now)
         access_log = self.access_log
         if access_log is not None:
-            access_log.write(entry(record, now))
+            access_log.write_record(record, now)
 
 
-def entry(record: RequestRecord, now: float) -> accesslog.Entry:
-    """The access log's view of a finished request, at C{now}."""
-    headers = record.headers
-    referer = headers.getRawHeaders(b"referer")
-    agent = headers.getRawHeaders(b"user-agent")
-    server = record.server
-    return accesslog.Entry(
-        time=now,
-        client=record.client,
-        method=record.method,
-        target=record.target,
-        protocol=record.protocol,
-        status=record.status,
-        sent=record.sent,
-        duration=record.duration,
-        server=server.name if server is not None else None,
-        attempts=record.attempts,
-        request_id=record.request_id,
-        referer=referer[0] if referer else None,
-        user_agent=agent[0] if agent else None,
-        received=record.received,
-    )
+#: The access log's view of a finished request (kept here for callers).
+entry = accesslog.entry
 
 
 __all__ = ["Accounting", "entry"]

@@ -49,9 +49,12 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPT
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
+#: The label of each known method, by the method's bytes.
+METHOD_LABELS: Dict[bytes, str] = {name.encode("ascii"): name for name in KNOWN_METHODS}
+
+
 def method_label(method: bytes) -> str:
-    name = method.decode("ascii", "replace")
-    return name if name in KNOWN_METHODS else "OTHER"
+    return METHOD_LABELS.get(method, "OTHER")
 
 
 def status_class(code: int) -> str:
@@ -173,11 +176,17 @@ class ServerStats:
         self.timeline = Timeline(WINDOW_BOUNDS)
 
     def record(self, method: str, status: str, duration: float, now: float) -> None:
+        self.record_bucket(method, status, duration, bisect_left(WINDOW_BOUNDS, duration), now)
+
+    def record_bucket(
+        self, method: str, status: str, duration: float, bucket: int, now: float
+    ) -> None:
+        """L{record}, with the duration's L{WINDOW_BOUNDS} bucket found already."""
+        requests = self.requests
         key = (method, status)
-        self.requests[key] = self.requests.get(key, 0) + 1
+        requests[key] = requests.get(key, 0) + 1
         self.served += 1
         self.histogram.add(duration)
-        bucket = bisect_left(WINDOW_BOUNDS, duration)
         self.recent.add_bucket(bucket, now)
         self.timeline.add(status, bucket, now)
 
@@ -201,6 +210,10 @@ class PoolStats:
     def record(self, status: str, duration: float, now: float) -> None:
         """Count a response of the pool, through a server or not, in its history."""
         self.timeline.add(status, bisect_left(WINDOW_BOUNDS, duration), now)
+
+    def record_bucket(self, status: str, bucket: int, now: float) -> None:
+        """L{record}, with the duration's L{WINDOW_BOUNDS} bucket found already."""
+        self.timeline.add(status, bucket, now)
 
     def record_unrouted(self, method: str, status: str) -> None:
         key = (method, status)
