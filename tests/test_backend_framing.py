@@ -82,6 +82,23 @@ class ReuseTests(unittest.TestCase):
         (b"GET", b"204 No Content\r\n\r\nHTTP/1.1 200 OK\r\n", False),
     ]
 
+    def test_a_response_keeps_only_its_end_to_end_headers(self) -> None:
+        """
+        The hop-by-hop headers of a backend's response, and those its
+        Connection header names, are gone from the response the agent gives.
+        """
+        protocol, _, _ = _connected()
+        response = self.successResultOf(
+            _exchange(
+                protocol,
+                b"GET",
+                b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nKeep-Alive: 5\r\n"
+                b"X-Private: secret\r\nTrailer: X-T\r\nX-Public: shown\r\n"
+                b"Content-Length: 2\r\n\r\nok",
+            )
+        )
+        self.assertEqual(list(response.headers.getAllRawHeaders()), [(b"X-Public", [b"shown"])])
+
     def test_table(self) -> None:
         for method, response, reused in self.table:
             protocol, transport, pooled = _connected()

@@ -10,9 +10,10 @@ Three things differ from a plain C{Agent.request(method, url)}:
  - The client's request target is sent byte for byte.  C{Agent.request}
    re-assembles the target from a parsed URL, which drops an empty query
    (C{/a?}) or empty parameters (C{/a;}); a proxy must not change them.
- - A response's C{Connection} header is kept with its headers, so that the
-   forwarder can remove the headers it names.  Twisted's parser files it away
-   with the framing headers, out of reach of the response object.
+ - A response comes with the headers that go on to the client only: the
+   hop-by-hop ones are removed, and so are those its C{Connection} header
+   names, which Twisted's parser files away with the framing headers, out
+   of reach of the response object (L{lbproxy.upstream.relay.end_to_end}).
 
  - A backend connection is reused only when nothing can be left on it from
    the previous response (see L{_BackendProtocol}): stray bytes never answer
@@ -56,11 +57,12 @@ from lbproxy._twisted import (
     RetryingHTTP11ClientProtocol,
     client_request,
     give_up,
+    header_map,
     read_response_head,
-    set_clean_header,
 )
 from lbproxy.config import PoolConfig, ServerConfig
 from lbproxy.transports import connecting
+from lbproxy.upstream.relay import end_to_end
 from lbproxy.upstream.tunnel import Switched, SwitchedConnection, watch_for_switch
 
 log = Logger()
@@ -236,26 +238,27 @@ class _BackendProtocol(HTTP11ClientProtocol):
                 # An upgrade request: a 101 ends HTTP on this connection.
                 watch_for_switch(self, parser, offered[0], self._switch)
 
-            result.addCallback(self._keep_connection_header, parser)
+            result.addCallback(self._end_to_end, parser)
         return result
 
-    def _keep_connection_header(self, response: IResponse, parser: HTTPClientParser) -> IResponse:
+    def _end_to_end(self, response: IResponse, parser: HTTPClientParser) -> IResponse:
         """
-        The response's C{Connection} header put back among its headers; a
-        response framed two ways at once refused.
+        The response with only the headers that go on to the client
+        (L{end_to_end}: the hop-by-hop ones and those its C{Connection}
+        names removed); a response framed two ways at once refused.
         """
         if isinstance(response, Switched):
+            end_to_end(response.headers, None)
             return response
-        framing = parser.connHeaders
-        if framing.hasHeader(b"transfer-encoding") and framing.hasHeader(b"content-length"):
+        framing = header_map(parser.connHeaders)
+        if b"Transfer-Encoding" in framing and b"Content-Length" in framing:
             # Ambiguous framing: this connection cannot be trusted for
             # another response.  Close it and fail the attempt.
             response.deliverBody(_Abandon())
             raise AmbiguousFraming("a response with Content-Length and Transfer-Encoding")
-        values = framing.getRawHeaders(b"connection")
-        if values:
-            # The parser's header object sanitized them already.
-            set_clean_header(response.headers, b"Connection", list(values))
+        # Twisted's parser keeps the Connection header with the framing
+        # headers, out of the response's: its values are handed over here.
+        end_to_end(response.headers, framing.get(b"Connection"))
         return response
 
 

@@ -6,7 +6,7 @@ body is relayed by L{lbproxy.upstream.attempt.Attempt}.)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Optional, cast
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence, cast
 from typing import Protocol as Structure
 
 from twisted.web.http import NO_BODY_CODES, datetimeToString
@@ -14,7 +14,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from lbproxy import headers as rules
-from lbproxy._twisted import set_clean_header
+from lbproxy._twisted import header_map, set_clean_header
 from lbproxy.routing import Change, changes
 
 if TYPE_CHECKING:
@@ -60,20 +60,39 @@ def change_headers(headers: Headers, to_make: Iterable[Change]) -> None:
             headers.addRawHeader(name, cast(bytes, value))
 
 
+def end_to_end(headers: Headers, connection: Optional[Sequence[bytes]]) -> None:
+    """
+    Remove from a server's response C{headers} what does not go on to the
+    client: the hop-by-hop headers, and those named by C{connection} (the
+    response's C{Connection} values) or by a C{Connection} header among
+    C{headers} (L{lbproxy.headers.removable}).
+    """
+    present = header_map(headers)
+    own = present.get(b"Connection")
+    if own:
+        connection = [*own, *connection] if connection else own
+    drop = rules.HOP_BY_HOP
+    if connection:
+        drop = drop | rules.connection_tokens(connection)
+    gone = [name for name in present if name.lower() in drop]
+    for name in gone:
+        headers.removeHeader(name)
+
+
 def relay_head(lifecycle: Exchange, server: ServerState, response: IResponse) -> None:
     """
     Give the client's request the status and headers of C{response}, from
     C{server}.
 
-    The backend's header object goes to the client as it is, less what must
-    not pass; only the front connection's own C{Connection} header (set
-    when the client asked to close) is carried over.
+    The backend's header object goes to the client as it is: the backend's
+    agent has removed what must not pass (L{end_to_end}, with the response's
+    C{Connection} values, which Twisted's parser keeps apart); only the
+    front connection's own C{Connection} header (set when the client asked
+    to close) is carried over.
     """
     request = lifecycle.request
     request.setResponseCode(response.code, response.phrase)
     relayed = response.headers
-    for name in rules.response_removals(relayed.getAllRawHeaders()):
-        relayed.removeHeader(name)
     route = lifecycle.route
     if route is not None and route.response_rules:
         facts = lifecycle.facts
@@ -98,4 +117,4 @@ def relay_head(lifecycle: Exchange, server: ServerState, response: IResponse) ->
         relayed.addRawHeader(b"Set-Cookie", sticky.set_cookie(server))
 
 
-__all__ = ["change_headers", "relay_head"]
+__all__ = ["change_headers", "end_to_end", "relay_head"]
