@@ -803,6 +803,10 @@ def transfer(pid: int, argv: List[str]) -> Dict[str, float]:
             "--write-out",
             "%{http_code} %{speed_download} %{speed_upload}",
             "--insecure",  # the bench's own self-signed certificate on https
+            # HTTP/1.1 everywhere, as the nginx-tls listener speaks
+            # it; and curl before 8.1 (Debian 12's 7.88.1) stalls on an
+            # HTTP/2 upload answered before its end (nginx with http2 too).
+            "--http1.1",
             *argv,
         ],
         capture_output=True,
