@@ -455,6 +455,49 @@ class HTTP2Tests(ProxyTestCase):
         client.close()
         yield wait_until(lambda: not self.proxy.site.channels)
 
+    @defer.inlineCallbacks
+    def test_frames_after_the_proxys_goaway_are_dropped(self):  # type: ignore[no-untyped-def]
+        # Stopping: once the last stream is done the proxy says GOAWAY and
+        # closes.  A frame the client had already sent is dropped quietly,
+        # not taken for a protocol error that tears the connection down.
+        from lbproxy.front.h2 import ProxyH2Connection
+
+        lost: List[bool] = []
+        closing = ProxyH2Connection.connectionLost
+
+        def counted(connection: Any, *args: Any, **kwargs: Any) -> None:
+            lost.append(kwargs.get("_cancelTimeouts", args[1] if len(args) > 1 else True))
+            closing(connection, *args, **kwargs)
+
+        self.patch(ProxyH2Connection, "connectionLost", counted)
+        web = self.backend("web", held_handler)
+        self.start(web)
+        client = yield self.client()
+        self.addCleanup(client.close)
+        first = yield in_thread(client.start, "GET", "/held")
+        yield wait_until(lambda: web.held)
+        self.proxy.site.close_connections()
+        web.held[0].callback(b"done\n")
+
+        def finish() -> Any:
+            headers, body = client.response(first)
+            client.until(lambda: client.goaway() is not None)
+            # A DATA frame on the stream, sent raw (the client's own state
+            # machine refuses to after GOAWAY): 3 bytes, no flags.
+            client.sock.sendall(b"\x00\x00\x03\x00\x00" + first.to_bytes(4, "big") + b"abc")
+            client.read_to_close()
+            return headers[b":status"], body
+
+        status, body = yield in_thread(finish)
+        self.assertEqual((status, body), (b"200", b"done\n"))
+        client.close()
+        yield wait_until(lambda: not self.proxy.site.channels)
+        # Closed by the transport only (Twisted calls connectionLost from
+        # stopProducing and from the transport, both with the timers
+        # cancelled), never torn down as a protocol error first.
+        self.assertTrue(lost)
+        self.assertNotIn(False, lost)
+
 
 class TokenBucketTests(unittest.TestCase):
     def test_burst_then_rate(self) -> None:

@@ -135,6 +135,8 @@ class ProxyH2Connection(H2Connection):
         )
         self.conn.decoder.max_header_list_size = 2 * advertised
         self.closing = False
+        #: GOAWAY sent by the proxy: what the client still sends is dropped.
+        self._said_goodbye = False
         self._last_request: Optional[H2Request] = None
         self._capped: Dict[int, None] = {}
 
@@ -263,7 +265,16 @@ class ProxyH2Connection(H2Connection):
         if not self.streams and self._stillProducing:
             self._goodbye()
 
+    def dataReceived(self, data: bytes) -> None:
+        if self._said_goodbye:
+            # Frames the client sent before it read the GOAWAY (RFC 9113
+            # section 6.8): h2's closed state machine would call them a
+            # protocol error and tear the connection down a second time.
+            return
+        super().dataReceived(data)
+
     def _goodbye(self) -> None:
+        self._said_goodbye = True
         try:
             self.conn.close_connection()
         except h2.exceptions.ProtocolError:
@@ -279,7 +290,11 @@ class ProxyH2Connection(H2Connection):
         self, reason: Failure = connectionDone, _cancelTimeouts: bool = True
     ) -> None:
         super().connectionLost(reason, _cancelTimeouts)
-        self._proxy_site.connection_closed(self)
+        if _cancelTimeouts:
+            # The transport's own connectionLost: the connection is gone.
+            # (Twisted also calls this early, with the timers kept, when it
+            # tears a connection down itself; the socket is still open then.)
+            self._proxy_site.connection_closed(self)
 
 
 class NegotiatingChannel(Protocol):
