@@ -398,6 +398,12 @@ class ConnectionSpreadTests(GroupTestCase):
         (a,) = self.backends("a")
         port, admin_port, proc = self.start([a.url], {"algorithm": "round_robin"}, admin=True)
         yield self.ready(proc)
+        # Both workers past their start (each publishes its counters just
+        # after its accept balance's first word): "listening on" comes
+        # earlier, and a PyPy worker still starting took none of the burst.
+        yield admin_until(
+            admin_port, "/status", lambda b: len(json.loads(b).get("workers") or []) == 2
+        )
         count = 40
         opened: List[socket.socket] = []
         self.addCleanup(lambda: [s.close() for s in opened])
