@@ -14,6 +14,9 @@ every process pinned to the proxy's core).
     python3 bench/ab.py --a .venv/bin/twistd --b .venv/bin/twistd \
         --workers-a 1 --workers-b 2 --paced 500 --cpus all --rounds 6
 
+`--idle 10` measures the process tree with no traffic instead (CPU
+milliseconds over 10 s, from /proc/PID/schedstat): the group's fixed cost.
+
 The third measures at a fixed rate instead of wrk's saturation (bench/paced.py,
 the same requests per second for both sides, so the CPU per request is the
 same work's) with the proxy on every CPU (--cpus all: two workers can each
@@ -36,6 +39,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -55,6 +59,26 @@ def context_switches(pids: List[int]) -> int:
         except OSError:
             continue
     return total
+
+
+def on_cpu_ns(pids: List[int]) -> int:
+    """Nanoseconds these processes ran (/proc/PID/schedstat: finer than clock ticks)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def idle_run(pid: int, seconds: int) -> float:
+    """Milliseconds of CPU the proxy's process tree uses over C{seconds} with no traffic."""
+    tree = bench.process_tree(pid)
+    before = on_cpu_ns(tree)
+    time.sleep(seconds)
+    return (on_cpu_ns(tree) - before) / 1e6
 
 
 def paced_run(port: int, rate: float, seconds: int, pid: int) -> Dict[str, Any]:
@@ -94,6 +118,12 @@ def main() -> int:
         help="measure at this many requests/s (bench/paced.py) instead of wrk's saturation",
     )
     parser.add_argument(
+        "--idle",
+        type=int,
+        default=0,
+        help="measure the CPU of the idle process tree over this many seconds (no load)",
+    )
+    parser.add_argument(
         "--cpus",
         default=bench.PROXY_CPU,
         help="CPUs of the proxy (taskset list; 'all': every CPU, unpinned)",
@@ -106,6 +136,8 @@ def main() -> int:
     }
     print(f"A: {args.a}, {workers['A']} worker(s); B: {args.b}, {workers['B']} worker(s)")
     how = f"paced at {args.paced:g} requests/s" if args.paced > 0 else "wrk"
+    if args.idle > 0:
+        how = f"no traffic, {args.idle} s"
     print(f"proxy on CPUs {cpus}, load on CPU {bench.LOAD_CPU}, measured with {how}")
     runs: Dict[str, List[float]] = {"A": [], "B": []}
     p99: Dict[str, List[float]] = {"A": [], "B": []}
@@ -122,6 +154,12 @@ def main() -> int:
                         )
                     )
                     try:
+                        if args.idle > 0:
+                            time.sleep(args.warmup)
+                            ms = idle_run(proc.pid, args.idle)
+                            runs[side].append(ms)
+                            print(f"round {n + 1} {side}: idle {ms:.1f} ms CPU", flush=True)
+                            continue
                         bench.wrk(port, args.warmup)
                         if args.paced > 0:
                             result = paced_run(port, args.paced, args.duration, proc.pid)
@@ -152,6 +190,14 @@ def main() -> int:
                     )
         finally:
             backends.stop()
+    if args.idle > 0:
+        for side in ("A", "B"):
+            values = runs[side]
+            print(
+                f"{side}: median {statistics.median(values):.1f} ms CPU idle over {args.idle} s"
+                f" (min {min(values):.1f}, max {max(values):.1f})"
+            )
+        return 0
     for side in ("A", "B"):
         values = runs[side]
         print(
