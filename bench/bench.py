@@ -569,10 +569,12 @@ def start_lbproxy(
     backends: List[int],
     variant: str = "",
     workers: int = 1,
+    cpus: str = PROXY_CPU,
 ) -> subprocess.Popen:
     """
     lbproxy with LBPROXY_CONFIG; C{variant} "routes" adds the ROUTES routes,
-    "tls" makes its listener tls: with the bench's certificate.
+    "tls" makes its listener tls: with the bench's certificate.  C{cpus}:
+    the CPUs of its process tree (taskset's list; bench/ab.py's --cpus).
     """
     conf = os.path.join(workdir, f"lbproxy-{port}.ini")
     admin_port = ADMIN_PORTS[port] = free_port()
@@ -596,7 +598,7 @@ def start_lbproxy(
         [
             "taskset",
             "-c",
-            PROXY_CPU,
+            cpus,
             twistd,
             "-n",
             "--pidfile=",

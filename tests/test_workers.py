@@ -398,6 +398,12 @@ class ConnectionSpreadTests(GroupTestCase):
         (a,) = self.backends("a")
         port, admin_port, proc = self.start([a.url], {"algorithm": "round_robin"}, admin=True)
         yield self.ready(proc)
+        # Both workers past their start (each publishes its counters just
+        # after its accept balance's first word): "listening on" comes
+        # earlier, and a PyPy worker still starting took none of the burst.
+        yield admin_until(
+            admin_port, "/status", lambda b: len(json.loads(b).get("workers") or []) == 2
+        )
         count = 40
         opened: List[socket.socket] = []
         self.addCleanup(lambda: [s.close() for s in opened])
@@ -760,7 +766,7 @@ class PoolClaimTests(unittest.TestCase):
             share = PoolShare(SharedTable(table.fd), slot, pool, {server: row})
             pool.shared = share
             share.watch_queue(self.clock)
-            self.addCleanup(lambda share=share: share._poll.stop())  # type: ignore[union-attr]
+            self.addCleanup(share.stop)
             self.pools.append(pool)
         self.table, self.row = table, row
 
@@ -789,6 +795,60 @@ class PoolClaimTests(unittest.TestCase):
         self.clock.advance(QUEUE_POLL)
         self.assertEqual(woken, [True])
         self.assertEqual(self.table.inflight(self.row), 1)
+
+    def test_the_queue_poll_runs_only_while_a_server_is_full_or_requests_wait(self) -> None:
+        from lbproxy.workers.shared import QUEUE_POLL
+
+        a, b = self.pools
+
+        def polling(pool: object) -> bool:
+            poll = pool.shared._poll  # type: ignore[attr-defined]
+            return poll is not None and bool(poll.running)
+
+        list(a.candidates())
+        self.assertEqual([polling(a), polling(b)], [False, False])  # idle: no timer
+        self.assertTrue(a.claim(a.servers[0]))
+        self.assertEqual(list(b.candidates()), [])  # full, seen by b
+        self.assertTrue(polling(b))
+        woken: List[bool] = []
+        b.wait(lambda: woken.append(b.claim(b.servers[0])))
+        a.release(a.servers[0])
+        self.clock.advance(QUEUE_POLL)
+        self.assertEqual(woken, [True])
+        self.clock.advance(QUEUE_POLL)
+        self.assertFalse(polling(b))  # the queue is empty: stopped
+        # Still full (b holds the slot): a's next choice starts a's poll.
+        self.assertEqual(list(a.candidates()), [])
+        self.assertTrue(polling(a))
+
+    def test_states_are_read_when_a_change_is_counted_or_an_ejection_ends(self) -> None:
+        from lbproxy.workers.shared import PoolShare, SharedTable
+
+        a, b = self.pools
+        server = a.servers[0]
+        list(a.candidates())
+        # The supervisor drains the server: counted, so read at the next choice.
+        authority = PoolShare(SharedTable(self.table.fd), -1, b, {}, authority=True)
+        server_b = b.servers[0]
+        server_b.draining = True
+        authority.table.publish(self.row, server_b)
+        self.assertEqual(list(a.candidates()), [])
+        self.assertTrue(server.draining)
+        server_b.draining = False
+        authority.table.publish(self.row, server_b)
+        self.assertEqual([s.name for s in a.candidates()], ["a"])
+        # A word changed without a count is not read (the point of the counters)...
+        self.table.words[self.table.base(self.row) + 5] = 1  # down, uncounted
+        self.assertEqual([s.name for s in a.candidates()], ["a"])
+        self.table.words[self.table.base(self.row) + 5] = 0
+        # ... an ejection by the other worker is counted (its own counter) ...
+        b.shared.ejected(server_b, self.clock.seconds() + 10)  # type: ignore[union-attr]
+        list(a.candidates())  # (panic mode offers the ejected server: not checked here)
+        self.assertEqual((server.ejected, server.usable), (True, False))
+        # ... and its end is read when it comes, without a write.
+        self.clock.advance(10)
+        self.assertEqual([s.name for s in a.candidates()], ["a"])
+        self.assertFalse(server.ejected)
 
     def test_the_dispatch_after_a_claim_counts_once(self) -> None:
         a, _ = self.pools

@@ -324,6 +324,9 @@ class PublishedPools(DiscoveredPools):
 
     def poll(self) -> None:
         """Apply a new document, if any, and tell the supervisor what is applied."""
+        if not self.leaving and self.region.sequence == self.sequence:
+            # Nothing new (one word read), and what is applied is told already.
+            return
         before = self._read()
         if before is not None:
             for name, pool in self.pools.items():
@@ -375,6 +378,7 @@ class PublishedPools(DiscoveredPools):
                 share.rows.pop(server, None)
             else:
                 share.rows[server] = row
+        share.invalidate()
 
     def _prune(self) -> None:
         """Drop removed servers' rows once this worker has nothing in flight to them."""
@@ -385,6 +389,7 @@ class PublishedPools(DiscoveredPools):
                 share.rows.pop(server, None)
             else:
                 share.rows[server] = row
+            share.invalidate()
 
     def start(self) -> None:
         """Map the rows (the table is attached), then follow the region."""

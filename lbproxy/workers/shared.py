@@ -88,8 +88,15 @@ def row_key(pool: str, server: Tuple[str, str, str, int]) -> bytes:
 _ACCEPTING = _HEADER + MAX_SERVERS * _ROW
 
 
+#: Where the change counters start: the supervisor's (health, operator
+#: state, weight of any server), then one per slot (its worker's ejections).
+#: Each has one writer and only grows; a worker that reads their sum
+#: unchanged knows no server's state words changed (L{PoolShare.sync}).
+_CHANGES = _ACCEPTING + MAX_SLOTS
+
+
 def table_size() -> int:
-    return (_ACCEPTING + MAX_SLOTS) * 8
+    return (_CHANGES + 1 + MAX_SLOTS) * 8
 
 
 def memory_file(name: str, size: int) -> int:
@@ -165,6 +172,7 @@ class SharedTable:
                 self.words[base : base + _KEY] = memoryview(key).cast("q")
                 self.words[base + _KEY] = 1
                 self.words[base + _KEY + 3] = -1
+                self.words[_CHANGES] += 1
             rows[key] = row
         return rows
 
@@ -202,6 +210,7 @@ class SharedTable:
         self.words[base : base + _KEY] = memoryview(key).cast("q")
         self.words[base + _KEY + 3] = -1
         self.words[base + _KEY] = 1
+        self.words[_CHANGES] += 1
 
     def free_row(self, row: int) -> None:
         """Free one row (supervisor only, once no worker writes to it)."""
@@ -281,21 +290,43 @@ class SharedTable:
     def ejected_until(self, row: int) -> float:
         return float(self.doubles[self.base(row) + _FIELDS])
 
-    def set_ejected_until(self, row: int, when: float) -> None:
+    def set_ejected_until(self, row: int, when: float, slot: int = -1) -> None:
+        """
+        Write a server's ejection (C{slot}: the writer's, -1 the
+        supervisor's), then count the change in the writer's own counter:
+        x86-64 keeps the two stores in order, so a reader that sees the
+        count sees the ejection (L{changes}).
+        """
         self.doubles[self.base(row) + _FIELDS] = when
+        self.words[_CHANGES + 1 + slot] += 1
+
+    def changes(self) -> int:
+        """The sum of the change counters of the supervisor and the live slots."""
+        return int(sum(self.words[_CHANGES : _CHANGES + 1 + self.slots]))
 
     def publish(self, row: int, server: Any) -> None:
-        """Write what the supervisor decides of C{server} (health, operator, weight)."""
+        """
+        Write what the supervisor decides of C{server} (health, operator,
+        weight); a change of any of them is counted (L{changes}).
+        """
         base = self.base(row)
-        self.words[base + _KEY + 1] = 0 if server.up else 1
-        self.words[base + _KEY + 2] = (
-            OPERATOR_MAINT if server.maint else OPERATOR_DRAINING if server.draining else 0
+        words = self.words
+        values = (
+            0 if server.up else 1,
+            OPERATOR_MAINT if server.maint else OPERATOR_DRAINING if server.draining else 0,
+            -1 if server.weight_override is None else server.weight_override,
         )
-        override = server.weight_override
-        self.words[base + _KEY + 3] = -1 if override is None else override
-        if not server.ejected:
+        changed = False
+        for offset, value in enumerate(values, _KEY + 1):
+            if words[base + offset] != value:
+                words[base + offset] = value
+                changed = True
+        if not server.ejected and self.doubles[base + _FIELDS] != 0.0:
             # Brought back by a passing health check.
-            self.set_ejected_until(row, 0.0)
+            self.doubles[base + _FIELDS] = 0.0
+            changed = True
+        if changed:
+            words[_CHANGES] += 1
 
 
 class PoolShare:
@@ -322,13 +353,54 @@ class PoolShare:
         #: Row of each server (the pool's own ServerState objects).
         self.rows = rows
         self._poll: Optional[LoopingCall] = None
+        self._clock: Any = None
+        #: The change counters' sum at the last full reading (L{sync}); -1:
+        #: read everything next time.
+        self._seen = -1
+        #: When the earliest ejection read at that time ends (it changes
+        #: the server's state without a write).
+        self._expires = float("inf")
+        #: (server, its row's in-flight words, its max_connections) of the
+        #: servers with a row, for the live slots at the last full reading.
+        self._counts: List[Tuple[Any, Any, Optional[int]]] = []
+        self._slots = -1
+        self._servers: Optional[List[Any]] = None
         #: The row of a claim whose +1 is in the table already: the
         #: dispatch that follows it writes nothing more.
         self._claimed: Optional[int] = None
 
+    def invalidate(self) -> None:
+        """The rows changed (DNS discovery): read everything at the next L{sync}."""
+        self._seen = -1
+
     def sync(self) -> None:
-        """The group's view of every server of the pool, into its ServerStates."""
+        """
+        The group's view of every server of the pool, into its ServerStates:
+        the in-flight sums every time; the states (health, drain, maint,
+        weight, ejection) only when a change counter moved, an ejection
+        read ended, or the rows or live slots changed.
+        """
         table = self.table
+        if not self.authority:
+            changes = table.changes()
+            if (
+                changes == self._seen
+                and table.slots == self._slots
+                and self.pool.servers is self._servers
+                and self.pool.clock.seconds() < self._expires
+            ):
+                for server, words, limit in self._counts:
+                    active = server.active = sum(words)
+                    if limit is not None:
+                        full = active >= limit
+                        if full != server.full:
+                            server.full = full
+                            server.refresh()
+                        if full:
+                            self._watch()
+                return
+            self._full_sync(changes)
+            return
         now = self.pool.clock.seconds()
         for server in self.pool.servers:
             row = self.rows.get(server)
@@ -355,6 +427,45 @@ class PoolShare:
             server.full = limit is not None and server.active >= limit
             server.refresh()
 
+    def _full_sync(self, changes: int) -> None:
+        table = self.table
+        words = table.words
+        now = self.pool.clock.seconds()
+        slots = table.slots
+        expires = float("inf")
+        counts = []
+        for server in self.pool.servers:
+            row = self.rows.get(server)
+            if row is None:
+                continue
+            start = table.base(row) + _FIELDS + 1
+            inflight = words[start : start + slots]
+            limit = server.config.max_connections
+            counts.append((server, inflight, limit))
+            server.active = sum(inflight)
+            server.up = not table.down(row)
+            operator = table.operator(row)
+            server.draining = operator == OPERATOR_DRAINING
+            server.maint = operator == OPERATOR_MAINT
+            weight = table.weight(row)
+            if weight != server.weight_override:
+                server.weight_override = weight
+                server.weight = server.base_weight * 100
+            until = table.ejected_until(row)
+            server.ejected = until > now
+            if server.ejected:
+                expires = min(expires, until)
+            server.full = limit is not None and server.active >= limit
+            server.refresh()
+            if server.full:
+                self._watch()
+        self._counts = counts
+        self._slots = slots
+        self._servers = self.pool.servers
+        self._expires = expires
+        # Read after the states: a change counted meanwhile is read again next time.
+        self._seen = changes
+
     def claim(self, server: Any, limit: int) -> bool:
         """
         A slot of C{server} (at most C{limit} in flight over all workers)
@@ -366,6 +477,7 @@ class PoolShare:
             # Not in the table (found by DNS discovery): this worker's count.
             return bool(server.active < limit)
         if not self.table.claim(row, self.slot, limit):
+            self._watch()
             return False
         self._claimed = row
         return True
@@ -381,18 +493,38 @@ class PoolShare:
     def ejected(self, server: Any, until: float) -> None:
         row = self.rows.get(server)
         if row is not None:
-            self.table.set_ejected_until(row, until)
+            self.table.set_ejected_until(row, until, self.slot)
 
     def watch_queue(self, clock: Any) -> None:
-        """While requests wait, look for slots other workers free."""
-        self._poll = LoopingCall(self._tick)
-        self._poll.clock = clock
-        self._poll.start(QUEUE_POLL, now=False)
+        """
+        While requests may wait, look for slots other workers free: the
+        poll runs from the moment a server of the pool is seen full (a
+        request waits only after that) until the queue is empty.
+        """
+        self._clock = clock
+
+    def _watch(self) -> None:
+        if self._clock is None or self.authority:
+            return
+        if self._poll is None:
+            self._poll = LoopingCall(self._tick)
+            self._poll.clock = self._clock
+        if not self._poll.running:
+            self._poll.start(QUEUE_POLL, now=False)
+
+    def stop(self) -> None:
+        """No more polling (the worker stops, or a test ends)."""
+        if self._poll is not None and self._poll.running:
+            self._poll.stop()
 
     def _tick(self) -> None:
         if self.pool.queue_length:
             self.sync()
             self.pool.wake()
+        else:
+            # Nothing waits: a request that finds a server full starts the
+            # poll again (L{sync}, L{claim}) before it can wait.
+            self.stop()
 
 
 #: Seconds a worker with more connections than another leaves a readiness
@@ -423,21 +555,42 @@ class AcceptBalance:
         self.slot = slot
         self.site = site
         self.clock = clock
-        self._loop = LoopingCall(self.publish)
+        self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
+        #: Whether a connection arrived since the timer's last tick.
+        self._arrived = False
+        self._stopped = False
 
     def start(self) -> None:
-        # Connections that close are published at least this often.
-        self._loop.start(0.25, now=True)
+        self.publish()
 
     def stop(self) -> None:
         """No longer accepting (stopping): the others take every new connection."""
+        self._stopped = True
         if self._loop.running:
             self._loop.stop()
         self.table.set_accepting(self.slot, None)
 
     def publish(self) -> None:
         self.table.set_accepting(self.slot, self.site.open_connections)
+
+    def _arriving(self) -> None:
+        """
+        A connection arrives: the timer runs.  Connections that close are
+        published every 0.25 s while connections keep arriving, and at the
+        first arrival after a quiet spell (L{adopt}'s doRead publishes
+        before it compares).  A word left stale by closes is only ever too
+        high, which makes the others accept, never wait.
+        """
+        self._arrived = True
+        if not self._loop.running and not self._stopped:
+            self._loop.start(0.25, now=False)
+
+    def _tick(self) -> None:
+        self.publish()
+        if not self._arrived:
+            self._loop.stop()
+        self._arrived = False
 
     def busier(self) -> bool:
         """Whether another accepting worker has fewer connections by more than the margin."""
@@ -472,6 +625,8 @@ class AcceptBalance:
             burst[0] = min(100, burst[0] * 2) if taken and stuck else 1
 
         def doRead() -> None:
+            self._arriving()
+            self.publish()
             if self.busier():
                 port.stopReading()
                 others[0] = self.table.accepting_total(self.slot)

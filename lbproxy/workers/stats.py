@@ -157,8 +157,33 @@ def report(
     }
 
 
+def fingerprint(service: Any) -> Tuple[Any, ...]:
+    """
+    What changes whenever a worker's counters do (a request answered or
+    failed, a connection opened or closed, a request queued or retried):
+    a few integers per server, read without building the document.
+    """
+    figures: List[Any] = [service.site.open_connections]
+    for pool in service.pools.values():
+        stats = pool.stats
+        figures.append(
+            (stats.retries, pool.queue_length, sum(stats.unrouted.values()), len(pool.servers))
+        )
+        for server in pool.servers:
+            s = server.stats
+            figures.append(
+                (s.served, s.failures, s.connect_failures, server.active, sum(s.requests.values()))
+            )
+    return tuple(figures)
+
+
 class Publisher:
-    """A worker's publications, every L{PUBLISH_EVERY} seconds and at its stop."""
+    """
+    A worker's publications, every L{PUBLISH_EVERY} seconds and at its stop;
+    while nothing changed (L{fingerprint}), once a second only: the
+    supervisor's history needs a document written after each second ended,
+    nothing else in it moves.
+    """
 
     def __init__(
         self, regions: StatsRegions, service: Any, number: int, generation: int, slot: int
@@ -170,6 +195,8 @@ class Publisher:
         self.slot = slot
         self._loop = LoopingCall(self.publish)
         self._too_big = False
+        self._last: Optional[Tuple[Any, ...]] = None
+        self._second = -1
 
     def start(self, clock: Any) -> None:
         self._loop.clock = clock
@@ -181,6 +208,13 @@ class Publisher:
         self.publish(final=True)
 
     def publish(self, final: bool = False) -> None:
+        second = int(self.service.reactor.seconds())
+        if not final:
+            figures = fingerprint(self.service)
+            if figures == self._last and second == self._second:
+                return
+            self._last = figures
+        self._second = second
         document = report(self.service, self.number, self.generation, self.slot, final)
         data = json.dumps(document, separators=(",", ":")).encode("utf-8")
         if not self.regions.write(self.slot, data) and not self._too_big:
@@ -227,17 +261,25 @@ class GroupStats:
         self.retired_servers: Dict[Tuple[str, str], Dict[str, Any]] = {}
         #: pool -> (retries, unrouted pairs) left by workers that ended.
         self.retired_pools: Dict[str, Dict[str, Any]] = {}
-        #: The last good document of each slot.
+        #: The last good document of each slot, and the sequence read
+        #: before it was copied.
         self._last: Dict[int, Dict[str, Any]] = {}
+        self._sequences: Dict[int, int] = {}
         #: The last documents of workers that ended, for the history seconds
         #: not merged yet (L{HistoryFeed}).
         self.ended: Deque[Dict[str, Any]] = deque(maxlen=64)
 
     def document(self, slot: int) -> Optional[Dict[str, Any]]:
+        # Unchanged since the last copy (the region's sequence word): the
+        # document decoded then, without a copy or a decoding.
+        sequence = int(self.regions.words[slot * REGION // 8])
+        if sequence and self._sequences.get(slot) == sequence and slot in self._last:
+            return self._last[slot]
         data = self.regions.read(slot)
         if data is not None:
             try:
                 self._last[slot] = json.loads(data)
+                self._sequences[slot] = sequence
             except ValueError:
                 pass
         return self._last.get(slot)
@@ -254,6 +296,7 @@ class GroupStats:
         """The worker of C{slot} ended: its last counters stay in the totals."""
         document = self.document(slot)
         self._last.pop(slot, None)
+        self._sequences.pop(slot, None)
         self.regions.clear(slot)
         if document is None:
             return
