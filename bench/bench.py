@@ -924,7 +924,8 @@ def run_proxy(name: str, start, args, backends: Backends, workdir: str) -> Dict[
             result["paced"] = p
             paced_cpu = cpu_seconds(tree) - paced_cpu
             if "error" not in p:
-                answered = int(p["answered"])
+                # The warm-up's requests (bench/paced.py --warmup) took CPU too.
+                answered = int(p["answered"]) + int(p.get("warmup_answered", 0))
                 p["cpu_us_per_request"] = 1e6 * paced_cpu / answered if answered else None
                 log(
                     f"   paced p50 {p['p50_ms']} ms, p99 {p['p99_ms']} ms,"

@@ -16,6 +16,12 @@ what every proxy can serve, the difference between proxies is their own
 tail.  The client's own lateness (how late it woke up to send, the same for
 every server measured) is reported beside it as C{client_lag_p99_ms}.
 
+The first C{--warmup} seconds (2 by default) run at the same rate on the
+same connections but are not measured: a server's first requests on new
+connections, and (on PyPy) the JIT compiling the paths that this traffic
+takes and the load before it did not, are a start-up cost, not the tail of
+a server at that rate.  Errors are counted in the warm-up too.
+
 It prints one JSON object: the rate, the requests due, answered and failed,
 p50/p90/p99/p99.9/max latency in milliseconds, and the most requests that
 waited at once for a free connection (more than a few: the server did not
@@ -77,13 +83,19 @@ class Connection(asyncio.Protocol):
 
 
 class PacedClient:
-    def __init__(self, host: str, port: int, rate: float, seconds: float, tls: bool) -> None:
+    def __init__(
+        self, host: str, port: int, rate: float, seconds: float, tls: bool, warmup: float = 0.0
+    ) -> None:
         self.host, self.port, self.rate, self.seconds = host, port, rate, seconds
         self.tls = tls
+        self.warmup = warmup
+        #: Requests due before this moment are the warm-up's (set by L{run}).
+        self.measured_from = 0.0
         self.request = f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
         self.idle: Deque[Connection] = deque()
         self.waiting: Deque[float] = deque()
         self.latencies: List[float] = []
+        self.warmup_answered = 0
         self.lags: List[float] = []
         self.errors = 0
         self.outstanding = 0
@@ -106,7 +118,10 @@ class PacedClient:
 
     def answered(self, connection: Connection, due: float, ok: bool) -> None:
         if ok:
-            self.latencies.append(self.loop.time() - due)
+            if due >= self.measured_from:
+                self.latencies.append(self.loop.time() - due)
+            else:
+                self.warmup_answered += 1
         else:
             self.errors += 1
         self._next(connection)
@@ -132,14 +147,17 @@ class PacedClient:
             self.finished.set_result(None)
 
     async def run(self) -> None:
-        total = int(self.rate * self.seconds)
+        lead = int(self.rate * self.warmup)
+        total = lead + int(self.rate * self.seconds)
         start = self.loop.time() + 0.05
+        self.measured_from = start + lead / self.rate
         for i in range(total):
             due = start + i / self.rate
             delay = due - self.loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            self.lags.append(self.loop.time() - due)
+            if i >= lead:
+                self.lags.append(self.loop.time() - due)
             self.outstanding += 1
             if self.idle:
                 self.idle.popleft().send(due)
@@ -170,8 +188,12 @@ def summary(client: PacedClient) -> Dict[str, object]:
     return {
         "rate": client.rate,
         "seconds": client.seconds,
+        "warmup_s": client.warmup,
         "due": len(client.lags),
         "answered": len(values),
+        # Answered in the warm-up (not in the figures; the server's CPU time
+        # over the whole run is for these and the answered ones).
+        "warmup_answered": client.warmup_answered,
         "errors": client.errors,
         "p50_ms": ms(percentile(values, 0.50)),
         "p90_ms": ms(percentile(values, 0.90)),
@@ -186,11 +208,18 @@ def summary(client: PacedClient) -> Dict[str, object]:
     }
 
 
-async def measure(url: str, rate: float, seconds: float, connections: int) -> Dict[str, object]:
+async def measure(
+    url: str, rate: float, seconds: float, connections: int, warmup: float = 0.0
+) -> Dict[str, object]:
     parts = urlsplit(url)
     tls = parts.scheme == "https"
     client = PacedClient(
-        parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80), rate, seconds, tls
+        parts.hostname or "127.0.0.1",
+        parts.port or (443 if tls else 80),
+        rate,
+        seconds,
+        tls,
+        warmup,
     )
     await client.connect(connections)
     await client.run()
@@ -203,12 +232,18 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000.0, help="requests per second")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=2.0,
+        help="seconds sent at the rate before the measured ones, not measured",
+    )
     args = parser.parse_args()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
         result = loop.run_until_complete(
-            measure(args.url, args.rate, args.seconds, args.connections)
+            measure(args.url, args.rate, args.seconds, args.connections, args.warmup)
         )
     finally:
         loop.close()
