@@ -1,0 +1,195 @@
+"""
+What held the reactor: twistd with a timed event loop, for finding the
+causes of a tail.
+
+    PYPY_GC_NURSERY=32MB PYPY_GC_MIN=64MB \\
+        .venv-pypy/bin/python bench/loopwatch.py --out turns.json -- \\
+        -n --pidfile= lbproxy --config lbproxy.ini
+
+Runs twistd with the arguments after C{--}, with the reactor's loop
+replaced by one that times each turn: the timers it ran and the
+descriptors it dispatched, in wall time and in the thread's CPU time
+(C{time.thread_time}, which a busy machine does not inflate).  A turn busy
+for more than C{--slow-ms} (1 by default; the wait in C{epoll} is not
+counted) is kept with what ran in it, beside, on PyPy, the garbage
+collector's events (minor collections, major collection steps, with their
+durations; C{gc.hooks}) and the JIT's compilations and aborts
+(C{pypyjit}) that happened in it.  At exit (SIGTERM, SIGINT) it writes
+C{--out}: C{{"turns": [...], "gc": [...], "jit": [...]}}, each entry with
+its C{time.time()}, so a client's own measured window can be cut out.
+
+It adds a closure per C{callLater} and two clock reads per event: a
+diagnosis tool, not for measuring CPU per request.  Only for Twisted's
+epoll reactor (the default on Linux).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import gc
+import json
+import sys
+import time
+from typing import Any, Dict, List
+
+from twisted.internet import reactor as _reactor
+
+reactor: Any = _reactor
+wall, cpu = time.perf_counter, time.thread_time
+
+#: What ran in the current turn.
+current: Dict[str, List[Any]] = {"timers": [], "fds": [], "gc": [], "jit": []}
+kept: Dict[str, List[Any]] = {"turns": [], "gc": [], "jit": []}
+polled = {"wall": 0.0, "cpu": 0.0, "returned": False}
+
+
+def name_of(f: Any) -> str:
+    f = getattr(f, "__func__", f)
+    return f"{getattr(f, '__module__', '')}.{getattr(f, '__qualname__', repr(f))}"
+
+
+def install(slow: float) -> None:
+    call_later = reactor.callLater
+
+    def timed_call_later(delay: float, f: Any, *a: Any, **kw: Any) -> Any:
+        name = name_of(f)
+
+        def timed(*a: Any, **kw: Any) -> Any:
+            w, c = wall(), cpu()
+            try:
+                return f(*a, **kw)
+            finally:
+                current["timers"].append((name, wall() - w, cpu() - c))
+
+        return call_later(delay, timed, *a, **kw)
+
+    reactor.callLater = timed_call_later
+
+    do_read_or_write = reactor._doReadOrWrite
+
+    def timed_read_or_write(selectable: Any, fd: int, event: int) -> Any:
+        w, c = wall(), cpu()
+        try:
+            return do_read_or_write(selectable, fd, event)
+        finally:
+            kind = type(selectable).__name__ + ("/read" if event & 1 else "/write")
+            current["fds"].append((kind, wall() - w, cpu() - c))
+
+    reactor._doReadOrWrite = timed_read_or_write
+
+    class TimedPoller:
+        def __init__(self, poller: Any) -> None:
+            self.poller = poller
+
+        def poll(self, *a: Any) -> Any:
+            try:
+                return self.poller.poll(*a)
+            finally:
+                polled.update(wall=wall(), cpu=cpu(), returned=True)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.poller, name)
+
+    hooks = getattr(gc, "hooks", None)
+    if hooks is not None:  # PyPy
+
+        def minor(stats: Any) -> None:
+            event = ("minor", stats.count, stats.duration)
+            current["gc"].append(event)
+            kept["gc"].append((time.time(), *event))
+
+        def step(stats: Any) -> None:
+            event = ("step", stats.oldstate, stats.newstate, stats.duration)
+            current["gc"].append(event)
+            kept["gc"].append((time.time(), *event))
+
+        hooks.on_gc_minor, hooks.on_gc_collect_step = minor, step
+    try:
+        import pypyjit  # type: ignore[import-not-found]
+    except ImportError:
+        pass
+    else:
+
+        def compiled(info: Any) -> None:
+            event = (info.type, str(info.greenkey)[:100] if info.greenkey else "")
+            current["jit"].append(event)
+            kept["jit"].append((time.time(), *event))
+
+        def aborted(*a: Any) -> None:
+            current["jit"].append(("abort", str(a[-1])[:100] if a else ""))
+            kept["jit"].append((time.time(), "abort"))
+
+        pypyjit.set_compile_hook(compiled)
+        pypyjit.set_abort_hook(aborted)
+
+    def main_loop() -> None:
+        reactor._poller = TimedPoller(reactor._poller)
+        while reactor._started:
+            try:
+                while reactor._started:
+                    w0, c0 = wall(), cpu()
+                    reactor.runUntilCurrent()
+                    w1, c1 = wall(), cpu()
+                    timeout = reactor.timeout()
+                    polled["returned"] = False
+                    reactor.doIteration(reactor.running and timeout)
+                    w2, c2 = wall(), cpu()
+                    busy = w1 - w0
+                    busy_cpu = c1 - c0
+                    if polled["returned"]:
+                        busy += w2 - polled["wall"]
+                        busy_cpu += c2 - polled["cpu"]
+                    if busy > slow:
+                        kept["turns"].append(turn(busy, busy_cpu))
+                    for events in current.values():
+                        events.clear()
+            except BaseException:
+                from twisted.python import log
+
+                log.err()
+
+    reactor.mainLoop = main_loop
+
+
+def turn(busy: float, busy_cpu: float) -> Dict[str, Any]:
+    def ms(seconds: float) -> float:
+        return round(1000 * seconds, 3)
+
+    def heaviest(events: List[Any]) -> List[Any]:
+        return [(n, ms(w), ms(c)) for n, w, c in sorted(events, key=lambda e: -e[2])[:5]]
+
+    return {
+        "time": time.time(),
+        "busy_ms": ms(busy),
+        "cpu_ms": ms(busy_cpu),
+        "timers": heaviest(current["timers"]),
+        "fds": heaviest(current["fds"]),
+        "events": len(current["fds"]),
+        "gc": list(current["gc"]),
+        "jit": list(current["jit"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("--out", required=True, help="JSON file written at exit")
+    parser.add_argument("--slow-ms", type=float, default=1.0)
+    parser.add_argument("twistd", nargs=argparse.REMAINDER, help="-- then twistd's arguments")
+    args = parser.parse_args()
+    install(args.slow_ms / 1000)
+
+    def write() -> None:
+        with open(args.out, "w") as f:
+            json.dump(kept, f)
+
+    atexit.register(write)
+    from twisted.scripts.twistd import run
+
+    rest = args.twistd[1:] if args.twistd[:1] == ["--"] else args.twistd
+    sys.argv = ["twistd", *rest]
+    run()
+
+
+if __name__ == "__main__":
+    main()
