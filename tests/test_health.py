@@ -6,16 +6,21 @@ while it checks them; a change of state is one line.
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any, Dict, List, Tuple
 
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IHostnameResolver
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import BrowserLikePolicyForHTTPS
+from zope.interface import implementer
 
-from lbproxy.upstream.health import HealthChecker, http_probe
+from lbproxy.upstream.health import HealthChecker, describe_failure, http_probe
 from lbproxy.upstream.pool import ServerState
 from tests.support import Backend, ProxyTestCase, proxy_config, wait_until
 from tests.test_pool import make_pool
@@ -172,3 +177,122 @@ class OverlapTests(unittest.TestCase):
             self.assertTrue(3.85 <= gap <= 4.25, gaps)
         self.assertEqual(pool.servers[0].last_check, "no answer within 3s")
         self.assertFalse(pool.servers[0].up)
+
+
+class _Scripted(Protocol):
+    """A server that answers a request head with C{factory.answer}, in its pieces."""
+
+    def connectionMade(self) -> None:
+        self.factory.connections.append(self)  # type: ignore[attr-defined]
+        self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if b"\r\n\r\n" in self.received:
+            for piece in self.factory.answer:  # type: ignore[attr-defined]
+                self.transport.write(piece)  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.factory.lost.append(reason)  # type: ignore[attr-defined]
+
+
+@implementer(IHostnameResolver)
+class _NoResolver:
+    """A name resolver that fails the test if it is asked."""
+
+    asked: List[str] = []
+
+    def resolveHostName(self, receiver: Any, hostName: str, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+        self.asked.append(hostName)
+        raise AssertionError(f"{hostName} looked up")
+
+
+class ProbeTests(unittest.TestCase):
+    """The real probe (treq), over real connections, against real and scripted servers."""
+
+    def setUp(self) -> None:
+        # A server given by its address is connected to at once: no name
+        # resolution (Twisted's resolves even an address, in a thread).
+        resolver = _NoResolver()
+        resolver.asked = []
+        self.resolver = resolver
+        self.addCleanup(reactor.installNameResolver, reactor.installNameResolver(resolver))  # type: ignore[attr-defined]
+
+    def scripted(self, *answer: bytes) -> Tuple[Factory, int]:
+        factory = Factory.forProtocol(_Scripted)
+        factory.noisy = False
+        factory.answer = answer  # type: ignore[attr-defined]
+        factory.connections, factory.lost = [], []  # type: ignore[attr-defined]
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        return factory, port.getHost().port
+
+    def check(self, url: str, **options: str) -> Deferred[Tuple[bool, str]]:
+        pool = make_pool([f"{url} name=a"], Clock(), health_check="GET /healthz", **options)
+        probe = http_probe(reactor, pool.config, BrowserLikePolicyForHTTPS())
+        return probe(pool.servers[0]).addErrback(
+            lambda failure: (False, describe_failure(failure, pool.config.health_timeout))
+        )
+
+    @defer.inlineCallbacks
+    def test_status_within_health_expect_passes(self):  # type: ignore[no-untyped-def]
+        backend = Backend("a", health_handler)
+        self.addCleanup(backend.stop)
+        self.assertEqual((yield self.check(backend.url)), (True, "status 200"))
+        backend.health = 503  # type: ignore[attr-defined]
+        self.assertEqual((yield self.check(backend.url)), (False, "status 503"))
+        self.assertEqual(
+            (yield self.check(backend.url, health_expect="500-503")), (True, "status 503")
+        )
+        seen = backend.seen[0]
+        self.assertEqual((seen.method, seen.uri), (b"GET", b"/healthz"))
+        self.assertEqual(seen.header(b"host"), [backend.url[len("http://") :].encode()])
+        self.assertEqual(seen.header(b"user-agent"), [b"lbproxy-health-check"])
+        self.assertEqual(backend.connections, 3)  # a new connection each
+        self.assertEqual(self.resolver.asked, [])
+
+    @defer.inlineCallbacks
+    def test_health_host_is_sent(self):  # type: ignore[no-untyped-def]
+        backend = Backend("a", health_handler)
+        self.addCleanup(backend.stop)
+        outcome = yield self.check(backend.url, health_host="app.example.com")
+        self.assertEqual(outcome, (True, "status 200"))
+        self.assertEqual(backend.seen[0].header(b"host"), [b"app.example.com"])
+
+    @defer.inlineCallbacks
+    def test_an_interim_answer_is_skipped(self):  # type: ignore[no-untyped-def]
+        _, port = self.scripted(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        )
+        self.assertEqual((yield self.check(f"http://127.0.0.1:{port}")), (True, "status 204"))
+
+    @defer.inlineCallbacks
+    def test_an_answer_that_is_not_http_fails(self):  # type: ignore[no-untyped-def]
+        _, port = self.scripted(b"SSH-2.0-OpenSSH_9.2\r\n")
+        ok, detail = yield self.check(f"http://127.0.0.1:{port}", health_timeout="2s")
+        self.assertFalse(ok)
+        self.assertTrue(detail.startswith("ResponseFailed"), detail)
+
+    @defer.inlineCallbacks
+    def test_refused_connection_fails(self):  # type: ignore[no-untyped-def]
+        yield None
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            free = s.getsockname()[1]
+        ok, detail = yield self.check(f"http://127.0.0.1:{free}")
+        self.assertFalse(ok)
+        self.assertTrue(detail.startswith("ConnectionRefusedError"), detail)
+
+    @defer.inlineCallbacks
+    def test_timeout_closes_the_connection(self):  # type: ignore[no-untyped-def]
+        factory, port = self.scripted()  # never answers
+        pool = make_pool([f"http://127.0.0.1:{port} name=a"], Clock(), health_check="GET /healthz")
+        probe = http_probe(reactor, pool.config, BrowserLikePolicyForHTTPS())
+        probing = probe(pool.servers[0])
+        yield wait_until(lambda: factory.connections)  # type: ignore[attr-defined]
+        yield wait_until(lambda: b"\r\n\r\n" in factory.connections[0].received)  # type: ignore[attr-defined]
+        probing.addTimeout(0.05, reactor)
+        outcome = yield probing.addErrback(lambda failure: describe_failure(failure, 0.05))
+        self.assertEqual(outcome, "no answer within 0.05s")
+        yield wait_until(lambda: factory.lost)  # type: ignore[attr-defined]

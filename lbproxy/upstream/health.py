@@ -20,12 +20,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import URI, Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
+from zope.interface import implementer
 
 from lbproxy._twisted import HTTP11ClientFactory
-from lbproxy.config import PoolConfig
+from lbproxy.config import PoolConfig, ServerConfig
+from lbproxy.upstream.backend import make_route
 from lbproxy.upstream.pool import Pool, ServerState
 from lbproxy.upstream.timers import ServerTimers
 
@@ -128,10 +130,16 @@ def _failed() -> Deferred[Tuple[bool, str]]:
 
 def describe_failure(failure: Failure, timeout: float) -> str:
     from twisted.internet.defer import CancelledError, TimeoutError
+    from twisted.web.client import ResponseNeverReceived
 
     if failure.check(TimeoutError, CancelledError):
         return f"no answer within {timeout:g}s"
     value = failure.value
+    if isinstance(value, ResponseNeverReceived) and any(
+        reason.check(CancelledError) for reason in value.reasons
+    ):
+        # Cut off by the timeout while the request was sent or answered.
+        return f"no answer within {timeout:g}s"
     text = str(value).strip()
     return f"{type(value).__name__}: {text}" if text else type(value).__name__
 
@@ -146,6 +154,32 @@ class _HealthConnectionPool(HTTPConnectionPool):
     """The health checks' own connection pool, which logs nothing."""
 
     _factory = _QuietFactory
+
+
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """
+    The health checks' endpoints, made as the proxied traffic's are
+    (L{make_route}): a server named by an IP address is connected to at
+    once, without the name resolution in a thread that Twisted's
+    C{HostnameEndpoint} makes for every connection, even to an address.
+    """
+
+    def __init__(self, reactor: Any, policy: IPolicyForHTTPS, timeout: float) -> None:
+        self.reactor = reactor
+        self.policy = policy
+        self.timeout = timeout
+        self._endpoints: Dict[Tuple[bytes, bytes, int], Any] = {}
+
+    def expect(self, server: ServerConfig) -> None:
+        """A check of C{server} follows: its endpoint for C{endpointForURI}."""
+        route = make_route(self.reactor, server, self.policy, self.timeout)
+        self._endpoints[route.key] = route.endpoint
+
+    def endpointForURI(self, uri: URI) -> Any:  # noqa: N802 (Twisted's name)
+        # Taken as the check's request is made: the table holds only the
+        # checks being made, whatever servers come and go.
+        return self._endpoints.pop((uri.scheme, uri.host, uri.port))
 
 
 class _Discard(Protocol):
@@ -163,12 +197,14 @@ def http_probe(reactor: Any, config: PoolConfig, policy: IPolicyForHTTPS) -> Pro
     assert config.health_check is not None
     method, path = config.health_check
     low, high = config.health_expect
-    agent = Agent(
-        reactor, contextFactory=policy, pool=_HealthConnectionPool(reactor, persistent=False)
+    endpoints = _Endpoints(reactor, policy, config.health_timeout)
+    agent = Agent.usingEndpointFactory(
+        reactor, endpoints, pool=_HealthConnectionPool(reactor, persistent=False)
     )
     client = treq.client.HTTPClient(agent)
 
     def probe(server: ServerState) -> Deferred[Tuple[bool, str]]:
+        endpoints.expect(server.config)
         netloc = f"[{server.config.host}]" if ":" in server.config.host else server.config.host
         url = f"{server.config.scheme}://{netloc}:{server.config.port}{path}"
         host = config.health_host or f"{netloc}:{server.config.port}"
