@@ -184,6 +184,14 @@ INTERNALS: Dict[Tuple[str, str], str] = {
         "given abortTimeout to finish its TLS close"
     ),
     ("Request", "_disconnected"): ("twisted.web.server.Request's flag for a client that went away"),
+    ("Request", "_parsePOSTFormSubmission"): (
+        "set by the front's request (front/site.py ProxyRequest.__init__), which makes "
+        "itself as twisted.web's Request.__init__ does, without its chain of calls"
+    ),
+    ("HTTPChannel", "_receivedHeaderCount/_respondToBadRequestAndDisconnect"): (
+        "a header line is kept and counted by the front's own headerReceived "
+        "(front/channel.py), as twisted.web's does, after the front's checks"
+    ),
     # -- worker processes (workers/worker.py) ---------------------------------
     ("tcp.Port", "numberAccepts"): (
         "how many connections a listening port accepts per readiness (Twisted grows it "

@@ -15,7 +15,7 @@ header sections that take too long (408).
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 from typing import Protocol as Structure
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
@@ -28,6 +28,8 @@ from lbproxy import headers as rules
 from lbproxy._twisted import (
     ChunkedTransferDecoder,
     MalformedChunkedDataError,
+    canonical_name,
+    header_map,
     keep_header_line,
     take_buffered_data,
 )
@@ -35,6 +37,11 @@ from lbproxy.config import FrontLimits
 from lbproxy.front.errors import error_response
 
 Refusal = Tuple[int, bytes, bytes]
+
+#: Header names as received -> as Twisted's C{Headers} spell them (at most
+#: L{_CANONICAL_CACHED}; others are spelt again each time).
+_canonical: Dict[bytes, bytes] = {}
+_CANONICAL_CACHED = 1000
 
 #: twisted.web's own reading of one line of a request head (bound once:
 #: C{twisted.web.http} is a deprecation proxy, slow to look names up in).
@@ -358,8 +365,25 @@ class ProxyChannel(http.HTTPChannel):
             if problem is not None:
                 self.refuse(*problem)
                 return False
-        ok: bool = super().headerReceived(line)
-        return ok
+        # What is left of twisted.web's headerReceived for a line that has
+        # passed the checks above (a token for a name, no NUL, CR or LF in
+        # the value): the name in Twisted's spelling, the value stripped,
+        # twisted.web's framing decision, the header kept (as addRawHeader
+        # keeps it: a value without CR or LF is not changed) and counted.
+        header = _canonical.get(name)
+        if header is None:
+            header = canonical_name(name)
+            if len(_canonical) < _CANONICAL_CACHED:
+                _canonical[name] = header
+        data = value.strip(b" \t")
+        if not self._maybeChooseTransferDecoder(header, data):
+            return False
+        header_map(self.requests[-1].requestHeaders).setdefault(header, []).append(data)
+        self._receivedHeaderCount += 1
+        if self._receivedHeaderCount > self.maxHeaders:
+            self._respondToBadRequestAndDisconnect()
+            return False
+        return True
 
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
         ok: bool = super()._maybeChooseTransferDecoder(header, data)  # type: ignore[misc]
