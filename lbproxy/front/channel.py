@@ -416,7 +416,16 @@ class ProxyChannel(http.HTTPChannel):
         self._heads += 1
         self._cancel_header_timer()
         self._phase = self._REQUEST
-        super().allHeadersReceived()
+        # twisted.web's allHeadersReceived, its header read by its name as
+        # Twisted spells it (no name encoded again).
+        request = self.requests[-1]
+        request.parseCookies()
+        version = self._version
+        self.persistent = self.checkPersistence(request, version)
+        request.gotLength(self.length)
+        expect = header_map(request.requestHeaders).get(b"Expect")
+        if expect and expect[0].lower() == b"100-continue" and version == b"HTTP/1.1":
+            self._send100Continue()
 
     def _send100Continue(self) -> None:
         if not self.refused:
@@ -484,8 +493,16 @@ class ProxyChannel(http.HTTPChannel):
             # The proxy is stopping: this response is the connection's last.
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
             return False
-        keep: bool = super().checkPersistence(request, version)
-        return keep
+        # twisted.web's checkPersistence, to the letter (the first
+        # Connection value, split at spaces), its header read by its name as
+        # Twisted spells it.
+        connection = header_map(request.requestHeaders).get(b"Connection")
+        if version != b"HTTP/1.1":
+            return False
+        if connection and b"close" in [t.lower() for t in connection[0].split(b" ")]:
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        return True
 
     def close_when_idle(self) -> None:
         """

@@ -5,7 +5,6 @@ the proxy resource.
 
 from __future__ import annotations
 
-from io import BytesIO
 from time import monotonic
 from typing import Any, Callable, Optional, Set, Tuple, cast
 
@@ -137,13 +136,13 @@ class ProxyRequest(server.Request):
         dispatch runs in the next reactor turn, outside the HTTP parser's
         call stack.
         """
-        self.content = BytesIO()
+        # No C{content}: the body is never held (twisted.web's own makes one).
         limit = self.front.limits.max_body_size
         if limit and length is not None and length > limit:
             self.front.refuse(413, b"Content Too Large", b"the request body is too large")
             return
         if length == 0:
-            if self.requestHeaders.hasHeader(b"content-length"):
+            if b"Content-Length" in header_map(self.requestHeaders):
                 self.body = StreamedBody(0, _nothing, _nothing)
                 self.body.finish()
             return
