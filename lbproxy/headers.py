@@ -50,6 +50,11 @@ _SET_BY_PROXY: FrozenSet[bytes] = frozenset(
 _ANSWERED_HERE: FrozenSet[bytes] = frozenset({b"content-length", b"expect"})
 
 
+#: What goes from every request (L{request_changes}) before the names its
+#: C{Connection} header lists.
+_REQUEST_DROP: FrozenSet[bytes] = HOP_BY_HOP | _ANSWERED_HERE
+
+
 def connection_tokens(values: Iterable[bytes]) -> FrozenSet[bytes]:
     """
     The lower-cased header names listed in C{Connection} header values, less
@@ -102,14 +107,19 @@ def request_changes(
     @returns: C{(remove, add)}: header names as given in C{pairs}, and
         C{(name, values)} pairs.
     """
-    pairs = list(pairs)
-    drop = removable(pairs) | _ANSWERED_HERE
+    # Each name lower-cased once; the Connection header's names (the first
+    # one's, as L{removable}) known before any name is dropped.
+    named = [(name, name.lower(), values) for name, values in pairs]
+    drop = _REQUEST_DROP
+    for _, lower, values in named:
+        if lower == b"connection":
+            drop = drop | connection_tokens(values)
+            break
     remove: List[bytes] = []
     forwarded_for: List[bytes] = []
     vias: List[bytes] = []
     host: Optional[bytes] = None
-    for name, values in pairs:
-        lower = name.lower()
+    for name, lower, values in named:
         if lower in drop:
             remove.append(name)
         elif lower in _SET_BY_PROXY:

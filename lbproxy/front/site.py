@@ -6,7 +6,7 @@ the proxy resource.
 from __future__ import annotations
 
 from time import monotonic
-from typing import Any, Callable, Optional, Set, Tuple, cast
+from typing import Any, Callable, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -120,7 +120,7 @@ class ProxyRequest(server.Request):
     @property
     def front(self) -> ProxyChannel:
         """The client connection, as the proxy's own channel."""
-        return cast(ProxyChannel, self.channel)
+        return self.channel  # type: ignore[return-value]
 
     def gotLength(self, length: Optional[int]) -> None:
         """
@@ -137,9 +137,10 @@ class ProxyRequest(server.Request):
         call stack.
         """
         # No C{content}: the body is never held (twisted.web's own makes one).
-        limit = self.front.limits.max_body_size
+        front = self.front
+        limit = front.limits.max_body_size
         if limit and length is not None and length > limit:
-            self.front.refuse(413, b"Content Too Large", b"the request body is too large")
+            front.refuse(413, b"Content Too Large", b"the request body is too large")
             return
         if length == 0:
             if b"Content-Length" in header_map(self.requestHeaders):
@@ -352,7 +353,7 @@ class ProxyRequest(server.Request):
         """Tell the site, once, that this request is over and how."""
         if self._reporting:
             self._reporting = False
-            done = cast(ProxySite, self.site).request_done
+            done = self.site.request_done  # type: ignore[union-attr]  # a ProxySite's
             record = self.record
             if done is not None and record is not None:
                 record.status = status
