@@ -50,8 +50,8 @@ _SET_BY_PROXY: FrozenSet[bytes] = frozenset(
 _ANSWERED_HERE: FrozenSet[bytes] = frozenset({b"content-length", b"expect"})
 
 
-#: What goes from every request (L{request_changes}) before the names its
-#: C{Connection} header lists.
+#: What goes from every request without a C{Connection} header
+#: (L{request_changes}), made once.
 _REQUEST_DROP: FrozenSet[bytes] = HOP_BY_HOP | _ANSWERED_HERE
 
 
@@ -107,19 +107,15 @@ def request_changes(
     @returns: C{(remove, add)}: header names as given in C{pairs}, and
         C{(name, values)} pairs.
     """
-    # Each name lower-cased once; the Connection header's names (the first
-    # one's, as L{removable}) known before any name is dropped.
-    named = [(name, name.lower(), values) for name, values in pairs]
-    drop = _REQUEST_DROP
-    for _, lower, values in named:
-        if lower == b"connection":
-            drop = drop | connection_tokens(values)
-            break
+    pairs = list(pairs)
+    drop = removable(pairs)
+    drop = _REQUEST_DROP if drop is HOP_BY_HOP else drop | _ANSWERED_HERE
     remove: List[bytes] = []
     forwarded_for: List[bytes] = []
     vias: List[bytes] = []
     host: Optional[bytes] = None
-    for name, lower, values in named:
+    for name, values in pairs:
+        lower = name.lower()
         if lower in drop:
             remove.append(name)
         elif lower in _SET_BY_PROXY:
