@@ -188,6 +188,11 @@ INTERNALS: Dict[Tuple[str, str], str] = {
         "set by the front's request (front/site.py ProxyRequest.__init__), which makes "
         "itself as twisted.web's Request.__init__ does, without its chain of calls"
     ),
+    ("HTTPChannel", "_HTTPChannel__first_line"): (
+        "a request line read in one pass (front/channel.py _read_head) makes the request "
+        "as twisted.web's lineReceived does: its factory called as twisted.web calls it, "
+        "the channel no longer waiting for a request line"
+    ),
     ("HTTPChannel", "_receivedHeaderCount/_respondToBadRequestAndDisconnect"): (
         "a header line is kept and counted by the front's own headerReceived "
         "(front/channel.py), as twisted.web's does, after the front's checks"

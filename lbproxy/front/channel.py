@@ -23,6 +23,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.iweb import INonQueuedRequestFactory
 
 from lbproxy import headers as rules
 from lbproxy._twisted import (
@@ -42,6 +43,10 @@ Refusal = Tuple[int, bytes, bytes]
 #: L{_CANONICAL_CACHED}; others are spelt again each time).
 _canonical: Dict[bytes, bytes] = {}
 _CANONICAL_CACHED = 1000
+
+#: Whether a request factory is called without the request's place in the
+#: queue (twisted.web asks zope.interface for every request).
+_unqueued: Dict[Any, bool] = {}
 
 #: twisted.web's own reading of one line of a request head (bound once:
 #: C{twisted.web.http} is a deprecation proxy, slow to look names up in).
@@ -218,13 +223,14 @@ class ProxyChannel(http.HTTPChannel):
         Plain means: the channel waits for a request line with nothing
         buffered, and the head (up to its first empty line) ends every line
         with CRLF, starts with a request line that passes this channel's
-        checks, has no folded line, and is within every limit (the line
-        length, the request line, the header count and size).  For such a
-        head every check of L{lineReceived} passes, so what is left of it
-        is twisted.web's own reading: its C{lineReceived} runs for each line
-        and the empty one, in order (the request made, each
-        C{headerReceived}, C{allHeadersReceived} with its framing and
-        keep-alive decisions), with what follows the head in
+        checks and twisted.web's (three parts, HTTP/1.1 or HTTP/1.0), has no
+        folded line, and is within every limit (the line length, the
+        request line, the header count and size).  For such a head every
+        check of L{lineReceived} passes, so what is left of it is
+        twisted.web's own reading: the request made as its C{lineReceived}
+        makes it, then each C{headerReceived}, and its C{lineReceived} for
+        the last header line and the empty one (C{allHeadersReceived} with
+        its framing and keep-alive decisions), with what follows the head in
         C{LineReceiver}'s buffer as its splitting would leave it; when a
         line closes the connection the rest stays unread, as there.  The
         bytes after the head are then read in whatever mode the channel is
@@ -265,6 +271,13 @@ class ProxyChannel(http.HTTPChannel):
             return False  # a folded line
         if request_line_refusal(first) is not None:
             return False
+        waiting: int = self._HTTPChannel__first_line  # type: ignore[has-type]
+        parts = first.split(b" ")
+        if not waiting or len(parts) != 3:
+            return False
+        method, target, version = parts
+        if version != b"HTTP/1.1" and version != b"HTTP/1.0":
+            return False  # twisted.web's to refuse, line by line
         self.resetTimeout()
         # What this channel's lineReceived does for a request line that
         # passes its checks, and for header lines within the limits.
@@ -272,15 +285,28 @@ class ProxyChannel(http.HTTPChannel):
         self._phase = self._HEADERS
         self._header_lines = last
         self._header_bytes = end - len(first)
-        self._request_version = first.rsplit(b" ", 1)[-1]
+        self._request_version = version
         self._busyReceiving = True
         try:
             self._buffer = data[end + 4 :]
-            # twisted.web's reading of the request line: the request made.
-            _http_line_received(self, first)
-            if transport.disconnecting:
-                self._stop_head(data, end, lines, 0)
-                return True
+            # What twisted.web's lineReceived does with a request line that
+            # its parser takes (a token for the method, a target of visible
+            # ASCII, HTTP/1.1 or HTTP/1.0), within its size limit, on a
+            # persistent connection: count it, make the request (without
+            # asking zope.interface each time how to call the factory),
+            # keep the request line.  tests/test_request_head.py holds the
+            # result to twisted.web's own reading, line by line.
+            self._receivedHeaderSize += len(first)
+            factory = self.requestFactory
+            unqueued = _unqueued.get(factory)
+            if unqueued is None:
+                unqueued = _unqueued[factory] = INonQueuedRequestFactory.providedBy(factory)
+            request = factory(self) if unqueued else factory(self, len(self.requests))
+            self.requests.append(request)
+            self._HTTPChannel__first_line = 0
+            self._command = method
+            self._path = target
+            self._version = version
             # Of each header line twisted.web counts its size, reads the
             # line before it (headerReceived) and keeps it for the next.
             received = self.headerReceived
