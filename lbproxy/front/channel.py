@@ -278,7 +278,6 @@ class ProxyChannel(http.HTTPChannel):
         method, target, version = parts
         if version != b"HTTP/1.1" and version != b"HTTP/1.0":
             return False  # twisted.web's to refuse, line by line
-        self.resetTimeout()
         # What this channel's lineReceived does for a request line that
         # passes its checks, and for header lines within the limits.
         last = len(lines) - 1
@@ -322,6 +321,11 @@ class ProxyChannel(http.HTTPChannel):
             _http_line_received(self, b"")
         finally:
             self._busyReceiving = False
+            # Bytes arrived: the idle timeout starts again (as twisted.web's
+            # dataReceived does first), unless a request is now being
+            # handled, which has it off (L{setTimeout}): then nothing is
+            # done, and it starts again when the response is complete.
+            self.resetTimeout()
         if self._buffer and not transport.disconnecting:
             rest, self._buffer = self._buffer, b""
             LineReceiver.dataReceived(self, rest)
