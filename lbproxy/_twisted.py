@@ -184,6 +184,19 @@ INTERNALS: Dict[Tuple[str, str], str] = {
         "given abortTimeout to finish its TLS close"
     ),
     ("Request", "_disconnected"): ("twisted.web.server.Request's flag for a client that went away"),
+    ("Request", "_parsePOSTFormSubmission"): (
+        "set by the front's request (front/site.py ProxyRequest.__init__), which makes "
+        "itself as twisted.web's Request.__init__ does, without its chain of calls"
+    ),
+    ("HTTPChannel", "_HTTPChannel__first_line"): (
+        "a request line read in one pass (front/channel.py _read_head) makes the request "
+        "as twisted.web's lineReceived does: its factory called as twisted.web calls it, "
+        "the channel no longer waiting for a request line"
+    ),
+    ("HTTPChannel", "_receivedHeaderCount/_respondToBadRequestAndDisconnect"): (
+        "a header line is kept and counted by the front's own headerReceived "
+        "(front/channel.py), as twisted.web's does, after the front's checks"
+    ),
     # -- worker processes (workers/worker.py) ---------------------------------
     ("tcp.Port", "numberAccepts"): (
         "how many connections a listening port accepts per readiness (Twisted grows it "

@@ -50,6 +50,11 @@ _SET_BY_PROXY: FrozenSet[bytes] = frozenset(
 _ANSWERED_HERE: FrozenSet[bytes] = frozenset({b"content-length", b"expect"})
 
 
+#: What goes from every request without a C{Connection} header
+#: (L{request_changes}), made once.
+_REQUEST_DROP: FrozenSet[bytes] = HOP_BY_HOP | _ANSWERED_HERE
+
+
 def connection_tokens(values: Iterable[bytes]) -> FrozenSet[bytes]:
     """
     The lower-cased header names listed in C{Connection} header values, less
@@ -103,7 +108,8 @@ def request_changes(
         C{(name, values)} pairs.
     """
     pairs = list(pairs)
-    drop = removable(pairs) | _ANSWERED_HERE
+    drop = removable(pairs)
+    drop = _REQUEST_DROP if drop is HOP_BY_HOP else drop | _ANSWERED_HERE
     remove: List[bytes] = []
     forwarded_for: List[bytes] = []
     vias: List[bytes] = []

@@ -268,5 +268,6 @@ class RequestHeadTests(unittest.SynchronousTestCase):
             channel.makeConnection(Transport())
             channel.dataReceived(mutated)
             whole += channel.whole
-        # Most mutations leave a head plain enough for the one pass.
-        self.assertGreater(whole, 1000)
+        # Many mutations leave a head plain enough for the one pass (those
+        # with a version other than HTTP/1.1 or HTTP/1.0 go line by line).
+        self.assertGreater(whole, 900)

@@ -73,6 +73,19 @@ class SiteTests(unittest.SynchronousTestCase):
         proxy.clock.advance(2)
         self.assertTrue(connection.closed)
 
+    def test_a_head_starts_the_idle_timeout_again_until_its_body_comes(self) -> None:
+        # A head read in one pass whose body is still to come: the idle
+        # timeout runs from the head's arrival, not from the connection's.
+        proxy = harness(self, "keepalive_timeout = 5s")
+        connection = proxy.connect_raw()
+        proxy.clock.advance(4)
+        connection.write(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n")
+        proxy.clock.advance(4)
+        self.assertFalse(connection.closed)
+        connection.write(b"ok")
+        self.assertTrue(connection.received.startswith(b"HTTP/1.1 200 "), connection.received)
+        self.assertFalse(connection.closed)
+
     def test_connections_over_the_limit_get_503(self) -> None:
         proxy = harness(self, "max_connections = 1")
         first = proxy.connect_raw()

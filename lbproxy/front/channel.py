@@ -15,7 +15,7 @@ header sections that take too long (408).
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 from typing import Protocol as Structure
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
@@ -23,11 +23,14 @@ from twisted.internet.protocol import connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.iweb import INonQueuedRequestFactory
 
 from lbproxy import headers as rules
 from lbproxy._twisted import (
     ChunkedTransferDecoder,
     MalformedChunkedDataError,
+    canonical_name,
+    header_map,
     keep_header_line,
     take_buffered_data,
 )
@@ -35,6 +38,15 @@ from lbproxy.config import FrontLimits
 from lbproxy.front.errors import error_response
 
 Refusal = Tuple[int, bytes, bytes]
+
+#: Header names as received -> as Twisted's C{Headers} spell them (at most
+#: L{_CANONICAL_CACHED}; others are spelt again each time).
+_canonical: Dict[bytes, bytes] = {}
+_CANONICAL_CACHED = 1000
+
+#: Whether a request factory is called without the request's place in the
+#: queue (twisted.web asks zope.interface for every request).
+_unqueued: Dict[Any, bool] = {}
 
 #: twisted.web's own reading of one line of a request head (bound once:
 #: C{twisted.web.http} is a deprecation proxy, slow to look names up in).
@@ -211,13 +223,14 @@ class ProxyChannel(http.HTTPChannel):
         Plain means: the channel waits for a request line with nothing
         buffered, and the head (up to its first empty line) ends every line
         with CRLF, starts with a request line that passes this channel's
-        checks, has no folded line, and is within every limit (the line
-        length, the request line, the header count and size).  For such a
-        head every check of L{lineReceived} passes, so what is left of it
-        is twisted.web's own reading: its C{lineReceived} runs for each line
-        and the empty one, in order (the request made, each
-        C{headerReceived}, C{allHeadersReceived} with its framing and
-        keep-alive decisions), with what follows the head in
+        checks and twisted.web's (three parts, HTTP/1.1 or HTTP/1.0), has no
+        folded line, and is within every limit (the line length, the
+        request line, the header count and size).  For such a head every
+        check of L{lineReceived} passes, so what is left of it is
+        twisted.web's own reading: the request made as its C{lineReceived}
+        makes it, then each C{headerReceived}, and its C{lineReceived} for
+        the last header line and the empty one (C{allHeadersReceived} with
+        its framing and keep-alive decisions), with what follows the head in
         C{LineReceiver}'s buffer as its splitting would leave it; when a
         line closes the connection the rest stays unread, as there.  The
         bytes after the head are then read in whatever mode the channel is
@@ -258,22 +271,41 @@ class ProxyChannel(http.HTTPChannel):
             return False  # a folded line
         if request_line_refusal(first) is not None:
             return False
-        self.resetTimeout()
+        waiting: int = self._HTTPChannel__first_line  # type: ignore[has-type]
+        parts = first.split(b" ")
+        if not waiting or len(parts) != 3:
+            return False
+        method, target, version = parts
+        if version != b"HTTP/1.1" and version != b"HTTP/1.0":
+            return False  # twisted.web's to refuse, line by line
         # What this channel's lineReceived does for a request line that
         # passes its checks, and for header lines within the limits.
         last = len(lines) - 1
         self._phase = self._HEADERS
         self._header_lines = last
         self._header_bytes = end - len(first)
-        self._request_version = first.rsplit(b" ", 1)[-1]
+        self._request_version = version
         self._busyReceiving = True
         try:
             self._buffer = data[end + 4 :]
-            # twisted.web's reading of the request line: the request made.
-            _http_line_received(self, first)
-            if transport.disconnecting:
-                self._stop_head(data, end, lines, 0)
-                return True
+            # What twisted.web's lineReceived does with a request line that
+            # its parser takes (a token for the method, a target of visible
+            # ASCII, HTTP/1.1 or HTTP/1.0), within its size limit, on a
+            # persistent connection: count it, make the request (without
+            # asking zope.interface each time how to call the factory),
+            # keep the request line.  tests/test_request_head.py holds the
+            # result to twisted.web's own reading, line by line.
+            self._receivedHeaderSize += len(first)
+            factory = self.requestFactory
+            unqueued = _unqueued.get(factory)
+            if unqueued is None:
+                unqueued = _unqueued[factory] = INonQueuedRequestFactory.providedBy(factory)
+            request = factory(self) if unqueued else factory(self, len(self.requests))
+            self.requests.append(request)
+            self._HTTPChannel__first_line = 0
+            self._command = method
+            self._path = target
+            self._version = version
             # Of each header line twisted.web counts its size, reads the
             # line before it (headerReceived) and keeps it for the next.
             received = self.headerReceived
@@ -289,6 +321,11 @@ class ProxyChannel(http.HTTPChannel):
             _http_line_received(self, b"")
         finally:
             self._busyReceiving = False
+            # Bytes arrived: the idle timeout starts again (as twisted.web's
+            # dataReceived does first), unless a request is now being
+            # handled, which has it off (L{setTimeout}): then nothing is
+            # done, and it starts again when the response is complete.
+            self.resetTimeout()
         if self._buffer and not transport.disconnecting:
             rest, self._buffer = self._buffer, b""
             LineReceiver.dataReceived(self, rest)
@@ -358,8 +395,25 @@ class ProxyChannel(http.HTTPChannel):
             if problem is not None:
                 self.refuse(*problem)
                 return False
-        ok: bool = super().headerReceived(line)
-        return ok
+        # What is left of twisted.web's headerReceived for a line that has
+        # passed the checks above (a token for a name, no NUL, CR or LF in
+        # the value): the name in Twisted's spelling, the value stripped,
+        # twisted.web's framing decision, the header kept (as addRawHeader
+        # keeps it: a value without CR or LF is not changed) and counted.
+        header = _canonical.get(name)
+        if header is None:
+            header = canonical_name(name)
+            if len(_canonical) < _CANONICAL_CACHED:
+                _canonical[name] = header
+        data = value.strip(b" \t")
+        if not self._maybeChooseTransferDecoder(header, data):
+            return False
+        header_map(self.requests[-1].requestHeaders).setdefault(header, []).append(data)
+        self._receivedHeaderCount += 1
+        if self._receivedHeaderCount > self.maxHeaders:
+            self._respondToBadRequestAndDisconnect()
+            return False
+        return True
 
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
         ok: bool = super()._maybeChooseTransferDecoder(header, data)  # type: ignore[misc]
@@ -392,7 +446,16 @@ class ProxyChannel(http.HTTPChannel):
         self._heads += 1
         self._cancel_header_timer()
         self._phase = self._REQUEST
-        super().allHeadersReceived()
+        # twisted.web's allHeadersReceived, its header read by its name as
+        # Twisted spells it (no name encoded again).
+        request = self.requests[-1]
+        request.parseCookies()
+        version = self._version
+        self.persistent = self.checkPersistence(request, version)
+        request.gotLength(self.length)
+        expect = header_map(request.requestHeaders).get(b"Expect")
+        if expect and expect[0].lower() == b"100-continue" and version == b"HTTP/1.1":
+            self._send100Continue()
 
     def _send100Continue(self) -> None:
         if not self.refused:
@@ -460,8 +523,16 @@ class ProxyChannel(http.HTTPChannel):
             # The proxy is stopping: this response is the connection's last.
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
             return False
-        keep: bool = super().checkPersistence(request, version)
-        return keep
+        # twisted.web's checkPersistence, to the letter (the first
+        # Connection value, split at spaces), its header read by its name as
+        # Twisted spells it.
+        connection = header_map(request.requestHeaders).get(b"Connection")
+        if version != b"HTTP/1.1":
+            return False
+        if connection and b"close" in [t.lower() for t in connection[0].split(b" ")]:
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        return True
 
     def close_when_idle(self) -> None:
         """

@@ -5,7 +5,7 @@ The proxy as a twisted.web resource: every request of the site comes here.
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Set, Tuple
 
 import attr
 from twisted.web.http import datetimeToString
@@ -13,12 +13,19 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from lbproxy import headers as rules
+from lbproxy._twisted import header_map
 from lbproxy.front.site import ProxyRequest
 from lbproxy.routing import Facts, Route, Router, changes, host_name, rewrite_target
 from lbproxy.upstream.forwarder import Forwarder
 from lbproxy.upstream.relay import change_headers
 
 Refusal = Tuple[int, bytes, bytes]
+
+
+#: C{Host} values found valid (L{rules.parse_authority}), at most
+#: L{_VALID_HOSTS_KEPT} of them: a client sends the same few again and again.
+_valid_hosts: Set[bytes] = set()
+_VALID_HOSTS_KEPT = 1000
 
 
 def refusal(request: ProxyRequest, hosts: Optional[Sequence[bytes]]) -> Optional[Refusal]:
@@ -43,8 +50,11 @@ def refusal(request: ProxyRequest, hosts: Optional[Sequence[bytes]]) -> Optional
         return (400, b"Bad Request", b"more than one Host header")
     else:
         host = hosts[0]
-        if rules.parse_authority(host) is None:
-            return (400, b"Bad Request", b"invalid Host header")
+        if host not in _valid_hosts:
+            if rules.parse_authority(host) is None:
+                return (400, b"Bad Request", b"invalid Host header")
+            if len(_valid_hosts) < _VALID_HOSTS_KEPT:
+                _valid_hosts.add(host)
     absolute = _absolute(request.uri)
     if absolute is not None and host is not None:
         scheme, authority, _ = absolute
@@ -117,7 +127,7 @@ class ProxyResource(Resource):
 
     def render(self, request: ProxyRequest) -> int:  # type: ignore[override]
         headers = request.requestHeaders
-        hosts = headers.getRawHeaders(b"host")
+        hosts = header_map(headers).get(b"Host")
         problem = refusal(request, hosts)
         if problem is not None:
             code, phrase, detail = problem

@@ -5,9 +5,8 @@ the proxy resource.
 
 from __future__ import annotations
 
-from io import BytesIO
 from time import monotonic
-from typing import Any, Callable, Optional, Set, Tuple, cast
+from typing import Any, Callable, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -17,12 +16,15 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.http import NO_BODY_CODES
+from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 from zope.interface import classImplementsOnly, implementedBy
 
-from lbproxy._twisted import request_line
+from lbproxy._twisted import header_map, request_line, set_clean_header
 from lbproxy.config import FrontLimits
 from lbproxy.front.body import StreamedBody
 from lbproxy.front.channel import ProxyChannel, error_response
@@ -41,6 +43,10 @@ CLIENT_CLOSED = 499
 
 
 def _nothing() -> None:
+    pass
+
+
+def _drop(data: bytes) -> None:
     pass
 
 
@@ -80,8 +86,28 @@ class ProxyRequest(server.Request):
     #: Handed to the resource, and not yet reported as done.
     _reporting = False
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        if kwargs or len(args) > 1:
+            super().__init__(channel, *args, **kwargs)
+        else:
+            # What twisted.web's Request.__init__ sets (through
+            # server.Request's and Componentized's), for the channel's usual
+            # call (the channel, and an HTTP/1.1 channel's queue position),
+            # without the three calls.  tests/test_site.py holds the
+            # attributes to twisted.web's.  Bodies are never parsed into
+            # C{args} here (L{requestReceived}).
+            self.notifications = []
+            self.channel = channel
+            self.client = channel.getPeer()
+            self.host = channel.getHost()
+            self.requestHeaders = Headers()
+            self.received_cookies = {}
+            self.responseHeaders = Headers()
+            self.cookies = []
+            self.transport = channel.transport
+            self.queued = args[0] if args else False
+            self._parsePOSTFormSubmission = False
+            Componentized.__init__(self)
         self.started = monotonic()
 
     def parseCookies(self) -> None:
@@ -94,7 +120,7 @@ class ProxyRequest(server.Request):
     @property
     def front(self) -> ProxyChannel:
         """The client connection, as the proxy's own channel."""
-        return cast(ProxyChannel, self.channel)
+        return self.channel  # type: ignore[return-value]
 
     def gotLength(self, length: Optional[int]) -> None:
         """
@@ -110,13 +136,14 @@ class ProxyRequest(server.Request):
         dispatch runs in the next reactor turn, outside the HTTP parser's
         call stack.
         """
-        self.content = BytesIO()
-        limit = self.front.limits.max_body_size
+        # No C{content}: the body is never held (twisted.web's own makes one).
+        front = self.front
+        limit = front.limits.max_body_size
         if limit and length is not None and length > limit:
-            self.front.refuse(413, b"Content Too Large", b"the request body is too large")
+            front.refuse(413, b"Content Too Large", b"the request body is too large")
             return
         if length == 0:
-            if self.requestHeaders.hasHeader(b"content-length"):
+            if b"Content-Length" in header_map(self.requestHeaders):
                 self.body = StreamedBody(0, _nothing, _nothing)
                 self.body.finish()
             return
@@ -213,14 +240,73 @@ class ProxyRequest(server.Request):
             producer.resumeProducing()
 
     def write(self, data: bytes) -> None:
-        if not self.startedWriting and self.body is not None and not self.body.complete:
-            # A response that starts before the request body has fully
-            # arrived ends the connection: the rest of that body must never
-            # be read as a next request.
-            if self.channel is not None:
-                self.channel.persistent = False
-            self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        if not self.startedWriting:
+            body = self.body
+            if body is not None and not body.complete:
+                # A response that starts before the request body has fully
+                # arrived ends the connection: the rest of that body must
+                # never be read as a next request.
+                if self.channel is not None:
+                    self.channel.persistent = False
+                self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            if self._write_head(data):
+                return
         super().write(data)
+
+    def _write_head(self, data: bytes) -> bool:
+        """
+        The first write of a response on an HTTP/1.1 connection: its head
+        and C{data} written as twisted.web's C{Request.write} and
+        C{HTTPChannel.writeHeaders} would write them (the same bytes, the
+        same framing decision: chunked when an HTTP/1.1 response that may
+        have a body has no C{Content-Length}), in one write to the
+        connection instead of a sequence for the head and another write for
+        the body.  C{False} (nothing done) when the response is not plain:
+        then twisted.web writes it (an HTTP/2 stream, a C{Last-Modified},
+        C{ETag} or cookie set through the request, a default content type,
+        a head given as other than C{Headers}).  (twisted.web's response
+        encoders and its C{HEAD} faked as C{GET} come from
+        C{server.Request.render} and C{EncodingResourceWrapper}, which a
+        request of the proxy never goes through: L{process}.)
+        """
+        if self.finished or self._disconnected:
+            return False  # twisted.web's own raise, or nothing written
+        channel = self.channel
+        headers = self.responseHeaders
+        if (
+            not isinstance(channel, ProxyChannel)
+            or type(headers) is not Headers
+            or self.lastModified is not None
+            or self.etag is not None
+            or self.cookies
+            or self.defaultContentType is not None
+        ):
+            return False
+        self.startedWriting = 1
+        code = self.code
+        version = self.clientproto
+        raw = header_map(headers)
+        no_body = self.method == b"HEAD" or code in NO_BODY_CODES
+        if version == b"HTTP/1.1" and not no_body and b"Content-Length" not in raw:
+            set_clean_header(headers, b"Transfer-Encoding", [b"chunked"])
+            self.chunked = 1
+        out = [version, b" %d " % code, self.code_message, b"\r\n"]
+        for name, values in raw.items():
+            for value in values:
+                out += (name, b": ", value, b"\r\n")
+        out.append(b"\r\n")
+        if no_body:
+            # As twisted.web does: nothing of a body is ever written.
+            self.write = _drop  # type: ignore[method-assign]
+        else:
+            self.sentLength += len(data)
+            if data:
+                if self.chunked:
+                    out += (b"%x\r\n" % len(data), data, b"\r\n")
+                else:
+                    out.append(data)
+        channel.write(b"".join(out))
+        return True
 
     def process(self) -> None:
         self.site = self.channel.site  # type: ignore[attr-defined]
@@ -267,7 +353,7 @@ class ProxyRequest(server.Request):
         """Tell the site, once, that this request is over and how."""
         if self._reporting:
             self._reporting = False
-            done = cast(ProxySite, self.site).request_done
+            done = self.site.request_done  # type: ignore[union-attr]  # a ProxySite's
             record = self.record
             if done is not None and record is not None:
                 record.status = status
