@@ -23,7 +23,7 @@ from twisted.trial import unittest
 
 from lbproxy.config import ConfigError, parse
 from lbproxy.config.values import cores
-from lbproxy.workers.supervisor import MAX_BACKOFF, backoff
+from lbproxy.workers.supervisor import MAX_BACKOFF, WorkerProcess, backoff
 from tests.support import HOST, curl, fetch, held_handler, proxy_config, refused, wait_until
 from tests.test_operations import OperationsTestCase, config_with_port, load_loop
 from tests.test_twistd import _free_port, run, tool
@@ -66,6 +66,43 @@ class BackoffTests(unittest.TestCase):
     def test_doubles_from_a_quarter_second_up_to_the_cap(self) -> None:
         self.assertEqual([backoff(n) for n in range(5)], [0.0, 0.25, 0.5, 1.0, 2.0])
         self.assertEqual(backoff(100), MAX_BACKOFF)
+
+
+class _Signals:
+    """A worker process's transport that records the signals sent to it."""
+
+    def __init__(self) -> None:
+        self.sent: List[object] = []
+
+    def signalProcess(self, name: object) -> None:  # noqa: N802 (Twisted's name)
+        self.sent.append(name)
+
+
+class ReopenTests(unittest.TestCase):
+    """SIGUSR1 reaches a worker only once its handler is in place."""
+
+    def worker(self) -> WorkerProcess:
+        worker = WorkerProcess(None, 0, 0, 1)  # type: ignore[arg-type]
+        worker.transport = _Signals()  # type: ignore[assignment]
+        return worker
+
+    def test_a_reopen_asked_before_ready_is_sent_when_ready(self) -> None:
+        worker = self.worker()
+        worker.reopen_logs()
+        worker.reopen_logs()
+        # Starting: the default action of SIGUSR1 would end the process.
+        self.assertEqual(worker.transport.sent, [])  # type: ignore[union-attr]
+        worker.childDataReceived(1, b"ready\n")
+        self.assertEqual(worker.transport.sent, [signal.SIGUSR1])  # type: ignore[union-attr]
+        worker.childDataReceived(1, b"ready\n")
+        self.assertEqual(worker.transport.sent, [signal.SIGUSR1])  # type: ignore[union-attr]
+
+    def test_a_ready_worker_is_signalled_at_once(self) -> None:
+        worker = self.worker()
+        worker.childDataReceived(1, b"ready\n")
+        self.assertEqual(worker.transport.sent, [])  # type: ignore[union-attr]
+        worker.reopen_logs()
+        self.assertEqual(worker.transport.sent, [signal.SIGUSR1])  # type: ignore[union-attr]
 
 
 class WorkerProcessTests(OperationsTestCase):

@@ -81,6 +81,8 @@ class WorkerProcess(ProcessProtocol):
         self.ready: Deferred[None] = Deferred()
         self.ended: Deferred[None] = Deferred()
         self.is_ready = False
+        #: A reopen of the access log asked before the worker was ready.
+        self._reopen_when_ready = False
         self.retired = False
         self.started_at = 0.0
         self.pid: Optional[int] = None
@@ -102,9 +104,23 @@ class WorkerProcess(ProcessProtocol):
             if fd == 1 and text == "ready":
                 if not self.is_ready:
                     self.is_ready = True
+                    if self._reopen_when_ready:
+                        self._reopen_when_ready = False
+                        self.signal(signal.SIGUSR1)
                     self.ready.callback(None)
             elif text:
                 log.info("worker {number}: {line}", number=self.number, line=text)
+
+    def reopen_logs(self) -> None:
+        """
+        Have the worker reopen its access log (SIGUSR1).  A worker says
+        ready once its handler is in place: until then SIGUSR1 would end
+        it (the default action), so the signal waits for its word.
+        """
+        if self.is_ready:
+            self.signal(signal.SIGUSR1)
+        else:
+            self._reopen_when_ready = True
 
     def signal(self, name: Union[str, int]) -> None:
         try:
@@ -437,7 +453,8 @@ class SupervisorControl(ProcessControl):
     proxy: SupervisorService
 
     def reopen_logs(self) -> None:
-        self.proxy.workers.signal_all(signal.SIGUSR1)
+        for worker in list(self.proxy.workers.live):
+            worker.reopen_logs()
         log.info("access log reopen asked of the workers")
 
 
