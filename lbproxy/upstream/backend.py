@@ -56,9 +56,12 @@ from lbproxy._twisted import (
     RequestNotSent,
     RetryingHTTP11ClientProtocol,
     client_request,
+    finish_response,
     give_up,
     header_map,
     read_response_head,
+    request_head,
+    send_without_body,
 )
 from lbproxy.config import PoolConfig, ServerConfig
 from lbproxy.transports import connecting
@@ -160,7 +163,8 @@ class _BackendProtocol(HTTP11ClientProtocol):
         parser = self._parser
         if parser is not None and _announces_unsent_body(parser):
             self._tainted = True
-        super()._finishResponse(rest)
+        if parser is None or not finish_response(self, parser):
+            super()._finishResponse(rest)
 
     def _response_complete(self, protocol: HTTP11ClientProtocol) -> None:
         if self._tainted or self._discarded:
@@ -230,7 +234,16 @@ class _BackendProtocol(HTTP11ClientProtocol):
     def request(self, request):  # type: ignore[no-untyped-def]
         if self._discarded:
             return fail(RequestNotSent())
-        result = super().request(request)
+        head = None
+        if request.bodyProducer is None and super().state == "QUIESCENT":
+            head = request_head(request)
+        if head is not None:
+            # The usual case: one write, one Deferred (Twisted's request()
+            # makes three), the connection's pause at the end of the
+            # response head held until its body is taken.
+            result = send_without_body(self, request, head)
+        else:
+            result = super().request(request)
         parser = self._parser
         if parser is not None:
             offered = request.headers.getRawHeaders(b"upgrade")
