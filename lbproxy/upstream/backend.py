@@ -246,7 +246,7 @@ class _BackendProtocol(HTTP11ClientProtocol):
             result = super().request(request)
         parser = self._parser
         if parser is not None:
-            offered = request.headers.getRawHeaders(b"upgrade")
+            offered = header_map(request.headers).get(b"Upgrade")
             if offered:
                 # An upgrade request: a 101 ends HTTP on this connection.
                 watch_for_switch(self, parser, offered[0], self._switch)
@@ -437,7 +437,7 @@ class BackendAgent(Agent):
         if problem is not None:
             return fail(UnsendableRequest(problem))
         pool = self._pool
-        if isinstance(pool, BackendConnectionPool) and headers.hasHeader(b"host"):
+        if isinstance(pool, BackendConnectionPool) and b"Host" in header_map(headers):
             # An idle connection is used at once: what Agent does through
             # the pool's Deferred and a callback, without them.
             connection = pool.idle_connection(route.key, route.endpoint)
@@ -478,7 +478,7 @@ def unsendable(method: bytes, target: bytes, headers: Headers) -> Optional[str]:
         return "invalid method"
     if not rules.is_visible_ascii(target):
         return "invalid request target"
-    if len(headers.getRawHeaders(b"host", ())) > 1:
+    if len(header_map(headers).get(b"Host", ())) > 1:
         return "more than one Host header"
     return None
 
