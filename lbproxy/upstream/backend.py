@@ -27,6 +27,7 @@ one that is gone, if a Twisted release changes them.
 
 from __future__ import annotations
 
+import select
 import socket
 from functools import partial
 from typing import Callable, List, Optional, Union
@@ -123,6 +124,8 @@ class _BackendProtocol(HTTP11ClientProtocol):
         self.switched: Optional[SwitchedConnection] = None
         #: The socket under the transport (found once, on the first reuse).
         self._socket: Union[socket.socket, None, bool] = False
+        #: Polls that socket for bytes or a close (made with it).
+        self._readable: Optional[select.poll] = None
         #: Closes the connection once idle in the pool for its timeout
         #: (L{BackendConnectionPool}); it runs on while the connection is
         #: busy and is moved, not made again, when it goes back.
@@ -185,7 +188,15 @@ class _BackendProtocol(HTTP11ClientProtocol):
         sock = self._socket
         if sock is False:
             sock = self._socket = _socket_of(self.transport)
+            if sock is not None:
+                self._readable = select.poll()
+                self._readable.register(sock.fileno(), select.POLLIN)
         if sock is None:
+            return True
+        # Nothing to read and no close: what the usual case costs is one
+        # poll(), not a recv() that fails (its exception costs more than
+        # the system call).
+        if not self._readable.poll(0):  # type: ignore[union-attr]
             return True
         try:
             waiting = sock.recv(1, socket.MSG_PEEK)  # type: ignore[union-attr]
