@@ -430,7 +430,7 @@ def finish_response(protocol: HTTP11ClientProtocol, parser: HTTPClientParser) ->
     protocol._state = "QUIESCENT"
     reason = Failure._withoutTraceback(ConnectionDone("synthetic!"))
     closing = parser.connHeaders._rawHeaders.get(b"Connection", ())
-    if b"close" in closing or not protocol._currentRequest.persistent:
+    if b"close" in closing or not protocol._currentRequest.persistent:  # type: ignore[union-attr]
         protocol._giveUp(reason)
         return True
     transport = protocol.transport
