@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
 
 from lbproxy import headers as rules
-from lbproxy._twisted import canonical_name, set_clean_header
+from lbproxy._twisted import canonical_name, header_map, set_clean_header
 from lbproxy.routing import Facts, Route, changes
 from lbproxy.upstream.backend import BackendAgent
 from lbproxy.upstream.failures import describe, is_client_error, was_not_sent
@@ -142,7 +142,7 @@ class Forwarder:
         if upgrade is not None:
             outgoing.setRawHeaders(b"Connection", [b"Upgrade"])
             outgoing.setRawHeaders(b"Upgrade", [upgrade])
-        request_id = rules.kept_request_id(outgoing.getRawHeaders(b"x-request-id"))
+        request_id = rules.kept_request_id(header_map(outgoing).get(_X_REQUEST_ID))
         if request_id is None:
             request_id = self._request_ids.take()
             set_clean_header(outgoing, _X_REQUEST_ID, [request_id])
