@@ -16,9 +16,11 @@ each one on the installed Twisted and fails naming the one that changed.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.error import ConnectionDone
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web._http2 import H2Connection, H2Stream
@@ -30,12 +32,15 @@ from twisted.web._newclient import (
     RequestGenerationFailed,
     RequestNotSent,
     ResponseDone,
+    TransportProxyProducer,
 )
 from twisted.web._newclient import Request as ClientRequest
 from twisted.web._newclient import _WrapperException as WrapperException
 from twisted.web.client import _HTTP11ClientFactory as HTTP11ClientFactory
 from twisted.web.client import _RetryingHTTP11ClientProtocol as RetryingHTTP11ClientProtocol
 from twisted.web.http_headers import Headers
+
+_log = Logger()
 
 #: Twisted's chunked decoder, which the front's stricter decoder extends.
 ChunkedTransferDecoder = http._ChunkedTransferDecoder
@@ -130,6 +135,23 @@ INTERNALS: Dict[Tuple[str, str], str] = {
         "a response head the one-pass reading refuses fails the request as Twisted's would"
     ),
     ("twisted.web._newclient", "STATUS/HEADER"): ("the parser's states, for read_response_head"),
+    ("HTTPClientParser", "_everReceivedData/finisher"): (
+        "whether any byte of the response arrived (read_response_head), and what the parser "
+        "calls when the response is complete: set by BackendParser, which makes its own "
+        "response Deferred"
+    ),
+    ("twisted.web._newclient", "TransportProxyProducer"): (
+        "the parser's view of the connection: extended by LazyPauseProxy"
+    ),
+    (
+        "HTTP11ClientProtocol",
+        "_state/_finishedRequest/_currentRequest/_transportProxy/_responseDeferred/"
+        "_quiescentCallback/_disconnectParser",
+    ): (
+        "a request without a body is sent and its response awaited as Twisted's request() "
+        "and _finishResponse_WAITING do, with one Deferred and one write (send_without_body, "
+        "finish_response)"
+    ),
     # -- the front (front/channel.py, front/site.py) ------------------------
     ("HTTPChannel", "_command/_path/_version"): (
         "the request line, which a request with a body is dispatched with before "
@@ -276,6 +298,165 @@ def read_response_head(parser: HTTPClientParser, data: bytes) -> bool:
     return True
 
 
+class LazyPauseProxy(TransportProxyProducer):
+    """
+    The parser's view of a backend connection, whose pause while a
+    response's head is handled (L{BackendParser.allHeadersReceived}) reaches
+    the connection only if nothing resumed it in the meantime.
+
+    Twisted's parser pauses the connection once a response's head is read,
+    until a protocol takes the body (C{Response.deliverBody} resumes it):
+    two changes to the reactor's registrations (two C{epoll_ctl} calls) per
+    response when the body is taken at once, as the proxy always does.
+    Held here, a pause followed by a resume within the head's handling
+    passes the resume on alone; the connection's reading ends as Twisted's
+    calls would leave it (a pause and a resume both pass on only their
+    last word), and no byte is read from the socket in between either way.
+    """
+
+    _holding = False
+    _pause_held = False
+
+    def hold(self) -> None:
+        """Hold pauses until L{release}."""
+        self._holding = True
+
+    def release(self) -> None:
+        """Pass on a pause held since L{hold} and not undone by a resume."""
+        self._holding = False
+        if self._pause_held:
+            self._pause_held = False
+            TransportProxyProducer.pauseProducing(self)
+
+    def pauseProducing(self) -> None:
+        if self._holding:
+            self._pause_held = True
+        else:
+            TransportProxyProducer.pauseProducing(self)
+
+    def resumeProducing(self) -> None:
+        self._pause_held = False
+        TransportProxyProducer.resumeProducing(self)
+
+
+class BackendParser(HTTPClientParser):
+    """
+    Twisted's response parser, with the Deferred it fires given to it (the
+    request's own, so that none is chained to another) and the pause of its
+    connection at the end of a head held while the head is handled
+    (L{LazyPauseProxy}).
+    """
+
+    def __init__(self, request: ClientRequest, finisher: Any, deferred: Deferred) -> None:  # type: ignore[type-arg]
+        # What HTTPClientParser.__init__ sets, with the given Deferred.
+        self.request = request
+        self.finisher = finisher
+        self._responseDeferred = deferred
+        self._everReceivedData = False
+
+    def allHeadersReceived(self) -> None:
+        proxy = self.transport
+        if not isinstance(proxy, LazyPauseProxy):
+            HTTPClientParser.allHeadersReceived(self)
+            return
+        proxy.hold()
+        try:
+            HTTPClientParser.allHeadersReceived(self)
+        finally:
+            proxy.release()
+
+
+def request_head(request: ClientRequest) -> Optional[bytes]:
+    """
+    The bytes Twisted's C{Request.writeTo} writes for C{request}, which has
+    no body, or L{None} when it would refuse the request (not exactly one
+    C{Host}): its request line, C{Connection: close} for a request that is
+    not persistent, C{Content-Length: 0} for a PUT or POST, and the headers
+    in their order, one line per value.
+    """
+    headers = request.headers._rawHeaders
+    hosts = headers.get(b"Host")
+    if hosts is None or len(hosts) != 1:
+        return None
+    method = request.method
+    lines = [method, b" ", request.uri, b" HTTP/1.1\r\n"]
+    if not request.persistent:
+        lines.append(b"Connection: close\r\n")
+    if method == b"PUT" or method == b"POST":
+        lines.append(b"Content-Length: 0\r\n")
+    for name, values in headers.items():
+        for value in values:
+            lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def send_without_body(
+    protocol: HTTP11ClientProtocol, request: ClientRequest, head: bytes
+) -> Deferred:  # type: ignore[type-arg]
+    """
+    What Twisted's C{HTTP11ClientProtocol.request} does for a request with no
+    body on a C{QUIESCENT} connection, given the request's C{head}
+    (L{request_head}): the head written at once, the connection then
+    C{WAITING} for the response, which a L{BackendParser} reads.  The
+    Deferred returned is the parser's (Twisted chains the parser's to one of
+    its own once the request is written) and cancels as Twisted's does.
+    """
+    transport = protocol.transport
+    protocol._state = "TRANSMITTING"
+    try:
+        transport.write(head)  # type: ignore[union-attr]
+    except BaseException:
+        failure = Failure()
+        protocol._state = "GENERATION_FAILED"
+        transport.abortConnection()  # type: ignore[union-attr]
+        return fail(RequestGenerationFailed([failure]))
+
+    def cancel(deferred: Deferred) -> None:  # type: ignore[type-arg]
+        # The request is all written: what Twisted's cancelRequest does then.
+        protocol.transport.abortConnection()  # type: ignore[union-attr]
+        protocol._disconnectParser(Failure(CancelledError()))
+
+    deferred: Deferred = Deferred(cancel)  # type: ignore[type-arg]
+    protocol._finishedRequest = deferred
+    protocol._currentRequest = request
+    proxy = LazyPauseProxy(transport)
+    protocol._transportProxy = proxy
+    parser = BackendParser(request, protocol._finishResponse, deferred)
+    protocol._parser = parser
+    parser.makeConnection(proxy)
+    protocol._responseDeferred = deferred
+    protocol._state = "WAITING"
+    return deferred
+
+
+def finish_response(protocol: HTTP11ClientProtocol, parser: HTTPClientParser) -> bool:
+    """
+    What Twisted's C{_finishResponse_WAITING} does when a response is complete
+    on a connection that was C{WAITING} for it with its request all sent:
+    the connection closed if the response or the request says so, else
+    resumed, handed to its quiescent callback and its parser disconnected.
+    C{False} (nothing done) in any other state: Twisted's then runs.
+    """
+    if protocol._state != "WAITING" or protocol._parser is not parser:
+        return False
+    protocol._state = "QUIESCENT"
+    reason = Failure._withoutTraceback(ConnectionDone("synthetic!"))
+    closing = parser.connHeaders._rawHeaders.get(b"Connection", ())
+    if b"close" in closing or not protocol._currentRequest.persistent:  # type: ignore[union-attr]
+        protocol._giveUp(reason)
+        return True
+    transport = protocol.transport
+    transport.resumeProducing()  # type: ignore[union-attr]
+    try:
+        protocol._quiescentCallback(protocol)
+    except BaseException:
+        _log.failure("while invoking quiescent callback:", level=LogLevel.critical)
+        transport.loseConnection()  # type: ignore[union-attr]
+    protocol._disconnectParser(reason)
+    return True
+
+
 def give_up(protocol: HTTP11ClientProtocol) -> None:
     """Fail the request in flight and close, as Twisted's client does on a parse error."""
     protocol._giveUp(Failure())
@@ -372,6 +553,11 @@ def canonical_name(name: bytes) -> bytes:
 
 
 __all__ = [
+    "BackendParser",
+    "LazyPauseProxy",
+    "finish_response",
+    "request_head",
+    "send_without_body",
     "INTERNALS",
     "ClientRequest",
     "header_map",

@@ -199,6 +199,16 @@ class IdleCheckTests(unittest.TestCase):
         self.assertEqual(endpoint.attempts, 1)
 
     @defer.inlineCallbacks
+    def test_each_check_sees_what_arrived_since_the_last(self):  # type: ignore[no-untyped-def]
+        pool, key, protocol, server = yield self.idle_connection()
+        self.assertTrue(protocol.ready_for_request())
+        self.assertTrue(protocol.ready_for_request())
+        server.sendall(b"x")
+        self.wait_readable(protocol)
+        self.assertFalse(protocol.ready_for_request())
+        self.assertEqual(protocol.state, "DISCARDED")
+
+    @defer.inlineCallbacks
     def test_a_quiet_idle_connection_is_reused(self):  # type: ignore[no-untyped-def]
         pool, key, protocol, server = yield self.idle_connection()
         endpoint = _NoConnect()

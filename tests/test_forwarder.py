@@ -20,7 +20,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from lbproxy.config import parse
 from lbproxy.front.resource import ProxyResource
 from lbproxy.front.site import ProxySite
-from lbproxy.upstream.forwarder import Forwarder
+from lbproxy.upstream.forwarder import Forwarder, RequestIds
 from lbproxy.upstream.pool import Pool, ServerState
 from tests.support import proxy_config
 
@@ -300,3 +300,18 @@ class NoRetryTests(ForwarderCase):
         self.request().errback(Failure(error.ConnectionRefusedError()))
         self.assertEqual(len(self.agent.sent), 1)
         self.assertTrue(self.client.value().startswith(b"HTTP/1.1 502 Bad Gateway\r\n"))
+
+
+class RequestIdsTests(unittest.SynchronousTestCase):
+    """The request IDs the proxy makes, read from os.urandom in batches."""
+
+    def test_ids_are_new_32_hex_digits_across_batches(self) -> None:
+        ids = RequestIds()
+        taken = [ids.take() for _ in range(3 * RequestIds.BATCH + 5)]
+        self.assertEqual(len(set(taken)), len(taken))
+        for request_id in taken:
+            self.assertEqual(len(request_id), 32)
+            self.assertTrue(set(request_id) <= set(b"0123456789abcdef"), request_id)
+
+    def test_each_forwarder_draws_its_own(self) -> None:
+        self.assertNotEqual(RequestIds().take(), RequestIds().take())

@@ -72,6 +72,9 @@ HEADS = [
     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n",
     b"HTTP/1.1 200 OK\r\nX: " + b"a" * 20000 + b"\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nX:\ty \t\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nCONTENT-length: 2\r\nx-A: 1\r\nX-a: 2\r\nETAG: e\r\nTE: t\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nX: a\rb\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nUpgrade: z\r\nConnection: keep-alive, x\r\nX: 1\r\nContent-Length: 0\r\n\r\n",
 ]
 
 

@@ -61,6 +61,7 @@ def _owners() -> Dict[str, object]:
         "HTTP11ClientProtocol": HTTP11ClientProtocol(),
         "HTTPClientParser": parser,
         "HTTPClientParser before its response": waiting,
+        "TransportProxyProducer": _twisted.TransportProxyProducer(StringTransport()),
         "HTTPChannel": channel,
         "_ChunkedTransferDecoder": decoder,
         "Request": Request(channel),

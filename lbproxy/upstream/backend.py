@@ -27,6 +27,7 @@ one that is gone, if a Twisted release changes them.
 
 from __future__ import annotations
 
+import select
 import socket
 from functools import partial
 from typing import Callable, List, Optional, Union
@@ -56,9 +57,12 @@ from lbproxy._twisted import (
     RequestNotSent,
     RetryingHTTP11ClientProtocol,
     client_request,
+    finish_response,
     give_up,
     header_map,
     read_response_head,
+    request_head,
+    send_without_body,
 )
 from lbproxy.config import PoolConfig, ServerConfig
 from lbproxy.transports import connecting
@@ -120,6 +124,8 @@ class _BackendProtocol(HTTP11ClientProtocol):
         self.switched: Optional[SwitchedConnection] = None
         #: The socket under the transport (found once, on the first reuse).
         self._socket: Union[socket.socket, None, bool] = False
+        #: Polls that socket for bytes or a close (made with it).
+        self._readable: Optional[select.poll] = None
         #: Closes the connection once idle in the pool for its timeout
         #: (L{BackendConnectionPool}); it runs on while the connection is
         #: busy and is moved, not made again, when it goes back.
@@ -160,7 +166,8 @@ class _BackendProtocol(HTTP11ClientProtocol):
         parser = self._parser
         if parser is not None and _announces_unsent_body(parser):
             self._tainted = True
-        super()._finishResponse(rest)
+        if parser is None or not finish_response(self, parser):
+            super()._finishResponse(rest)
 
     def _response_complete(self, protocol: HTTP11ClientProtocol) -> None:
         if self._tainted or self._discarded:
@@ -181,7 +188,15 @@ class _BackendProtocol(HTTP11ClientProtocol):
         sock = self._socket
         if sock is False:
             sock = self._socket = _socket_of(self.transport)
+            if sock is not None:
+                self._readable = select.poll()
+                self._readable.register(sock.fileno(), select.POLLIN)
         if sock is None:
+            return True
+        # Nothing to read and no close: what the usual case costs is one
+        # poll(), not a recv() that fails (its exception costs more than
+        # the system call).
+        if not self._readable.poll(0):  # type: ignore[union-attr]
             return True
         try:
             waiting = sock.recv(1, socket.MSG_PEEK)  # type: ignore[union-attr]
@@ -230,10 +245,19 @@ class _BackendProtocol(HTTP11ClientProtocol):
     def request(self, request):  # type: ignore[no-untyped-def]
         if self._discarded:
             return fail(RequestNotSent())
-        result = super().request(request)
+        head = None
+        if request.bodyProducer is None and super().state == "QUIESCENT":
+            head = request_head(request)
+        if head is not None:
+            # The usual case: one write, one Deferred (Twisted's request()
+            # makes three), the connection's pause at the end of the
+            # response head held until its body is taken.
+            result = send_without_body(self, request, head)
+        else:
+            result = super().request(request)
         parser = self._parser
         if parser is not None:
-            offered = request.headers.getRawHeaders(b"upgrade")
+            offered = header_map(request.headers).get(b"Upgrade")
             if offered:
                 # An upgrade request: a 101 ends HTTP on this connection.
                 watch_for_switch(self, parser, offered[0], self._switch)
@@ -424,7 +448,7 @@ class BackendAgent(Agent):
         if problem is not None:
             return fail(UnsendableRequest(problem))
         pool = self._pool
-        if isinstance(pool, BackendConnectionPool) and headers.hasHeader(b"host"):
+        if isinstance(pool, BackendConnectionPool) and b"Host" in header_map(headers):
             # An idle connection is used at once: what Agent does through
             # the pool's Deferred and a callback, without them.
             connection = pool.idle_connection(route.key, route.endpoint)
@@ -465,7 +489,7 @@ def unsendable(method: bytes, target: bytes, headers: Headers) -> Optional[str]:
         return "invalid method"
     if not rules.is_visible_ascii(target):
         return "invalid request target"
-    if len(headers.getRawHeaders(b"host", ())) > 1:
+    if len(header_map(headers).get(b"Host", ())) > 1:
         return "more than one Host header"
     return None
 
