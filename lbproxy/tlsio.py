@@ -115,7 +115,9 @@ class ReadingClientCreator:
     buffer.
     """
 
-    def __init__(self, creator: IOpenSSLClientConnectionCreator, enabled: Optional[bool] = None) -> None:
+    def __init__(
+        self, creator: IOpenSSLClientConnectionCreator, enabled: Optional[bool] = None
+    ) -> None:
         self.creator = creator
         self.enabled = enabled
 

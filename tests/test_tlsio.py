@@ -159,7 +159,10 @@ class TLSReadTests(unittest.TestCase):
         self.assertIs(type(creator.serverConnectionForTLS(None)), SSL.Connection)
 
     def test_without_pyopenssls_parts_its_own_reads_are_used(self) -> None:
-        for owner, name in [(SSL.Connection, "_handle_bio_errors"), (SSL.Connection, "_raise_ssl_error")]:
+        for owner, name in [
+            (SSL.Connection, "_handle_bio_errors"),
+            (SSL.Connection, "_raise_ssl_error"),
+        ]:
             kept = getattr(owner, name)
             delattr(owner, name)
             try:
@@ -324,4 +327,3 @@ class TLSReadTests(unittest.TestCase):
 
         data, how = yield self.both_ways(scenario)
         self.assertEqual(data, b"hello")
-
