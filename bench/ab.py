@@ -14,6 +14,9 @@ every process pinned to the proxy's core).
     python3 bench/ab.py --a .venv/bin/twistd --b .venv/bin/twistd \
         --workers-a 1 --workers-b 2 --paced 500 --cpus all --rounds 6
 
+`--tls` puts both proxies behind a tls: listener (the bench's certificate)
+and the load (wrk or bench/paced.py) on https.
+
 `--idle 10` measures the process tree with no traffic instead (CPU
 milliseconds over 10 s, from /proc/PID/schedstat): the group's fixed cost.
 
@@ -81,11 +84,13 @@ def idle_run(pid: int, seconds: int) -> float:
     return (on_cpu_ns(tree) - before) / 1e6
 
 
-def paced_run(port: int, rate: float, seconds: int, pid: int) -> Dict[str, Any]:
+def paced_run(
+    port: int, rate: float, seconds: int, pid: int, scheme: str = "http"
+) -> Dict[str, Any]:
     """CPU of the proxy's tree per request answered at C{rate} requests/s, and its tail."""
     tree = bench.process_tree(pid)
     cpu, switches = bench.cpu_seconds(tree), context_switches(tree)
-    p: Dict[str, Any] = bench.paced(port, rate, seconds)
+    p: Dict[str, Any] = bench.paced(port, rate, seconds, scheme=scheme)
     cpu = bench.cpu_seconds(tree) - cpu
     switches = context_switches(tree) - switches
     if "error" in p:
@@ -128,7 +133,13 @@ def main() -> int:
         default=bench.PROXY_CPU,
         help="CPUs of the proxy (taskset list; 'all': every CPU, unpinned)",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="the proxy listens on tls: with the bench's certificate; the load speaks https",
+    )
     args = parser.parse_args()
+    scheme = "https" if args.tls else "http"
     cpus = f"0-{(os.cpu_count() or 1) - 1}" if args.cpus == "all" else args.cpus
     workers = {
         "A": args.workers if args.workers_a is None else args.workers_a,
@@ -136,6 +147,7 @@ def main() -> int:
     }
     print(f"A: {args.a}, {workers['A']} worker(s); B: {args.b}, {workers['B']} worker(s)")
     how = f"paced at {args.paced:g} requests/s" if args.paced > 0 else "wrk"
+    how += " over TLS" if args.tls else ""
     if args.idle > 0:
         how = f"no traffic, {args.idle} s"
     print(f"proxy on CPUs {cpus}, load on CPU {bench.LOAD_CPU}, measured with {how}")
@@ -150,7 +162,13 @@ def main() -> int:
                     twistd = args.a if side == "A" else args.b
                     proc, (port,) = bench.start_listening(
                         lambda ports, twistd=twistd, count=workers[side]: bench.start_lbproxy(
-                            twistd, workdir, ports[0], backends.ports, workers=count, cpus=cpus
+                            twistd,
+                            workdir,
+                            ports[0],
+                            backends.ports,
+                            variant="tls" if args.tls else "",
+                            workers=count,
+                            cpus=cpus,
                         )
                     )
                     try:
@@ -160,15 +178,16 @@ def main() -> int:
                             runs[side].append(ms)
                             print(f"round {n + 1} {side}: idle {ms:.1f} ms CPU", flush=True)
                             continue
-                        bench.wrk(port, args.warmup)
+                        bench.wrk(port, args.warmup, scheme=scheme)
                         if args.paced > 0:
-                            result = paced_run(port, args.paced, args.duration, proc.pid)
+                            result = paced_run(port, args.paced, args.duration, proc.pid, scheme)
                         else:
                             result = bench.measured_run(
                                 port,
                                 args.duration,
                                 bench.process_tree(proc.pid),
                                 bench.process_tree(backends.proc.pid),
+                                scheme=scheme,
                             )
                     finally:
                         bench.stop(proc)

@@ -245,6 +245,24 @@ INTERNALS: Dict[Tuple[str, str], str] = {
         "descriptor: lbproxy's poll (dispatch.py) makes the same calls with one legacy "
         "log context per poll instead of one per event (epoll_parts)"
     ),
+    # -- pyOpenSSL: TLS reads through one reused buffer (tlsio.py) -----------
+    # Not Twisted's, but private all the same: pyOpenSSL's cffi binding and
+    # the parts of its Connection that recv and bio_read use.
+    ("OpenSSL._util", "ffi/lib"): (
+        "pyOpenSSL's cffi binding of OpenSSL: the process's TLS read buffer is made with "
+        "its ffi, and the reads call its lib (tls_read_binding)"
+    ),
+    ("pyOpenSSL's lib", "SSL_read/BIO_read"): (
+        "what Connection.recv and Connection.bio_read call, here with the process's buffer "
+        "in place of a new one per call"
+    ),
+    ("SSL.Connection", "_ssl/_from_ssl"): (
+        "the connection's SSL object and the memory BIO its ciphertext is read from"
+    ),
+    ("SSL.Connection", "_raise_ssl_error/_handle_bio_errors"): (
+        "pyOpenSSL's own handling of a read's result (WantReadError, ZeroReturnError, "
+        "SysCallError, Error): the reads through the process's buffer end with it"
+    ),
 }
 
 
@@ -545,6 +563,33 @@ def client_request(  # type: ignore[no-untyped-def]
     return ClientRequest._construct(method, target, headers, body, persistent, uri)
 
 
+def tls_read_binding() -> Optional[Tuple[Any, Any]]:
+    """
+    pyOpenSSL's C{ffi} and C{lib} when every pyOpenSSL part listed in
+    L{INTERNALS} is there (on the module, its C{lib}, and a live memory-BIO
+    C{SSL.Connection}), else C{None}: then TLS reads are pyOpenSSL's own.
+    """
+    try:
+        from OpenSSL import SSL, _util
+    except ImportError:
+        return None
+    ffi = getattr(_util, "ffi", None)
+    lib = getattr(_util, "lib", None)
+    if ffi is None or lib is None:
+        return None
+    try:
+        probe = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+    except Exception:
+        return None
+    for (owner, names), _why in INTERNALS.items():
+        target = {"pyOpenSSL's lib": lib, "SSL.Connection": probe}.get(owner)
+        if target is not None:
+            for name in names.split("/"):
+                if not hasattr(target, name):
+                    return None
+    return ffi, lib
+
+
 def canonical_name(name: bytes) -> bytes:
     """C{name} as Twisted's C{Headers} spells it (C{X-Request-Id})."""
     headers = Headers()
@@ -584,4 +629,5 @@ __all__ = [
     "request_line",
     "take_buffered_data",
     "take_response_deferred",
+    "tls_read_binding",
 ]

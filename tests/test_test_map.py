@@ -44,6 +44,7 @@ TESTED_BY: Dict[str, Tuple[str, ...]] = {
     "lbproxy.service": ("tests.test_service", "tests.test_reload", "tests.test_snapshot"),
     "lbproxy.tap": ("tests.test_tap",),
     "lbproxy.transports": ("tests.test_transports",),
+    "lbproxy.tlsio": ("tests.test_tlsio",),
     "lbproxy.upgrade": ("tests.test_websocket",),
     # balancing: one test module per algorithm, and the shared parts.
     "lbproxy.balancing.consistent_hash": ("tests.balancing.test_consistent_hash",),

@@ -103,7 +103,7 @@ def missing(table: Dict[Tuple[str, str], str], owners: Dict[str, object]) -> Lis
     gone: List[str] = []
     for (owner, names), why in table.items():
         for name in names.split("/"):
-            if owner.startswith("twisted."):
+            if owner.startswith(("twisted.", "OpenSSL.")):
                 there = hasattr(importlib.import_module(owner), name)
             else:
                 there = hasattr(owners[owner], name)
@@ -119,6 +119,10 @@ class TwistedInternalsTests(unittest.TestCase):
         owners["tcp.Connector"] = tcp.Connector("127.0.0.1", 1, ClientFactory(), 30, None, reactor)
         owners["tcp.Connection"] = _connection(self)
         owners["EPollReactor"] = _epoll_reactor(self)
+        from OpenSSL import SSL, _util
+
+        owners["pyOpenSSL's lib"] = _util.lib
+        owners["SSL.Connection"] = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
         self.assertEqual(
             missing(INTERNALS, owners),
             [],

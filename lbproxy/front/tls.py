@@ -24,6 +24,7 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IOpenSSLContextFactory, IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
+from lbproxy import tlsio
 from lbproxy.config.tls import Certificate, TLSConfig, parse_tls_listen
 
 #: TLS 1.2 cipher suites: forward secret, AEAD only (Mozilla's "intermediate"
@@ -126,10 +127,15 @@ class SNIConnectionCreator:
     """
     What the C{tls:} listeners make their connections with: the current
     L{ServerContexts}, swapped whole on reload (L{use}).
+
+    @ivar connection_class: The class of the connections made: one whose
+        reads go through the process's buffer on PyPy
+        (L{lbproxy.tlsio.SharedBufferConnection}), pyOpenSSL's otherwise.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, reuse_read_buffer: Optional[bool] = None) -> None:
         self.contexts: Optional[ServerContexts] = None
+        self.connection_class = tlsio.connection_class(reuse_read_buffer)
 
     def use(self, contexts: Optional[ServerContexts]) -> None:
         """New handshakes get C{contexts}; open connections keep theirs."""
@@ -141,7 +147,7 @@ class SNIConnectionCreator:
         return self.contexts.default
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        return SSL.Connection(self.getContext(), None)
+        return self.connection_class(self.getContext(), None)
 
 
 def server_endpoint(reactor: Any, description: str, creator: SNIConnectionCreator) -> Any:

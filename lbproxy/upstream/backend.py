@@ -65,6 +65,7 @@ from lbproxy._twisted import (
     send_without_body,
 )
 from lbproxy.config import PoolConfig, ServerConfig
+from lbproxy.tlsio import reading_client_creator
 from lbproxy.transports import connecting
 from lbproxy.upstream.relay import end_to_end
 from lbproxy.upstream.tunnel import Switched, SwitchedConnection, watch_for_switch
@@ -533,7 +534,8 @@ def make_route(  # type: ignore[no-untyped-def]
         endpoint = HostnameEndpoint(reactor, host, server.port, timeout=connect_timeout)
     host_bytes = host.encode("ascii")
     if server.scheme == "https":
-        endpoint = wrapClientTLS(policy.creatorForNetloc(host_bytes, server.port), endpoint)
+        creator = reading_client_creator(policy.creatorForNetloc(host_bytes, server.port))
+        endpoint = wrapClientTLS(creator, endpoint)
     scheme = server.scheme.encode("ascii")
     netloc = (f"[{host}]" if ":" in host else host).encode("ascii") + b":%d" % server.port
     uri = URI(scheme, netloc, host_bytes, server.port, b"/", b"", b"", b"")
