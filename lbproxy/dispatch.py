@@ -64,14 +64,15 @@ class Held:
     One serves the process: a reactor dispatches one poll at a time, and
     it is empty whenever no poll is being dispatched.
 
-    @ivar active: A poll's events are being dispatched.
+    @ivar active: The reactor whose poll's events are being dispatched
+        (C{None} when none is): only its own connections are held.
     @ivar writes: The transports to send for when the poll's events are
         handled.
     @ivar pauses: The transports to pause when the event being handled is.
     """
 
     def __init__(self) -> None:
-        self.active = False
+        self.active: Any = None
         self.writes: List[Any] = []
         self.pauses: List[Any] = []
 
@@ -151,11 +152,18 @@ class QuickPoll:
         if ready:
             logged = context.get(ILogContext).copy()
             context.call(
-                {ILogContext: logged}, dispatch_all, ready, selectables, do_read_or_write, logged
+                {ILogContext: logged},
+                dispatch_all,
+                self.reactor,
+                ready,
+                selectables,
+                do_read_or_write,
+                logged,
             )
 
 
 def dispatch_all(
+    reactor: Any,
     ready: List[Tuple[int, int]],
     selectables: Dict[int, Any],
     do_read_or_write: Callable[[Any, int, int], object],
@@ -163,11 +171,11 @@ def dispatch_all(
 ) -> None:
     """L{dispatch}, then the sends the events asked for (L{HELD})."""
     held = HELD
-    held.active = True
+    held.active = reactor
     try:
         dispatch(ready, selectables, do_read_or_write, logged)
     finally:
-        held.active = False
+        held.active = None
         if held.pauses:
             held.apply_pauses()
         if held.writes:

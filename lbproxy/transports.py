@@ -122,13 +122,14 @@ class PollEndWrite:
     _drained = False
 
     # Attributes of the Twisted connection this is mixed into.
+    reactor: Any
     connected: int
     disconnected: int
 
     def startWriting(self) -> None:
         if self.write_watched or self.write_held:
             return
-        if HELD.active and self.connected and not self.disconnected:
+        if HELD.active is self.reactor and self.connected and not self.disconnected:
             self.write_held = True
             HELD.writes.append(self)
         else:
@@ -155,7 +156,7 @@ class PollEndWrite:
             self.startWriting()
 
     def pauseProducing(self) -> None:
-        if HELD.active and not self.disconnected:
+        if HELD.active is self.reactor and not self.disconnected:
             if not self.pause_held:
                 self.pause_held = True
                 HELD.pauses.append(self)

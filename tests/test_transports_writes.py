@@ -26,7 +26,9 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from zope.interface import implementer
 
+from lbproxy.dispatch import HELD
 from lbproxy.transports import (
+    _SERVERS,
     READ_INTO,
     Connecting,
     PollEndWrite,
@@ -364,3 +366,33 @@ class TwistedTests(_Cases, unittest.TestCase):
     """Twisted's own transports, for the same results."""
 
     ours = False
+
+
+class OtherReactorTests(unittest.TestCase):
+    def test_a_connection_of_another_reactor_is_not_held(self) -> None:
+        # Another reactor's poll being dispatched: Twisted's own path.
+        reactor = fresh_reactor(self, quick=True)
+        other = fresh_reactor(self, quick=True)
+        ours, peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        kind = _SERVERS[tcp.Server][READ_INTO, True]
+        transport = kind(ours, Protocol(), (HOST, 1), None, 1, reactor)
+        self.addCleanup(transport.stopWriting)
+        self.addCleanup(transport.stopReading)
+        HELD.active = other
+        try:
+            transport.write(b"x")
+        finally:
+            HELD.active = None
+        self.assertEqual(HELD.writes, [])
+        self.assertIn(transport, reactor.getWriters())
+        transport.stopWriting()
+        HELD.active = reactor
+        try:
+            transport.write(b"y")
+        finally:
+            HELD.active = None
+        held, HELD.writes[:] = list(HELD.writes), []
+        self.assertEqual(held, [transport])
+        self.assertNotIn(transport, reactor.getWriters())
