@@ -347,7 +347,7 @@ class _Cases:
                 if b"".join(answers) == b"HELLO":
                     self.transport.write(b"again")  # type: ignore[union-attr]
 
-        through: Any = Connecting(self.reactor) if self.ours else self.reactor
+        through: Any = Connecting(self.reactor, READ_INTO, True) if self.ours else self.reactor
         through.connectTCP(HOST, port, ClientFactory.forProtocol(Client))
         self.poll_until(lambda: b"".join(answers) == b"HELLOAGAIN")
         # Watched for writability once to learn that the connection is
