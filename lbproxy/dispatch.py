@@ -25,6 +25,20 @@ around the whole batch) and its C{system} set for each event.  What a
 legacy C{log.msg}/C{log.err} made during an event sees is the same
 mapping as before, and every reader copies it (C{log.msg},
 C{log.callWithContext}).
+
+The poll also ends with the sends its events asked for (L{HELD}): a
+transport of L{lbproxy.transports} that is asked to write while the poll's
+events are dispatched is not registered for writability (two
+C{epoll_ctl} calls, and the write waits for the next poll); it is put in
+L{HELD} and, once every ready descriptor has been handled, given the
+reactor's own handling of a writability event (C{_doReadOrWrite} with
+C{EPOLLOUT}: C{doWrite}, and a failure or a finished close handled as the
+reactor handles it), all of the poll's sends together.  What a C{send}
+does not take is left to Twisted's path.  A pause asked for while an event
+is handled (C{pauseProducing}) is applied when that event is done, unless
+resumed before (Twisted's HTTP client pauses a response's connection from
+the end of its head until its body is taken, which the proxy does within
+the same read).
 """
 
 from __future__ import annotations
@@ -40,6 +54,64 @@ from lbproxy._twisted import epoll_parts
 
 #: What C{callWithLogger} logs as C{system} when C{logPrefix()} raises.
 BUGGY_PREFIX = "(buggy logPrefix method)"
+
+
+class Held:
+    """
+    What the events of the poll being dispatched asked for and is held
+    until they are handled (see the module's description).
+
+    One serves the process: a reactor dispatches one poll at a time, and
+    it is empty whenever no poll is being dispatched.
+
+    @ivar active: The reactor whose poll's events are being dispatched
+        (C{None} when none is): only its own connections are held.
+    @ivar writes: The transports to send for when the poll's events are
+        handled.
+    @ivar pauses: The transports to pause when the event being handled is.
+    """
+
+    def __init__(self) -> None:
+        self.active: Any = None
+        self.writes: List[Any] = []
+        self.pauses: List[Any] = []
+
+    def apply_pauses(self) -> None:
+        """Pause what was paused, and not resumed, during the event handled."""
+        pauses, self.pauses = self.pauses, []
+        for transport in pauses:
+            transport.apply_pause()
+
+    def send(
+        self, do_read_or_write: Callable[[Any, int, int], object], logged: Dict[str, Any]
+    ) -> None:
+        """
+        Give every held transport the reactor's handling of a writability
+        event, as L{dispatch} gives an event (C{system} naming it).
+        """
+        writes, self.writes = self.writes, []
+        err = log.err
+        for transport in writes:
+            if not transport.write_held:
+                continue  # stopped writing, aborted or lost meanwhile
+            try:
+                prefix = transport.logPrefix()
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                prefix = BUGGY_PREFIX
+                err(system=prefix)
+            logged["system"] = prefix
+            try:
+                transport.send_held(do_read_or_write)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                err(system=prefix)
+
+
+#: The process's L{Held}.
+HELD = Held()
 
 
 def install_quick_dispatch(reactor: Any) -> bool:
@@ -80,8 +152,34 @@ class QuickPoll:
         if ready:
             logged = context.get(ILogContext).copy()
             context.call(
-                {ILogContext: logged}, dispatch, ready, selectables, do_read_or_write, logged
+                {ILogContext: logged},
+                dispatch_all,
+                self.reactor,
+                ready,
+                selectables,
+                do_read_or_write,
+                logged,
             )
+
+
+def dispatch_all(
+    reactor: Any,
+    ready: List[Tuple[int, int]],
+    selectables: Dict[int, Any],
+    do_read_or_write: Callable[[Any, int, int], object],
+    logged: Dict[str, Any],
+) -> None:
+    """L{dispatch}, then the sends the events asked for (L{HELD})."""
+    held = HELD
+    held.active = reactor
+    try:
+        dispatch(ready, selectables, do_read_or_write, logged)
+    finally:
+        held.active = None
+        if held.pauses:
+            held.apply_pauses()
+        if held.writes:
+            held.send(do_read_or_write, logged)
 
 
 def dispatch(
@@ -96,6 +194,7 @@ def dispatch(
     the descriptor as C{system} for the call.
     """
     err = log.err
+    held = HELD
     for fd, event in ready:
         try:
             selectable = selectables[fd]
@@ -115,3 +214,5 @@ def dispatch(
             raise
         except BaseException:
             err(system=prefix)
+        if held.pauses:
+            held.apply_pauses()

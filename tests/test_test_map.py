@@ -43,7 +43,7 @@ TESTED_BY: Dict[str, Tuple[str, ...]] = {
     "lbproxy.reload": ("tests.test_service", "tests.test_discovery"),
     "lbproxy.service": ("tests.test_service", "tests.test_reload", "tests.test_snapshot"),
     "lbproxy.tap": ("tests.test_tap",),
-    "lbproxy.transports": ("tests.test_transports",),
+    "lbproxy.transports": ("tests.test_transports", "tests.test_transports_writes"),
     "lbproxy.tlsio": ("tests.test_tlsio",),
     "lbproxy.upgrade": ("tests.test_websocket",),
     # balancing: one test module per algorithm, and the shared parts.

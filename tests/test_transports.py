@@ -270,7 +270,9 @@ class ThroughTheReactorTests(unittest.TestCase):
         else:
             port = reactor.listenSSL(0, factory, tls, interface=HOST)  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
-        self.assertTrue(reuse_read_buffer(port, enabled=True))
+        self.assertTrue(
+            reuse_read_buffer(port, enabled=True, read_into=True, write_at_poll_end=False)
+        )
         self.factory = factory
         return port
 
@@ -279,7 +281,7 @@ class ThroughTheReactorTests(unittest.TestCase):
         payload = bytes(range(251)) * 8192  # ~2 MiB, over many reads
         port = self.listen(_Digest, expect=len(payload))
         client = _Receive()
-        through = connecting(reactor, enabled=True)
+        through = connecting(reactor, enabled=True, read_into=True, write_at_poll_end=False)
         self.assertIsInstance(through, Connecting)
         endpoint = TCP4ClientEndpoint(through, HOST, port.getHost().port, timeout=CLIENT_TIMEOUT)
         yield connectProtocol(endpoint, client)
@@ -306,7 +308,10 @@ class ThroughTheReactorTests(unittest.TestCase):
         self.addCleanup(port.stopListening)
         client = _Receive()
         endpoint = TCP4ClientEndpoint(
-            connecting(reactor, enabled=True), HOST, port.getHost().port, timeout=CLIENT_TIMEOUT
+            connecting(reactor, enabled=True, read_into=True, write_at_poll_end=False),
+            HOST,
+            port.getHost().port,
+            timeout=CLIENT_TIMEOUT,
         )
         yield connectProtocol(endpoint, client)
         answer, reason = yield client.done
