@@ -1078,3 +1078,62 @@ class FullTableTests(unittest.TestCase):
         state.sync()
         pool.drain(servers[1])
         self.assertTrue(servers[1].draining)
+
+
+class RemovedServerCountsTests(unittest.TestCase):
+    """A worker's own figures in /status never go down when DNS removes a server."""
+
+    def test_a_removed_servers_counts_stay_in_its_workers_requests(self) -> None:
+        from twisted.internet.task import Clock
+
+        from lbproxy.upstream.pool import Pool, ServerState
+        from lbproxy.workers.stats import GroupSource, GroupStats, Publisher, StatsRegions
+
+        text = proxy_config(["http://127.0.0.1:1 name=a", "http://127.0.0.1:2 name=b"])
+        pool_config = parse(text).active_pool()
+        clock = Clock()
+        clock.advance(1000)
+        a, b = [ServerState(c) for c in pool_config.servers]
+        pool = Pool(pool_config, [a, b], clock)
+
+        class Site:
+            open_connections = 0
+
+        class Service:
+            pools = {"test": pool}
+            reactor = clock
+            site = Site()
+
+        class Proxy:
+            pools: Dict[str, object] = {}
+
+            def seconds(self) -> float:
+                return clock.seconds()
+
+        regions = StatsRegions.create()
+        self.addCleanup(os.close, regions.fd)
+        group = GroupStats(regions)
+        publisher = Publisher(regions, Service(), 0, 1, 0)
+
+        def figures() -> tuple:
+            publisher.publish()
+            (worker,) = GroupSource(Proxy(), group.documents([0]), group).workers()
+            return worker.requests, worker.failures
+
+        a.stats.served, b.stats.served, b.stats.failures = 3, 5, 1
+        self.assertEqual(figures(), (8, 1))
+        # DNS no longer names b; one request of this worker to it is in flight.
+        b.active = 1
+        pool.reconfigure(pool_config, [a])
+        clock.advance(0.25)
+        self.assertEqual(figures(), (8, 1))
+        # It finishes, and counts.
+        b.stats.served += 1
+        b.active = 0
+        clock.advance(0.25)
+        self.assertEqual(figures(), (9, 1))
+        # Then it is forgotten (bounded), its counts kept.
+        self.assertEqual(len(publisher.removed._followed), 0)
+        a.stats.served += 1
+        clock.advance(1)
+        self.assertEqual(figures(), (10, 1))

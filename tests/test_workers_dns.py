@@ -147,11 +147,12 @@ class DiscoveryOnceTests(WorkersDNSTestCase):
 
     @defer.inlineCallbacks
     def test_a_change_of_the_records_reaches_both_workers(self):  # type: ignore[no-untyped-def]
-        backend_port, _ = self.servers_on("127.0.0.2", "127.0.0.3", "127.0.0.4")
+        backend_port, backends = self.servers_on("127.0.0.2", "127.0.0.3", "127.0.0.4")
         self.zone.a("app.test", "127.0.0.2", "127.0.0.3")
         port, admin_port, proc = self.start(backend_port, extra="dns_min_ttl = 200ms\n")
         yield self.ready(proc)
         yield self.both_workers_serve(port, admin_port, [b"2", b"3"])
+        self.assertTrue(backends[0].seen)
         self.zone.a("app.test", "127.0.0.3", "127.0.0.4")
         for number in range(2):
             yield proc.wait_for(
@@ -161,6 +162,16 @@ class DiscoveryOnceTests(WorkersDNSTestCase):
             )
         answers = yield self.both_workers_serve(port, admin_port, [b"3", b"4"])
         self.assertEqual(set(answers), {b"3", b"4"})
+        # The workers' own figures keep what 127.0.0.2 answered before it
+        # went: their requests are every request the backends saw.
+        yield admin_until(
+            admin_port,
+            "/status",
+            lambda b: (
+                sum(w["requests"] for w in json.loads(b)["workers"])
+                == sum(len(backend.seen) for backend in backends)
+            ),
+        )
         self.assertNotIn(b"Traceback", proc.output)
 
 
