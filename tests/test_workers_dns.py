@@ -375,3 +375,71 @@ class RegionTests(unittest.TestCase):
         with self.assertRaises(ValueError):
             region.write(b"x" * (MAX_DOCUMENT + 1))
         self.assertEqual(region.sequence, 0)
+
+
+class WakeTests(unittest.TestCase):
+    """A publication wakes the workers (a byte on their standard input), bounded."""
+
+    def test_each_publication_tells_the_supervisor_to_wake_the_workers(self) -> None:
+        state = GroupState.__new__(GroupState)
+        state.table = SharedTable.create()
+        self.addCleanup(__import__("os").close, state.table.fd)
+        state.shares = {}
+        state.held_rows = set()
+        region = FoundRegion.create()
+        publisher = FoundPublisher(
+            FakeService(FakePool([FakeServer("two", "10.0.0.2")])), state, region, lambda: [0]
+        )
+        woken: List[int] = []
+        publisher.notify = lambda: woken.append(region.sequence)
+        publisher.publish()
+        publisher.publish()
+        self.assertEqual(woken, [2, 4])
+
+    def test_a_worker_is_woken_by_one_byte_and_not_while_its_pipe_is_full(self) -> None:
+        from twisted.internet.testing import StringTransport
+
+        from lbproxy.workers.supervisor import WorkerProcess
+
+        worker = WorkerProcess(None, 0, 0, 1)  # type: ignore[arg-type]
+        transport = StringTransport()
+        worker.transport = transport  # type: ignore[assignment]
+        worker.wake()
+        self.assertEqual(transport.value(), b"\n")
+        worker.pauseProducing()
+        worker.wake()
+        self.assertEqual(transport.value(), b"\n")
+        worker.resumeProducing()
+        worker.wake()
+        self.assertEqual(transport.value(), b"\n\n")
+
+
+class WorkerPollTests(unittest.TestCase):
+    """A worker's reading of the region: when woken, and its slow safety poll."""
+
+    def test_woken_it_applies_at_once_and_polls_slowly_otherwise(self) -> None:
+        from twisted.internet.task import Clock
+
+        from lbproxy.workers.discovery import POLL, PublishedPools
+
+        region = FoundRegion.create()
+        self.addCleanup(__import__("os").close, region.fd)
+        clock = Clock()
+
+        class Parent:
+            pools: Dict[str, object] = {}
+
+        found = PublishedPools(Parent(), clock, lambda name: None, region, 0)
+        found.apply(None, {}, {})
+        found.start()
+        self.addCleanup(found.stop)
+        self.assertGreaterEqual(POLL, 1.0)
+        sequence = region.write(b'{"pools":{}}')
+        found.poll()  # what a byte on standard input calls
+        self.assertEqual(found.sequence, sequence)
+        self.assertEqual(region.applied(0), sequence)
+        # Unwoken, it still finds a publication within POLL seconds.
+        sequence = region.write(b'{"pools":{}}')
+        clock.advance(POLL)
+        self.assertEqual(found.sequence, sequence)
+        self.assertEqual(clock.getDelayedCalls()[0].getTime(), clock.seconds() + POLL)
