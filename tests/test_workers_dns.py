@@ -443,3 +443,43 @@ class WorkerPollTests(unittest.TestCase):
         clock.advance(POLL)
         self.assertEqual(found.sequence, sequence)
         self.assertEqual(clock.getDelayedCalls()[0].getTime(), clock.seconds() + POLL)
+
+    def test_while_it_holds_a_removed_servers_row_it_looks_every_tenth_of_a_second(self) -> None:
+        from twisted.internet.task import Clock
+
+        from lbproxy.workers.discovery import PRUNE_POLL, PublishedPools
+
+        region = FoundRegion.create()
+        self.addCleanup(__import__("os").close, region.fd)
+        table = SharedTable.create()
+        self.addCleanup(__import__("os").close, table.fd)
+        table.slots = 1
+        key = row_key("web", ("gone", "http", "10.0.0.9", 80))
+        row = table.assign([key])[key]
+        table.add_inflight(row, 0, 1)
+        clock = Clock()
+
+        class Parent:
+            pools: Dict[str, object] = {}
+
+        class Share:
+            def __init__(self) -> None:
+                self.table = table
+                self.rows: Dict[object, int] = {}
+
+            def invalidate(self) -> None:
+                pass
+
+        found = PublishedPools(Parent(), clock, lambda name: None, region, 0)
+        found.apply(None, {}, {})
+        found.start()
+        self.addCleanup(found.stop)
+        gone = object()
+        found.leaving[gone] = (Share(), row)
+        sequence = region.write(b'{"pools":{}}')
+        found.poll()
+        self.assertEqual(region.applied(0), 0)  # a row still held: not applied yet
+        table.add_inflight(row, 0, -1)  # its request is done
+        clock.advance(PRUNE_POLL)
+        self.assertEqual(found.leaving, {})
+        self.assertEqual(region.applied(0), sequence)
