@@ -134,11 +134,14 @@ class Removed:
     publication), then followed while this worker still has requests in
     flight to it (they finish and count on it); at most L{FOLLOWED} of them
     are followed (the oldest leaves first, its counts folded up to then),
-    so memory stays bounded whatever the churn.  A server DNS names again is
-    a new server (L{lbproxy.upstream.discovery.update_pool}).
+    so memory stays bounded whatever the churn.  (A server with a row of
+    the shared table keeps the in-flight sum it last read, which may count
+    other workers' requests: such a one may be followed until the bound
+    drops it.)  A server DNS names again is a new server
+    (L{lbproxy.upstream.discovery.update_pool}).
     """
 
-    FOLLOWED = 256
+    FOLLOWED = 64
 
     def __init__(self) -> None:
         #: pool -> [requests answered, failures] of its removed servers.
