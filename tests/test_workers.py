@@ -537,6 +537,38 @@ class GroupViewTests(GroupTestCase):
         self.assertTrue(any(v is not None for v in pool["series"]["p50_ms"]), pool)
 
     @defer.inlineCallbacks
+    def test_an_ejection_by_a_worker_is_one_event_of_the_groups_history(self):  # type: ignore[no-untyped-def]
+        # b refuses connections: the first request a worker sends it takes
+        # it out (max_fails = 1) for every worker; /history names the
+        # ejection once, and its end once, as one process does.
+        (a,) = self.backends("a")
+        closed = _free_port()
+        port, admin_port, proc = self.start(
+            [f"{a.url} name=a", f"http://{HOST}:{closed} name=b"],
+            {"algorithm": "round_robin", "max_fails": "1", "fail_timeout": "1s"},
+            admin=True,
+        )
+        yield self.ready(proc)
+        for n in range(4):
+            response = yield threads.deferToThread(fetch, port, "GET", f"/{n}")
+            self.assertEqual(response.status, 200)
+
+        def events(body: bytes) -> List[str]:
+            (pool,) = json.loads(body)["pools"]
+            return [f"{e['server']} {e['event']}" for e in pool["events"]]
+
+        body = yield admin_until(
+            admin_port, "/history", lambda b: "b reinstated" in events(b), tries=400
+        )
+        self.assertEqual(events(body), ["b ejected", "b reinstated"])
+        # Asked again from the last second answered: nothing twice.
+        last = json.loads(body)["last"]
+        body = yield admin_until(
+            admin_port, f"/history?since={last}", lambda b: json.loads(b)["last"] > last + 1
+        )
+        self.assertEqual(events(body), [])
+
+    @defer.inlineCallbacks
     def test_counts_stay_when_a_worker_ends(self):  # type: ignore[no-untyped-def]
         (a,) = self.backends("a")
         port, admin_port, proc = self.start(
@@ -893,3 +925,215 @@ class PoolClaimTests(unittest.TestCase):
         self.assertEqual((a.servers[0].active, self.table.inflight(self.row)), (1, 1))
         a.release(a.servers[0])
         self.assertEqual((a.servers[0].active, self.table.inflight(self.row)), (0, 0))
+
+
+class WorkerEjectionHistoryTests(unittest.TestCase):
+    """
+    A worker's passive ejection of a server, as the supervisor's refresh of
+    the shared table sees it: one event in the group's history for its
+    start and one for its end, as one process records its own.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+
+        from lbproxy.upstream.pool import Pool, ServerState
+        from lbproxy.workers.shared import PoolShare, SharedTable, _server_key, row_key
+
+        text = proxy_config(
+            ["http://127.0.0.1:1 name=a", "http://127.0.0.1:2 name=b"],
+            pool={"max_fails": "1", "fail_timeout": "2s"},
+        )
+        pool_config = parse(text).active_pool()
+        table = SharedTable.create()
+        self.addCleanup(os.close, table.fd)
+        table.slots = 1
+        self.clock = Clock()
+        self.clock.advance(100)
+
+        def pool_with_share(slot: int, authority: bool):  # type: ignore[no-untyped-def]
+            servers = [ServerState(c) for c in pool_config.servers]
+            keys = [row_key("test", _server_key(s)) for s in servers]
+            rows = table.assign(keys)
+            pool = Pool(pool_config, servers, self.clock)
+            share = PoolShare(
+                SharedTable(table.fd),
+                slot,
+                pool,
+                {s: rows[k] for s, k in zip(servers, keys)},
+                authority=authority,
+            )
+            self.addCleanup(share.stop)
+            return pool, share
+
+        self.worker, worker_share = pool_with_share(0, False)
+        self.worker.shared = worker_share
+        self.supervisor, self.supervisor_share = pool_with_share(-1, True)
+        self.addCleanup(self.worker.stop)
+        self.addCleanup(self.supervisor.stop)
+
+    def events(self) -> List[tuple]:
+        return [(e.server, e.event) for e in self.supervisor.stats.events.events]
+
+    def test_an_ejection_by_a_worker_is_one_event_and_so_is_its_end(self) -> None:
+        from lbproxy.ops.history import history
+
+        self.supervisor_share.sync()
+        self.assertEqual(self.events(), [])
+        self.worker.record_failure(self.worker.servers[1])
+        self.assertTrue(self.worker.servers[1].ejected)
+        self.clock.advance(0.25)
+        self.supervisor_share.sync()
+        self.supervisor_share.sync()
+        self.assertEqual(self.events(), [("b", "ejected")])
+        self.assertTrue(self.supervisor.servers[1].ejected)
+        self.clock.advance(2)
+        self.supervisor_share.sync()
+        self.supervisor_share.sync()
+        self.assertEqual(self.events(), [("b", "ejected"), ("b", "reinstated")])
+        self.assertFalse(self.supervisor.servers[1].ejected)
+        # /history of the seconds they fell in names both, once each.
+        answer = history([self.supervisor], self.clock.seconds() + 1, 0, since=99)
+        self.assertEqual(
+            [(e["server"], e["event"]) for e in answer["pools"][0]["events"]],
+            [("b", "ejected"), ("b", "reinstated")],
+        )
+
+    def test_a_health_check_that_brings_it_back_is_the_one_end(self) -> None:
+        from lbproxy.workers.shared import GroupState
+
+        state = GroupState.__new__(GroupState)
+        state.table = self.supervisor_share.table
+        state.shares = {"test": self.supervisor_share}
+        state._clock = self.clock
+        self.supervisor.on_change = state._publishing("test", None)
+        self.worker.record_failure(self.worker.servers[1])
+        self.supervisor_share.sync()
+        self.assertTrue(self.supervisor.servers[1].ejected)
+        # A passing check reinstates it in the supervisor; a refresh right
+        # after (before the published change) must not read the ejection
+        # again as a new one.
+        self.supervisor.record_check(self.supervisor.servers[1], True, "200")
+        self.assertFalse(self.supervisor.servers[1].ejected)
+        self.supervisor_share.sync()
+        self.assertFalse(self.supervisor.servers[1].ejected)
+        self.clock.advance(0)
+        self.supervisor_share.sync()
+        self.assertEqual(
+            self.supervisor_share.table.ejected_until(
+                self.supervisor_share.rows[self.supervisor.servers[1]]
+            ),
+            0.0,
+        )
+        self.assertEqual([e for e in self.events() if e[1] == "ejected"], [("b", "ejected")])
+
+
+class FullTableTests(unittest.TestCase):
+    """A reload never fails for want of rows: servers beyond the table keep per-worker state."""
+
+    def test_servers_beyond_the_tables_rows_are_mapped_without_one_logged_once(self) -> None:
+        from twisted.internet.task import Clock
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        from lbproxy.upstream.pool import Pool, ServerState
+        from lbproxy.workers.shared import MAX_SERVERS, GroupState, _server_key, row_key
+
+        text = proxy_config(["http://127.0.0.1:1 name=a", "http://127.0.0.1:2 name=b"])
+        pool_config = parse(text).active_pool()
+        clock = Clock()
+        servers = [ServerState(c) for c in pool_config.servers]
+        pool = Pool(pool_config, servers, clock)
+
+        class Service:
+            pools = {"test": pool}
+            reactor = clock
+
+        state = GroupState(Service())
+        self.addCleanup(os.close, state.table.fd)
+        # Every row but one taken by servers of other pools.
+        for row in range(MAX_SERVERS - 1):
+            state.table.take_row(row, row.to_bytes(4, "big") * 8)
+        logged: List[str] = []
+
+        def observer(event: Dict[str, object]) -> None:
+            logged.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        state.map_servers()
+        share = state.shares["test"]
+        self.assertEqual(list(share.rows), [servers[0]])
+        # A worker finds no row for b: its own state.
+        self.assertIsNotNone(state.table.find(row_key("test", _server_key(servers[0]))))
+        self.assertIsNone(state.table.find(row_key("test", _server_key(servers[1]))))
+        warnings = [line for line in logged if "no row of the shared table" in line]
+        self.assertEqual(
+            warnings,
+            [
+                "1 servers get no row of the shared table (4096 rows in all), "
+                "each worker keeps their state: test/b"
+            ],
+        )
+        # The supervisor's refresh and a change of b's state work without a row.
+        state.sync()
+        pool.drain(servers[1])
+        self.assertTrue(servers[1].draining)
+
+
+class RemovedServerCountsTests(unittest.TestCase):
+    """A worker's own figures in /status never go down when DNS removes a server."""
+
+    def test_a_removed_servers_counts_stay_in_its_workers_requests(self) -> None:
+        from twisted.internet.task import Clock
+
+        from lbproxy.upstream.pool import Pool, ServerState
+        from lbproxy.workers.stats import GroupSource, GroupStats, Publisher, StatsRegions
+
+        text = proxy_config(["http://127.0.0.1:1 name=a", "http://127.0.0.1:2 name=b"])
+        pool_config = parse(text).active_pool()
+        clock = Clock()
+        clock.advance(1000)
+        a, b = [ServerState(c) for c in pool_config.servers]
+        pool = Pool(pool_config, [a, b], clock)
+
+        class Site:
+            open_connections = 0
+
+        class Service:
+            pools = {"test": pool}
+            reactor = clock
+            site = Site()
+
+        class Proxy:
+            pools: Dict[str, object] = {}
+
+            def seconds(self) -> float:
+                return clock.seconds()
+
+        regions = StatsRegions.create()
+        self.addCleanup(os.close, regions.fd)
+        group = GroupStats(regions)
+        publisher = Publisher(regions, Service(), 0, 1, 0)
+
+        def figures() -> tuple:
+            publisher.publish()
+            (worker,) = GroupSource(Proxy(), group.documents([0]), group).workers()
+            return worker.requests, worker.failures
+
+        a.stats.served, b.stats.served, b.stats.failures = 3, 5, 1
+        self.assertEqual(figures(), (8, 1))
+        # DNS no longer names b; one request of this worker to it is in flight.
+        b.active = 1
+        pool.reconfigure(pool_config, [a])
+        clock.advance(0.25)
+        self.assertEqual(figures(), (8, 1))
+        # It finishes, and counts.
+        b.stats.served += 1
+        b.active = 0
+        clock.advance(0.25)
+        self.assertEqual(figures(), (9, 1))
+        # Then it is forgotten (bounded), its counts kept.
+        self.assertEqual(len(publisher.removed._followed), 0)
+        a.stats.served += 1
+        clock.advance(1)
+        self.assertEqual(figures(), (10, 1))

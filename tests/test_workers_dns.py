@@ -147,11 +147,12 @@ class DiscoveryOnceTests(WorkersDNSTestCase):
 
     @defer.inlineCallbacks
     def test_a_change_of_the_records_reaches_both_workers(self):  # type: ignore[no-untyped-def]
-        backend_port, _ = self.servers_on("127.0.0.2", "127.0.0.3", "127.0.0.4")
+        backend_port, backends = self.servers_on("127.0.0.2", "127.0.0.3", "127.0.0.4")
         self.zone.a("app.test", "127.0.0.2", "127.0.0.3")
         port, admin_port, proc = self.start(backend_port, extra="dns_min_ttl = 200ms\n")
         yield self.ready(proc)
         yield self.both_workers_serve(port, admin_port, [b"2", b"3"])
+        self.assertTrue(backends[0].seen)
         self.zone.a("app.test", "127.0.0.3", "127.0.0.4")
         for number in range(2):
             yield proc.wait_for(
@@ -161,6 +162,16 @@ class DiscoveryOnceTests(WorkersDNSTestCase):
             )
         answers = yield self.both_workers_serve(port, admin_port, [b"3", b"4"])
         self.assertEqual(set(answers), {b"3", b"4"})
+        # The workers' own figures keep what 127.0.0.2 answered before it
+        # went: their requests are every request the backends saw.
+        yield admin_until(
+            admin_port,
+            "/status",
+            lambda b: (
+                sum(w["requests"] for w in json.loads(b)["workers"])
+                == sum(len(backend.seen) for backend in backends)
+            ),
+        )
         self.assertNotIn(b"Traceback", proc.output)
 
 
@@ -364,3 +375,111 @@ class RegionTests(unittest.TestCase):
         with self.assertRaises(ValueError):
             region.write(b"x" * (MAX_DOCUMENT + 1))
         self.assertEqual(region.sequence, 0)
+
+
+class WakeTests(unittest.TestCase):
+    """A publication wakes the workers (a byte on their standard input), bounded."""
+
+    def test_each_publication_tells_the_supervisor_to_wake_the_workers(self) -> None:
+        state = GroupState.__new__(GroupState)
+        state.table = SharedTable.create()
+        self.addCleanup(__import__("os").close, state.table.fd)
+        state.shares = {}
+        state.held_rows = set()
+        region = FoundRegion.create()
+        publisher = FoundPublisher(
+            FakeService(FakePool([FakeServer("two", "10.0.0.2")])), state, region, lambda: [0]
+        )
+        woken: List[int] = []
+        publisher.notify = lambda: woken.append(region.sequence)
+        publisher.publish()
+        publisher.publish()
+        self.assertEqual(woken, [2, 4])
+
+    def test_a_worker_is_woken_by_one_byte_and_not_while_its_pipe_is_full(self) -> None:
+        from twisted.internet.testing import StringTransport
+
+        from lbproxy.workers.supervisor import WorkerProcess
+
+        worker = WorkerProcess(None, 0, 0, 1)  # type: ignore[arg-type]
+        transport = StringTransport()
+        worker.transport = transport  # type: ignore[assignment]
+        worker.wake()
+        self.assertEqual(transport.value(), b"\n")
+        worker.pauseProducing()
+        worker.wake()
+        self.assertEqual(transport.value(), b"\n")
+        worker.resumeProducing()
+        worker.wake()
+        self.assertEqual(transport.value(), b"\n\n")
+
+
+class WorkerPollTests(unittest.TestCase):
+    """A worker's reading of the region: when woken, and its slow safety poll."""
+
+    def test_woken_it_applies_at_once_and_polls_slowly_otherwise(self) -> None:
+        from twisted.internet.task import Clock
+
+        from lbproxy.workers.discovery import POLL, PublishedPools
+
+        region = FoundRegion.create()
+        self.addCleanup(__import__("os").close, region.fd)
+        clock = Clock()
+
+        class Parent:
+            pools: Dict[str, object] = {}
+
+        found = PublishedPools(Parent(), clock, lambda name: None, region, 0)
+        found.apply(None, {}, {})
+        found.start()
+        self.addCleanup(found.stop)
+        self.assertGreaterEqual(POLL, 1.0)
+        sequence = region.write(b'{"pools":{}}')
+        found.poll()  # what a byte on standard input calls
+        self.assertEqual(found.sequence, sequence)
+        self.assertEqual(region.applied(0), sequence)
+        # Unwoken, it still finds a publication within POLL seconds.
+        sequence = region.write(b'{"pools":{}}')
+        clock.advance(POLL)
+        self.assertEqual(found.sequence, sequence)
+        self.assertEqual(clock.getDelayedCalls()[0].getTime(), clock.seconds() + POLL)
+
+    def test_while_it_holds_a_removed_servers_row_it_looks_every_tenth_of_a_second(self) -> None:
+        from twisted.internet.task import Clock
+
+        from lbproxy.workers.discovery import PRUNE_POLL, PublishedPools
+
+        region = FoundRegion.create()
+        self.addCleanup(__import__("os").close, region.fd)
+        table = SharedTable.create()
+        self.addCleanup(__import__("os").close, table.fd)
+        table.slots = 1
+        key = row_key("web", ("gone", "http", "10.0.0.9", 80))
+        row = table.assign([key])[key]
+        table.add_inflight(row, 0, 1)
+        clock = Clock()
+
+        class Parent:
+            pools: Dict[str, object] = {}
+
+        class Share:
+            def __init__(self) -> None:
+                self.table = table
+                self.rows: Dict[object, int] = {}
+
+            def invalidate(self) -> None:
+                pass
+
+        found = PublishedPools(Parent(), clock, lambda name: None, region, 0)
+        found.apply(None, {}, {})
+        found.start()
+        self.addCleanup(found.stop)
+        gone = object()
+        found.leaving[gone] = (Share(), row)
+        sequence = region.write(b'{"pools":{}}')
+        found.poll()
+        self.assertEqual(region.applied(0), 0)  # a row still held: not applied yet
+        table.add_inflight(row, 0, -1)  # its request is done
+        clock.advance(PRUNE_POLL)
+        self.assertEqual(found.leaving, {})
+        self.assertEqual(region.applied(0), sequence)

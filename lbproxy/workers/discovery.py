@@ -12,9 +12,11 @@ key).  A sequence number, odd while the document is being written, lets a
 worker take a whole copy without a lock.
 
 A worker looks up nothing: its L{PublishedPools} take the answers from the
-region (at start, then whenever the sequence moves, polled every
-L{POLL} seconds) and apply a change as a single process applies a DNS
-change (L{lbproxy.upstream.discovery.update_pool}: servers that stay keep
+region (at start, then whenever the sequence moves: the supervisor writes a
+byte to each worker's standard input when it publishes, and a worker also
+reads the sequence every L{POLL} seconds, a safety net) and apply a change
+as a single process applies a DNS change
+(L{lbproxy.upstream.discovery.update_pool}: servers that stay keep
 their state, new ones start with slow start, removed ones finish their
 requests), then read the rows: a discovered server's in-flight sum, health
 verdict, ejection, drain, maint and weight are the group's, as a listed
@@ -64,8 +66,13 @@ MAX_DISCOVERED_ROWS = 256
 #: The largest document the supervisor publishes.
 MAX_DOCUMENT = 1 << 20
 
-#: How often a worker looks at the region's sequence number.
-POLL = 0.1
+#: How often a worker looks at the region's sequence number unbidden (the
+#: supervisor's byte on its standard input is what brings news at once).
+POLL = 1.0
+
+#: How often a worker that still holds rows of removed servers (its
+#: requests to them in flight) looks whether they are done.
+PRUNE_POLL = 0.1
 
 #: Words: the sequence, the document's length, then each slot's applied
 #: sequence; the document follows.
@@ -151,6 +158,8 @@ class FoundPublisher:
         self.state = state
         self.region = region
         self.live_slots = live_slots
+        #: Told after each publication (the workers are woken to read it).
+        self.notify: Optional[Callable[[], None]] = None
         #: Rows of removed servers not yet freed: the sequence they left at.
         self.held: Dict[int, int] = {}
         #: The rows of each pool's discovered servers, as last published.
@@ -222,6 +231,8 @@ class FoundPublisher:
         self.published = current
         self.state.held_rows = set(self.held)
         self.release()
+        if self.notify is not None:
+            self.notify()
 
     def _warn(self, pool: str, left_out: int) -> None:
         if not left_out:
@@ -291,6 +302,7 @@ class PublishedPools(DiscoveredPools):
         #: own requests to them are in flight.
         self.leaving: Dict[Any, Tuple[Any, int]] = {}
         self._poll = LoopingCall(self.poll)
+        self._prune_call: Any = None
         self._read()
 
     def answers(self, pool: str) -> Mapping[str, Tuple[Found, ...]]:
@@ -338,6 +350,12 @@ class PublishedPools(DiscoveredPools):
         self._prune()
         if not self.leaving:
             self.region.set_applied(self.slot, self.sequence)
+        elif self._prune_call is None and self._poll.running:
+            self._prune_call = self.reactor.callLater(PRUNE_POLL, self._prune_poll)
+
+    def _prune_poll(self) -> None:
+        self._prune_call = None
+        self.poll()
 
     def _apply_change(self, name: str, pool: Any) -> None:
         names = {s.name for s in pool.servers}
@@ -403,6 +421,9 @@ class PublishedPools(DiscoveredPools):
     def stop(self) -> None:
         if self._poll.running:
             self._poll.stop()
+        if self._prune_call is not None and self._prune_call.active():
+            self._prune_call.cancel()
+        self._prune_call = None
 
 
 __all__ = ["MAX_DISCOVERED_ROWS", "FoundPublisher", "FoundRegion", "PublishedPools"]

@@ -39,6 +39,9 @@ import threading
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+log = Logger()
 
 #: Most servers over all pools, and most worker processes alive at once
 #: (a reload briefly runs two generations).
@@ -158,13 +161,16 @@ class SharedTable:
     def assign(self, keys: List[bytes]) -> Dict[bytes, int]:
         """
         Rows for C{keys} (supervisor only): a key keeps its row; a new one
-        takes a free row (never used, or freed by L{release_rows}).
+        takes a free row (never used, or freed by L{release_rows}).  A key
+        left without one when every row is taken is not in the answer.
         """
         rows: Dict[bytes, int] = {}
         for key in keys:
             row = self.find(key)
             if row is None:
                 row = self._free_row()
+                if row is None:
+                    continue
                 base = self.base(row)
                 self.words[base : base + _FIELDS + 1 + MAX_SLOTS] = memoryview(
                     bytes(8 * (_FIELDS + 1 + MAX_SLOTS))
@@ -176,11 +182,11 @@ class SharedTable:
             rows[key] = row
         return rows
 
-    def _free_row(self) -> int:
+    def _free_row(self) -> Optional[int]:
         for row in range(MAX_SERVERS):
             if not self.words[self.base(row) + _KEY]:
                 return row
-        raise RuntimeError(f"more than {MAX_SERVERS} servers")
+        return None
 
     def release_rows(self, keep: List[int]) -> None:
         """Free the rows not in C{keep} that have nothing in flight (supervisor only)."""
@@ -215,6 +221,12 @@ class SharedTable:
     def free_row(self, row: int) -> None:
         """Free one row (supervisor only, once no worker writes to it)."""
         self.words[self.base(row) + _KEY] = 0
+
+    def clear_ejection(self, row: int) -> None:
+        """The supervisor brought the server back (a passing check): no ejection (counted)."""
+        if self.doubles[self.base(row) + _FIELDS] != 0.0:
+            self.doubles[self.base(row) + _FIELDS] = 0.0
+            self.words[_CHANGES] += 1
 
     # -- fields ---------------------------------------------------------------
 
@@ -412,6 +424,7 @@ class PoolShare:
                 if ejected != server.ejected:
                     server.ejected = ejected
                     server.refresh()
+                    self._record_ejection(server, ejected, now)
                 table.publish(row, server)
                 continue
             server.up = not table.down(row)
@@ -426,6 +439,34 @@ class PoolShare:
             limit = server.config.max_connections
             server.full = limit is not None and server.active >= limit
             server.refresh()
+
+    def _record_ejection(self, server: Any, ejected: bool, now: float) -> None:
+        """
+        The supervisor saw a worker's ejection of C{server} begin or end:
+        one event in the pool's history (C{/history}), as a single process
+        records its own.  Its time is when the supervisor saw it (at most
+        one L{GroupState} refresh late), never before the second being
+        merged (L{lbproxy.workers.stats.HistoryFeed}): a client asking
+        C{?since=} gets it once.
+        """
+        events = getattr(getattr(self.pool, "stats", None), "events", None)
+        if events is None:
+            return
+        if ejected:
+            events.add(now, server.name, "ejected", "failed requests (a worker's passive checks)")
+        else:
+            events.add(now, server.name, "reinstated", "on probation")
+
+    def prime(self) -> None:
+        """
+        Take the ejections the table holds as they are, without an event
+        (a reload's new pools: an ejection seen before is not new).
+        """
+        now = self.pool.clock.seconds()
+        for server, row in self.rows.items():
+            if self.table.ejected_until(row) > now and not server.ejected:
+                server.ejected = True
+                server.refresh()
 
     def _full_sync(self, changes: int) -> None:
         table = self.table
@@ -659,20 +700,37 @@ class GroupState:
         self._clock = service.reactor
 
     def map_servers(self) -> None:
-        """Rows for the running configuration's servers (at start and after a reload)."""
+        """
+        Rows for the running configuration's servers (at start and after a
+        reload).  Never fails: servers beyond the table's L{MAX_SERVERS}
+        rows keep per-worker state (each worker finds no row for them),
+        logged in one line.
+        """
         table = self.table
         used: List[int] = []
         self.shares = {}
+        left_out: List[str] = []
         for name, pool in self.service.pools.items():
             keys = [row_key(name, _server_key(server)) for server in pool.servers]
             rows = table.assign(keys)
-            by_server = {s: rows[k] for s, k in zip(pool.servers, keys)}
+            by_server = {s: rows[k] for s, k in zip(pool.servers, keys) if k in rows}
+            left_out.extend(f"{name}/{s.name}" for s in pool.servers if s not in by_server)
             used.extend(by_server.values())
-            self.shares[name] = PoolShare(table, -1, pool, by_server, authority=True)
-            for server in pool.servers:
-                table.publish(by_server[server], server)
+            share = PoolShare(table, -1, pool, by_server, authority=True)
+            share.prime()
+            self.shares[name] = share
+            for server, row in by_server.items():
+                table.publish(row, server)
             pool.on_change = self._publishing(name, pool.on_change)
         table.release_rows(used + sorted(self.held_rows))
+        if left_out:
+            log.warn(
+                "{n} servers get no row of the shared table ({most} rows in all), "
+                "each worker keeps their state: {servers}",
+                n=len(left_out),
+                most=MAX_SERVERS,
+                servers=", ".join(left_out[:5]) + (", ..." if len(left_out) > 5 else ""),
+            )
 
     def _publishing(self, name: str, recorder: Any) -> Any:
         if getattr(recorder, "publishes", False):
@@ -683,6 +741,10 @@ class GroupState:
             share = self.shares.get(name)
             row = share.rows.get(server) if share is not None else None
             if row is not None:
+                if what in ("UP", "reinstated"):
+                    # Back: a worker's ejection ends now, before the next
+                    # refresh could read it again as a new one.
+                    self.table.clear_ejection(row)
                 self._clock.callLater(0, self.table.publish, row, server)
             if recorder is not None:
                 recorder(server, what, detail)

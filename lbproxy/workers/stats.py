@@ -38,7 +38,19 @@ import json
 import mmap
 import os
 from collections import deque
-from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import (
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -112,13 +124,81 @@ class StatsRegions:
 # -- the worker's side ----------------------------------------------------------
 
 
+class Removed:
+    """
+    The counters of the servers a worker's pools no longer have (DNS
+    discovery removed them), folded into one total per pool, so that the
+    worker's own figures (C{/status} C{"workers"}) never go down.
+
+    A removed server is folded when it is first seen gone (at the next
+    publication), then followed while this worker still has requests in
+    flight to it (they finish and count on it); at most L{FOLLOWED} of them
+    are followed (the oldest leaves first, its counts folded up to then),
+    so memory stays bounded whatever the churn.  (A server with a row of
+    the shared table keeps the in-flight sum it last read, which may count
+    other workers' requests: such a one may be followed until the bound
+    drops it.)  A server DNS names again is a new server
+    (L{lbproxy.upstream.discovery.update_pool}).
+    """
+
+    FOLLOWED = 64
+
+    def __init__(self) -> None:
+        #: pool -> [requests answered, failures] of its removed servers.
+        self.totals: Dict[str, List[int]] = {}
+        #: pool -> (its server list as last seen, the same as a set).
+        self._lists: Dict[str, Tuple[Any, Set[Any]]] = {}
+        #: [pool, server, served, failures folded so far] of each followed one.
+        self._followed: Deque[List[Any]] = deque()
+
+    def _fold(self, pool: str, served: int, failures: int) -> None:
+        total = self.totals.setdefault(pool, [0, 0])
+        total[0] += served
+        total[1] += failures
+
+    def follow(self, pools: Mapping[str, Any]) -> None:
+        """Fold what the servers gone since the last call, and those followed, counted."""
+        for name, pool in pools.items():
+            servers = pool.servers
+            known = self._lists.get(name)
+            if known is not None and known[0] is servers:
+                continue
+            current = set(servers)
+            if known is not None:
+                for server in known[1] - current:
+                    stats = server.stats
+                    self._fold(name, stats.served, stats.failures)
+                    self._followed.append([name, server, stats.served, stats.failures])
+            self._lists[name] = (servers, current)
+        if not self._followed:
+            return
+        kept: Deque[List[Any]] = deque()
+        for entry in self._followed:
+            name, server, served, failures = entry
+            stats = server.stats
+            if stats.served != served or stats.failures != failures:
+                self._fold(name, stats.served - served, stats.failures - failures)
+                entry[2], entry[3] = stats.served, stats.failures
+            if server.active > 0:
+                kept.append(entry)
+        while len(kept) > self.FOLLOWED:
+            kept.popleft()
+        self._followed = kept
+
+
 def report(
-    service: Any, number: int, generation: int, slot: int, final: bool = False
+    service: Any,
+    number: int,
+    generation: int,
+    slot: int,
+    final: bool = False,
+    removed: Optional[Removed] = None,
 ) -> Dict[str, Any]:
     """
     What a worker publishes: its pools' and servers' counters, and its own
     figures.  C{final}: its last, as it stops; its history includes the
-    second in progress.
+    second in progress.  C{removed}: the counters of servers its pools no
+    longer have, per pool.
     """
     now = service.reactor.seconds()
     upto = now + 1 if final else now
@@ -145,6 +225,7 @@ def report(
             "unrouted": [[m, s, n] for (m, s), n in pool.stats.unrouted.items()],
             "queue_length": pool.queue_length,
             "servers": servers,
+            "removed": removed.totals.get(name, [0, 0]) if removed is not None else [0, 0],
         }
     return {
         "number": number,
@@ -167,7 +248,7 @@ def fingerprint(service: Any) -> Tuple[Any, ...]:
     for pool in service.pools.values():
         stats = pool.stats
         figures.append(
-            (stats.retries, pool.queue_length, sum(stats.unrouted.values()), len(pool.servers))
+            (stats.retries, pool.queue_length, sum(stats.unrouted.values()), id(pool.servers))
         )
         for server in pool.servers:
             s = server.stats
@@ -197,6 +278,7 @@ class Publisher:
         self._too_big = False
         self._last: Optional[Tuple[Any, ...]] = None
         self._second = -1
+        self.removed = Removed()
 
     def start(self, clock: Any) -> None:
         self._loop.clock = clock
@@ -209,13 +291,18 @@ class Publisher:
 
     def publish(self, final: bool = False) -> None:
         second = int(self.service.reactor.seconds())
+        self.removed.follow(self.service.pools)
         if not final:
-            figures = fingerprint(self.service)
+            figures = fingerprint(self.service) + (
+                sum(served for served, _ in self.removed.totals.values()),
+            )
             if figures == self._last and second == self._second:
                 return
             self._last = figures
         self._second = second
-        document = report(self.service, self.number, self.generation, self.slot, final)
+        document = report(
+            self.service, self.number, self.generation, self.slot, final, self.removed
+        )
         data = json.dumps(document, separators=(",", ":")).encode("utf-8")
         if not self.regions.write(self.slot, data) and not self._too_big:
             self._too_big = True
@@ -462,6 +549,10 @@ class GroupSource:
                     requests += int(figures["served"])
                     failures += int(figures["failures"])
                     in_flight += int(figures["active"])
+                # Servers removed since (DNS discovery): their counts stay.
+                gone_served, gone_failures = pool.get("removed", (0, 0))
+                requests += int(gone_served)
+                failures += int(gone_failures)
             out.append(
                 WorkerSnapshot(
                     number=int(document["number"]),
@@ -597,6 +688,7 @@ __all__ = [
     "GroupStats",
     "HistoryFeed",
     "Publisher",
+    "Removed",
     "StatsRegions",
     "report",
     "take",

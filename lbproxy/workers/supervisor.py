@@ -87,9 +87,12 @@ class WorkerProcess(ProcessProtocol):
         self.started_at = 0.0
         self.pid: Optional[int] = None
         self._lines = {1: b"", 2: b""}
+        self._stdin_full = False
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid  # type: ignore[union-attr]
+        # Told when its standard input's buffer fills (L{wake}).
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
         buffered = self._lines.get(fd, b"") + data
@@ -110,6 +113,26 @@ class WorkerProcess(ProcessProtocol):
                     self.ready.callback(None)
             elif text:
                 log.info("worker {number}: {line}", number=self.number, line=text)
+
+    def wake(self) -> None:
+        """
+        New DNS answers are published: one byte on the worker's standard
+        input (it reads the region at once).  Skipped while the pipe's
+        buffer is full (a worker that reads nothing): the worker's own poll
+        finds the answers anyway, and the buffer stays bounded.
+        """
+        if self._stdin_full or self.transport is None:
+            return
+        self.transport.write(b"\n")
+
+    def pauseProducing(self) -> None:
+        self._stdin_full = True
+
+    def resumeProducing(self) -> None:
+        self._stdin_full = False
+
+    def stopProducing(self) -> None:
+        self._stdin_full = True
 
     def reopen_logs(self) -> None:
         """
@@ -335,6 +358,11 @@ class WorkerGroup(Service):
         call = self.reactor.callLater(seconds, kill)
         worker.ended.addBoth(lambda _: call.active() and call.cancel())
 
+    def wake(self) -> None:
+        """New DNS answers are published: every live worker reads them at once."""
+        for worker in self.live:
+            worker.wake()
+
     def signal_all(self, name: Union[str, int]) -> None:
         for worker in list(self.live):
             worker.signal(name)
@@ -379,6 +407,7 @@ class SupervisorService(ProxyService):
             FoundRegion.create(),
             lambda: [worker.slot for worker in self.workers.live],
         )
+        self.found.notify = self.workers.wake
         self.found.publish()
 
     @property

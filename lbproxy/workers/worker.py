@@ -227,8 +227,13 @@ def run(arguments: WorkerArguments) -> int:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGUSR1, deferred(reopen))
         signal.signal(signal.SIGTERM, deferred(stop))
-        _watch_supervisor(reactor, stop)
+        _watch_supervisor(reactor, stop, news)
         os.write(1, b"ready\n")
+
+    def news() -> None:
+        # The supervisor published DNS answers: read them now.
+        if found is not None:
+            service.discovered.poll()  # type: ignore[attr-defined]
 
     stopping: List[bool] = []
 
@@ -278,14 +283,17 @@ def linger(service: ProxyService, reactor: Any, seconds: float) -> Deferred[None
     return done
 
 
-def _watch_supervisor(reactor: Any, stop: Any) -> None:
-    """Stop when standard input, a pipe from the supervisor, ends."""
+def _watch_supervisor(reactor: Any, stop: Any, news: Any) -> None:
+    """
+    Stop when standard input, a pipe from the supervisor, ends; a byte on
+    it is news (new DNS answers published): C{news()}, once per read.
+    """
     from twisted.internet import stdio
     from twisted.internet.protocol import Protocol
 
     class Watch(Protocol):
         def dataReceived(self, data: bytes) -> None:
-            pass
+            news()
 
         def connectionLost(self, reason: Any = None) -> None:
             stop()
