@@ -413,6 +413,8 @@ class PoolShare:
                 return
             self._full_sync(changes)
             return
+        # The supervisor (the authority): it takes the workers' ejections
+        # and in-flight sums, and publishes its own decisions.
         now = self.pool.clock.seconds()
         for server in self.pool.servers:
             row = self.rows.get(server)
@@ -420,25 +422,11 @@ class PoolShare:
                 continue
             server.active = table.inflight(row)
             ejected = table.ejected_until(row) > now
-            if self.authority:
-                if ejected != server.ejected:
-                    server.ejected = ejected
-                    server.refresh()
-                    self._record_ejection(server, ejected, now)
-                table.publish(row, server)
-                continue
-            server.up = not table.down(row)
-            operator = table.operator(row)
-            server.draining = operator == OPERATOR_DRAINING
-            server.maint = operator == OPERATOR_MAINT
-            weight = table.weight(row)
-            if weight != server.weight_override:
-                server.weight_override = weight
-                server.weight = server.base_weight * 100
-            server.ejected = table.ejected_until(row) > now
-            limit = server.config.max_connections
-            server.full = limit is not None and server.active >= limit
-            server.refresh()
+            if ejected != server.ejected:
+                server.ejected = ejected
+                server.refresh()
+                self._record_ejection(server, ejected, now)
+            table.publish(row, server)
 
     def _record_ejection(self, server: Any, ejected: bool, now: float) -> None:
         """
