@@ -247,19 +247,16 @@ INTERNALS: Dict[Tuple[str, str], str] = {
     ),
     # -- pyOpenSSL: TLS reads through one reused buffer (tlsio.py) -----------
     # Not Twisted's, but private all the same: pyOpenSSL's cffi binding and
-    # the parts of its Connection that recv and bio_read use.
+    # the parts of its Connection that recv uses.
     ("OpenSSL._util", "ffi/lib"): (
         "pyOpenSSL's cffi binding of OpenSSL: the process's TLS read buffer is made with "
         "its ffi, and the reads call its lib (tls_read_binding)"
     ),
-    ("pyOpenSSL's lib", "SSL_read/BIO_read"): (
-        "what Connection.recv and Connection.bio_read call, here with the process's buffer "
-        "in place of a new one per call"
+    ("pyOpenSSL's lib", "SSL_read"): (
+        "what Connection.recv calls, here with the process's buffer in place of a new one per call"
     ),
-    ("SSL.Connection", "_ssl/_from_ssl"): (
-        "the connection's SSL object and the memory BIO its ciphertext is read from"
-    ),
-    ("SSL.Connection", "_raise_ssl_error/_handle_bio_errors"): (
+    ("SSL.Connection", "_ssl"): ("the connection's SSL object, read from"),
+    ("SSL.Connection", "_raise_ssl_error"): (
         "pyOpenSSL's own handling of a read's result (WantReadError, ZeroReturnError, "
         "SysCallError, Error): the reads through the process's buffer end with it"
     ),

@@ -9,16 +9,22 @@ few bytes it returns: on PyPy those buffers are what fills the heap, and
 TLS connections made PyPy's major collections (and the slow reactor turns
 they cause) come about twenty times as often as plain HTTP's.
 
-L{SharedBufferConnection} is pyOpenSSL's C{Connection} with those two
-reads done into one buffer made once (C{ffi.new("char[]", 65536)} from
-pyOpenSSL's own binding), the bytes read copied out of it at once; each
-read ends with pyOpenSSL's own error handling (C{_raise_ssl_error},
-C{_handle_bio_errors}), so it raises what pyOpenSSL's would
-(C{WantReadError}, C{ZeroReturnError}, C{SysCallError}, C{Error}).
-Twisted's protocol and factory are untouched: the connection is what the
-connection creator makes, so everything around the reads is the installed
-Twisted's own.  Any other read (a peek, a size over the buffer's) is
-pyOpenSSL's.
+L{SharedBufferConnection} is pyOpenSSL's C{Connection} with C{recv} done
+into one buffer made once (C{ffi.new("char[]", 65536)} from pyOpenSSL's
+own binding), the bytes read copied out of it at once; each read ends with
+pyOpenSSL's own error handling (C{_raise_ssl_error}), so it raises what
+pyOpenSSL's would (C{WantReadError}, C{ZeroReturnError}, C{SysCallError},
+C{Error}).  Twisted's protocol and factory are untouched: the connection is
+what the connection creator makes, so everything around the reads is the
+installed Twisted's own.  Any other read (a peek, a size over the
+buffer's) is pyOpenSSL's.
+
+C{bio_read} (the ciphertext to send) stays pyOpenSSL's: read through the
+buffer too, a 300 MiB download through a C{tls:} listener grew PyPy's
+resident memory by about 300 MiB (9 MiB with pyOpenSSL's), cause not found.
+pyOpenSSL's own buffers come with memory pressure that makes PyPy collect
+sooner; the copies out of the shared buffer, ciphertext up to 32 KiB each,
+apparently do not.
 
 One buffer serves the process: the reactor runs one connection's read at
 a time, and the bytes are copied out before anything else runs.
@@ -54,13 +60,12 @@ if _binding is not None:
     _ffi, _lib = _binding
     _buffer = _ffi.new("char[]", BUFFER_SIZE)
     _SSL_read = _lib.SSL_read
-    _BIO_read = _lib.BIO_read
 
 
 class SharedBufferConnection(SSL.Connection):
     """
-    pyOpenSSL's C{Connection}, whose C{recv} (C{read}) and C{bio_read} read
-    into the process's buffer.
+    pyOpenSSL's C{Connection}, whose C{recv} (C{read}) reads into the
+    process's buffer (C{bio_read} is pyOpenSSL's: see the module).
     """
 
     def recv(self, bufsiz: int, flags: Optional[int] = None) -> bytes:
@@ -72,15 +77,6 @@ class SharedBufferConnection(SSL.Connection):
         return _ffi.buffer(_buffer, result)[:]  # type: ignore[no-any-return]
 
     read = recv
-
-    def bio_read(self, bufsiz: int) -> bytes:
-        bio = self._from_ssl
-        if bio is None or type(bufsiz) is not int or not 0 < bufsiz <= BUFFER_SIZE:
-            return super().bio_read(bufsiz)
-        result = _BIO_read(bio, _buffer, bufsiz)
-        if result <= 0:
-            self._handle_bio_errors(bio, result)
-        return _ffi.buffer(_buffer, result)[:]  # type: ignore[no-any-return]
 
 
 def usable(enabled: Optional[bool] = None) -> bool:

@@ -160,7 +160,6 @@ class TLSReadTests(unittest.TestCase):
 
     def test_without_pyopenssls_parts_its_own_reads_are_used(self) -> None:
         for owner, name in [
-            (SSL.Connection, "_handle_bio_errors"),
             (SSL.Connection, "_raise_ssl_error"),
         ]:
             kept = getattr(owner, name)
