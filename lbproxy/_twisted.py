@@ -245,20 +245,23 @@ INTERNALS: Dict[Tuple[str, str], str] = {
         "descriptor: lbproxy's poll (dispatch.py) makes the same calls with one legacy "
         "log context per poll instead of one per event (epoll_parts)"
     ),
-    # -- pyOpenSSL: TLS reads through one reused buffer (tlsio.py) -----------
+    # -- pyOpenSSL: TLS reads and writes through reused buffers (tlsio.py) ---
     # Not Twisted's, but private all the same: pyOpenSSL's cffi binding and
-    # the parts of its Connection that recv uses.
+    # the parts of its Connection that recv, bio_read, send, bio_write use.
     ("OpenSSL._util", "ffi/lib"): (
-        "pyOpenSSL's cffi binding of OpenSSL: the process's TLS read buffer is made with "
-        "its ffi, and the reads call its lib (tls_read_binding)"
+        "pyOpenSSL's cffi binding of OpenSSL: the process's TLS buffers are made with "
+        "its ffi, and the reads and writes call its lib (tls_read_binding)"
     ),
-    ("pyOpenSSL's lib", "SSL_read"): (
-        "what Connection.recv calls, here with the process's buffer in place of a new one per call"
+    ("pyOpenSSL's lib", "SSL_read/BIO_read/SSL_write/BIO_write"): (
+        "what Connection.recv, bio_read, send and bio_write call, here with the process's "
+        "buffers in place of a new one (or ffi.from_buffer's copy) per call"
     ),
-    ("SSL.Connection", "_ssl"): ("the connection's SSL object, read from"),
-    ("SSL.Connection", "_raise_ssl_error"): (
-        "pyOpenSSL's own handling of a read's result (WantReadError, ZeroReturnError, "
-        "SysCallError, Error): the reads through the process's buffer end with it"
+    ("SSL.Connection", "_ssl/_from_ssl/_into_ssl"): (
+        "the connection's SSL object and the memory BIOs its ciphertext goes through"
+    ),
+    ("SSL.Connection", "_raise_ssl_error/_handle_bio_errors"): (
+        "pyOpenSSL's own handling of a call's result (WantReadError, ZeroReturnError, "
+        "SysCallError, Error): the calls through the process's buffers end with it"
     ),
 }
 
