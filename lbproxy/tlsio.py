@@ -109,7 +109,7 @@ class SharedBufferConnection(SSL.Connection):
             self._handle_bio_errors(bio, result)
         return _ffi.buffer(_buffer, result)[:]  # type: ignore[no-any-return]
 
-    def send(self, buf: bytes, flags: int = 0) -> int:
+    def send(self, buf: Any, flags: int = 0) -> int:
         if type(buf) is not bytes or not 0 < len(buf) <= BUFFER_SIZE:
             return super().send(buf, flags)
         size = len(buf)
@@ -121,7 +121,7 @@ class SharedBufferConnection(SSL.Connection):
 
     write = send
 
-    def bio_write(self, buf: bytes) -> int:
+    def bio_write(self, buf: Any) -> int:
         bio = self._into_ssl
         if bio is None or type(buf) is not bytes or not 0 < len(buf) <= BUFFER_SIZE:
             return super().bio_write(buf)
