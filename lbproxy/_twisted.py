@@ -263,6 +263,37 @@ INTERNALS: Dict[Tuple[str, str], str] = {
 }
 
 
+#: A backend response's header names as they arrived (C{content-length}) ->
+#: Twisted's spelling of them (C{Content-Length}) and whether its parser
+#: keeps them with the connection's headers (C{connHeaders}) rather than the
+#: response's; a name gets here only once Twisted's own C{headerReceived}
+#: took it, so it is one Twisted accepts.  Up to L{_RESPONSE_NAMES_CACHED}.
+_response_names: Dict[bytes, Tuple[bytes, bool]] = {}
+_RESPONSE_NAMES_CACHED = 1000
+
+
+def _response_name(name: bytes) -> Tuple[bytes, bool]:
+    lowered = name.lower()
+    return canonical_name(lowered), lowered in HTTPClientParser.CONNECTION_CONTROL_HEADERS
+
+
+def _plain_headers(parser: HTTPClientParser) -> bool:
+    """
+    Whether C{parser} stores a header as Twisted's C{HTTPClientParser} does
+    (its own C{headerReceived} and C{isConnectionControlHeader}, plain
+    C{Headers}): then L{read_response_head} may store a remembered name's
+    value itself.
+    """
+    kind = type(parser)
+    return (
+        kind.headerReceived is HTTPClientParser.headerReceived
+        and kind.isConnectionControlHeader is HTTPClientParser.isConnectionControlHeader
+        and kind.CONNECTION_CONTROL_HEADERS is HTTPClientParser.CONNECTION_CONTROL_HEADERS
+        and type(parser.headers) is Headers
+        and type(parser.connHeaders) is Headers
+    )
+
+
 def read_response_head(parser: HTTPClientParser, data: bytes) -> bool:
     """
     Read a response head that has arrived whole in C{data} in one pass, as
@@ -298,9 +329,31 @@ def read_response_head(parser: HTTPClientParser, data: bytes) -> bool:
         parser.statusReceived(lines[0])
         parser.state = HEADER
         received = parser.headerReceived
-        for line in lines[1:]:
-            name, value = line.split(b":", 1)
-            received(name, value.strip())
+        if _plain_headers(parser):
+            # Twisted's headerReceived, with what it works out for a name
+            # remembered (L{_response_names}).
+            names = _response_names
+            head_request = parser.request.method == b"HEAD"
+            entity = parser.headers._rawHeaders
+            control = parser.connHeaders._rawHeaders
+            for line in lines[1:]:
+                name, value = line.split(b":", 1)
+                value = value.strip()
+                known = names.get(name)
+                if known is None or b"\r" in value:
+                    received(name, value)
+                    if known is None and len(names) < _RESPONSE_NAMES_CACHED:
+                        names[name] = _response_name(name)
+                    continue
+                canonical, connection_control = known
+                if connection_control and not (head_request and canonical == b"Content-Length"):
+                    control.setdefault(canonical, []).append(value)
+                else:
+                    entity.setdefault(canonical, []).append(value)
+        else:
+            for line in lines[1:]:
+                name, value = line.split(b":", 1)
+                received(name, value.strip())
         parser.allHeadersReceived()
     finally:
         parser._busyReceiving = False
