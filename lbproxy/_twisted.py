@@ -16,7 +16,7 @@ each one on the installed Twisted and fails naming the one that changed.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectionDone
@@ -415,11 +415,17 @@ class BackendParser(HTTPClientParser):
     (L{LazyPauseProxy}).
     """
 
-    def __init__(self, request: ClientRequest, finisher: Any, deferred: Deferred) -> None:  # type: ignore[type-arg]
+    def __init__(
+        self,
+        request: ClientRequest,
+        finisher: Any,
+        deferred: Deferred,  # type: ignore[type-arg]
+        first: Optional[Callable[[Any, HTTPClientParser], Any]] = None,
+    ) -> None:
         # What HTTPClientParser.__init__ sets, with the given Deferred.
         self.request = request
         self.finisher = finisher
-        self._responseDeferred = deferred
+        self._responseDeferred = deferred if first is None else _FirstThen(deferred, first, self)
         self._everReceivedData = False
 
     def allHeadersReceived(self) -> None:
@@ -432,6 +438,41 @@ class BackendParser(HTTPClientParser):
             HTTPClientParser.allHeadersReceived(self)
         finally:
             proxy.release()
+
+
+class _FirstThen:
+    """
+    What a parser fires in place of its Deferred: the response goes through
+    C{first(response, parser)} before the Deferred fires with what that
+    returns (or fails with what it raises), as a first callback added to the
+    Deferred would, without a callback and its round through the Deferred's
+    machinery.  A failure goes to the Deferred as it is.
+    """
+
+    __slots__ = ("deferred", "first", "parser")
+
+    def __init__(
+        self,
+        deferred: Deferred,  # type: ignore[type-arg]
+        first: Callable[[Any, HTTPClientParser], Any],
+        parser: HTTPClientParser,
+    ) -> None:
+        self.deferred = deferred
+        self.first = first
+        self.parser: Optional[HTTPClientParser] = parser
+
+    def callback(self, result: Any) -> None:
+        parser, self.parser = self.parser, None
+        try:
+            result = self.first(result, parser)  # type: ignore[arg-type]
+        except BaseException:
+            self.deferred.errback(Failure())
+            return
+        self.deferred.callback(result)
+
+    def errback(self, failure: Optional[Failure] = None) -> None:
+        self.parser = None
+        self.deferred.errback(failure)
 
 
 def request_head(request: ClientRequest) -> Optional[bytes]:
@@ -460,7 +501,10 @@ def request_head(request: ClientRequest) -> Optional[bytes]:
 
 
 def send_without_body(
-    protocol: HTTP11ClientProtocol, request: ClientRequest, head: bytes
+    protocol: HTTP11ClientProtocol,
+    request: ClientRequest,
+    head: bytes,
+    first: Optional[Callable[[Any, HTTPClientParser], Any]] = None,
 ) -> Deferred:  # type: ignore[type-arg]
     """
     What Twisted's C{HTTP11ClientProtocol.request} does for a request with no
@@ -469,6 +513,10 @@ def send_without_body(
     C{WAITING} for the response, which a L{BackendParser} reads.  The
     Deferred returned is the parser's (Twisted chains the parser's to one of
     its own once the request is written) and cancels as Twisted's does.
+
+    @param first: If given, what the response goes through first, as a
+        first callback C{first(response, parser)} of the Deferred returned
+        would (L{_FirstThen}).
     """
     transport = protocol.transport
     protocol._state = "TRANSMITTING"
@@ -490,7 +538,7 @@ def send_without_body(
     protocol._currentRequest = request
     proxy = LazyPauseProxy(transport)
     protocol._transportProxy = proxy
-    parser = BackendParser(request, protocol._finishResponse, deferred)
+    parser = BackendParser(request, protocol._finishResponse, deferred, first)
     protocol._parser = parser
     parser.makeConnection(proxy)
     protocol._responseDeferred = deferred
