@@ -425,7 +425,10 @@ class BackendParser(HTTPClientParser):
         # What HTTPClientParser.__init__ sets, with the given Deferred.
         self.request = request
         self.finisher = finisher
-        self._responseDeferred = deferred if first is None else _FirstThen(deferred, first, self)
+        # The parser calls only callback and errback on it.
+        self._responseDeferred = (
+            deferred if first is None else _FirstThen(deferred, first, self)  # type: ignore[assignment]
+        )
         self._everReceivedData = False
 
     def allHeadersReceived(self) -> None:
