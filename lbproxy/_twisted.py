@@ -16,7 +16,7 @@ each one on the installed Twisted and fails naming the one that changed.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectionDone
@@ -266,6 +266,37 @@ INTERNALS: Dict[Tuple[str, str], str] = {
 }
 
 
+#: A backend response's header names as they arrived (C{content-length}) ->
+#: Twisted's spelling of them (C{Content-Length}) and whether its parser
+#: keeps them with the connection's headers (C{connHeaders}) rather than the
+#: response's; a name gets here only once Twisted's own C{headerReceived}
+#: took it, so it is one Twisted accepts.  Up to L{_RESPONSE_NAMES_CACHED}.
+_response_names: Dict[bytes, Tuple[bytes, bool]] = {}
+_RESPONSE_NAMES_CACHED = 1000
+
+
+def _response_name(name: bytes) -> Tuple[bytes, bool]:
+    lowered = name.lower()
+    return canonical_name(lowered), lowered in HTTPClientParser.CONNECTION_CONTROL_HEADERS
+
+
+def _plain_headers(parser: HTTPClientParser) -> bool:
+    """
+    Whether C{parser} stores a header as Twisted's C{HTTPClientParser} does
+    (its own C{headerReceived} and C{isConnectionControlHeader}, plain
+    C{Headers}): then L{read_response_head} may store a remembered name's
+    value itself.
+    """
+    kind = type(parser)
+    return (
+        kind.headerReceived is HTTPClientParser.headerReceived
+        and kind.isConnectionControlHeader is HTTPClientParser.isConnectionControlHeader
+        and kind.CONNECTION_CONTROL_HEADERS is HTTPClientParser.CONNECTION_CONTROL_HEADERS
+        and type(parser.headers) is Headers
+        and type(parser.connHeaders) is Headers
+    )
+
+
 def read_response_head(parser: HTTPClientParser, data: bytes) -> bool:
     """
     Read a response head that has arrived whole in C{data} in one pass, as
@@ -301,9 +332,31 @@ def read_response_head(parser: HTTPClientParser, data: bytes) -> bool:
         parser.statusReceived(lines[0])
         parser.state = HEADER
         received = parser.headerReceived
-        for line in lines[1:]:
-            name, value = line.split(b":", 1)
-            received(name, value.strip())
+        if _plain_headers(parser):
+            # Twisted's headerReceived, with what it works out for a name
+            # remembered (L{_response_names}).
+            names = _response_names
+            head_request = parser.request.method == b"HEAD"
+            entity = parser.headers._rawHeaders
+            control = parser.connHeaders._rawHeaders
+            for line in lines[1:]:
+                name, value = line.split(b":", 1)
+                value = value.strip()
+                known = names.get(name)
+                if known is None or b"\r" in value:
+                    received(name, value)
+                    if known is None and len(names) < _RESPONSE_NAMES_CACHED:
+                        names[name] = _response_name(name)
+                    continue
+                canonical, connection_control = known
+                if connection_control and not (head_request and canonical == b"Content-Length"):
+                    control.setdefault(canonical, []).append(value)
+                else:
+                    entity.setdefault(canonical, []).append(value)
+        else:
+            for line in lines[1:]:
+                name, value = line.split(b":", 1)
+                received(name, value.strip())
         parser.allHeadersReceived()
     finally:
         parser._busyReceiving = False
@@ -365,11 +418,20 @@ class BackendParser(HTTPClientParser):
     (L{LazyPauseProxy}).
     """
 
-    def __init__(self, request: ClientRequest, finisher: Any, deferred: Deferred) -> None:  # type: ignore[type-arg]
+    def __init__(
+        self,
+        request: ClientRequest,
+        finisher: Any,
+        deferred: Deferred,  # type: ignore[type-arg]
+        first: Optional[Callable[[Any, HTTPClientParser], Any]] = None,
+    ) -> None:
         # What HTTPClientParser.__init__ sets, with the given Deferred.
         self.request = request
         self.finisher = finisher
-        self._responseDeferred = deferred
+        # The parser calls only callback and errback on it.
+        self._responseDeferred = (
+            deferred if first is None else _FirstThen(deferred, first, self)  # type: ignore[assignment]
+        )
         self._everReceivedData = False
 
     def allHeadersReceived(self) -> None:
@@ -382,6 +444,41 @@ class BackendParser(HTTPClientParser):
             HTTPClientParser.allHeadersReceived(self)
         finally:
             proxy.release()
+
+
+class _FirstThen:
+    """
+    What a parser fires in place of its Deferred: the response goes through
+    C{first(response, parser)} before the Deferred fires with what that
+    returns (or fails with what it raises), as a first callback added to the
+    Deferred would, without a callback and its round through the Deferred's
+    machinery.  A failure goes to the Deferred as it is.
+    """
+
+    __slots__ = ("deferred", "first", "parser")
+
+    def __init__(
+        self,
+        deferred: Deferred,  # type: ignore[type-arg]
+        first: Callable[[Any, HTTPClientParser], Any],
+        parser: HTTPClientParser,
+    ) -> None:
+        self.deferred = deferred
+        self.first = first
+        self.parser: Optional[HTTPClientParser] = parser
+
+    def callback(self, result: Any) -> None:
+        parser, self.parser = self.parser, None
+        try:
+            result = self.first(result, parser)  # type: ignore[arg-type]
+        except BaseException:
+            self.deferred.errback(Failure())
+            return
+        self.deferred.callback(result)
+
+    def errback(self, failure: Optional[Failure] = None) -> None:
+        self.parser = None
+        self.deferred.errback(failure)
 
 
 def request_head(request: ClientRequest) -> Optional[bytes]:
@@ -410,7 +507,10 @@ def request_head(request: ClientRequest) -> Optional[bytes]:
 
 
 def send_without_body(
-    protocol: HTTP11ClientProtocol, request: ClientRequest, head: bytes
+    protocol: HTTP11ClientProtocol,
+    request: ClientRequest,
+    head: bytes,
+    first: Optional[Callable[[Any, HTTPClientParser], Any]] = None,
 ) -> Deferred:  # type: ignore[type-arg]
     """
     What Twisted's C{HTTP11ClientProtocol.request} does for a request with no
@@ -419,6 +519,10 @@ def send_without_body(
     C{WAITING} for the response, which a L{BackendParser} reads.  The
     Deferred returned is the parser's (Twisted chains the parser's to one of
     its own once the request is written) and cancels as Twisted's does.
+
+    @param first: If given, what the response goes through first, as a
+        first callback C{first(response, parser)} of the Deferred returned
+        would (L{_FirstThen}).
     """
     transport = protocol.transport
     protocol._state = "TRANSMITTING"
@@ -440,7 +544,7 @@ def send_without_body(
     protocol._currentRequest = request
     proxy = LazyPauseProxy(transport)
     protocol._transportProxy = proxy
-    parser = BackendParser(request, protocol._finishResponse, deferred)
+    parser = BackendParser(request, protocol._finishResponse, deferred, first)
     protocol._parser = parser
     parser.makeConnection(proxy)
     protocol._responseDeferred = deferred

@@ -140,6 +140,14 @@ RESPONSES: Dict[str, List[bytes]] = {
     "1xx first": [b"HTTP/1.1 100 Continue\r\n\r\n" + OK + b"0123456789"],
     "bad status": [b"HTTP/1.1 abc OK\r\n\r\n"],
     "nothing yet": [],
+    "framed two ways": [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n"
+    ],
+    "hop-by-hop headers": [
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: t=5\r\n"
+        b"Upgrade: h2\r\nX-End: 2\r\nContent-Length: 2\r\n\r\nok"
+    ],
 }
 
 
@@ -155,6 +163,11 @@ class SameAsTwistedTests(unittest.SynchronousTestCase):
                     if take_body:
                         # The one difference: Twisted pauses the connection
                         # and resumes it as the body is taken.
+                        self.assertEqual(ours.pop("pauses"), 0)
+                        theirs.pop("pauses")
+                    elif name == "framed two ways":
+                        # Refused, its connection closed while the head is
+                        # handled: the pause held meanwhile never reaches it.
                         self.assertEqual(ours.pop("pauses"), 0)
                         theirs.pop("pauses")
                     self.assertEqual(ours, theirs, name)

@@ -15,6 +15,7 @@ from twisted.trial import unittest
 from twisted.web._newclient import Request as ClientRequest
 from twisted.web.http_headers import Headers
 
+from lbproxy import _twisted
 from lbproxy._twisted import HTTPClientParser, read_response_head
 
 
@@ -40,8 +41,8 @@ def _outcome(data: bytes, one_pass: bool, method: bytes = b"GET") -> Tuple[objec
         response.code,  # type: ignore[attr-defined]
         response.phrase,  # type: ignore[attr-defined]
         response.length,  # type: ignore[attr-defined]
-        sorted(response.headers.getAllRawHeaders()),  # type: ignore[attr-defined]
-        sorted(parser.connHeaders.getAllRawHeaders()),
+        list(response.headers.getAllRawHeaders()),  # type: ignore[attr-defined]
+        list(parser.connHeaders.getAllRawHeaders()),
         parser.state,
         type(parser.bodyDecoder).__name__,
         finished,
@@ -85,9 +86,42 @@ class ResponseHeadTests(unittest.TestCase):
         )
 
     def test_listed_heads_read_as_twisted_reads_them(self) -> None:
+        # Each head twice: its names new to the one-pass reading, then known.
         for data in HEADS:
-            self.assert_same(data)
-            self.assert_same(data, b"HEAD")
+            _twisted._response_names.clear()
+            for _ in range(2):
+                self.assert_same(data)
+                self.assert_same(data, b"HEAD")
+
+    def test_known_names_only_those_twisted_took(self) -> None:
+        """
+        A name is remembered with Twisted's spelling once Twisted's parser
+        took it; one it refused is not, and refused again the next time.
+        """
+        _twisted._response_names.clear()
+        head = b"HTTP/1.1 200 OK\r\ncontent-LENGTH: 0\r\nx-a: 1\r\nX-A: 2\r\n\r\n"
+        self.assert_same(head)
+        self.assertEqual(
+            _twisted._response_names,
+            {
+                b"content-LENGTH": (b"Content-Length", True),
+                b"x-a": (b"X-A", False),
+                b"X-A": (b"X-A", False),
+            },
+        )
+        bad = b"HTTP/1.1 200 OK\r\nBad name: 1\r\nContent-Length: 0\r\n\r\n"
+        for _ in range(2):
+            self.assertEqual(_outcome(bad, True)[0], "raised")
+        self.assertNotIn(b"Bad name", _twisted._response_names)
+
+    def test_known_names_bounded(self) -> None:
+        _twisted._response_names.clear()
+        limit = _twisted._RESPONSE_NAMES_CACHED
+        head = b"".join(b"X-%d: v\r\n" % n for n in range(limit + 10))
+        data = b"HTTP/1.1 200 OK\r\n" + head + b"Content-Length: 0\r\n\r\n"
+        self.assert_same(data)
+        self.assertEqual(len(_twisted._response_names), limit)
+        self.assert_same(data)
 
     def test_plain_head_is_read_in_one_pass(self) -> None:
         parser = HTTPClientParser(ClientRequest(b"GET", b"/", Headers(), None), lambda rest: None)
@@ -97,6 +131,7 @@ class ResponseHeadTests(unittest.TestCase):
 
     def test_mutated_heads_read_as_twisted_reads_them(self) -> None:
         rng = random.Random(12)
+        _twisted._response_names.clear()
         pieces = [b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b"0", b"\x00", b"chunked", b","]
         for _ in range(3000):
             data = bytearray(rng.choice(HEADS))

@@ -251,9 +251,10 @@ class _BackendProtocol(HTTP11ClientProtocol):
             head = request_head(request)
         if head is not None:
             # The usual case: one write, one Deferred (Twisted's request()
-            # makes three), the connection's pause at the end of the
-            # response head held until its body is taken.
-            result = send_without_body(self, request, head)
+            # makes three) whose response has been through _end_to_end
+            # already, the connection's pause at the end of the response
+            # head held until its body is taken.
+            result = send_without_body(self, request, head, self._end_to_end)
         else:
             result = super().request(request)
         parser = self._parser
@@ -262,8 +263,8 @@ class _BackendProtocol(HTTP11ClientProtocol):
             if offered:
                 # An upgrade request: a 101 ends HTTP on this connection.
                 watch_for_switch(self, parser, offered[0], self._switch)
-
-            result.addCallback(self._end_to_end, parser)
+            if head is None:
+                result.addCallback(self._end_to_end, parser)
         return result
 
     def _end_to_end(self, response: IResponse, parser: HTTPClientParser) -> IResponse:
