@@ -337,7 +337,13 @@ class Backends:
         location = / {{ return 200 "{BODY}"; }}
         location = /big {{ alias {self.big_file}; }}
         location = /warm {{ alias {self.warm_file}; }}
-        location = /upload {{ client_max_body_size 0; return 200 "{BODY}"; }}
+        # The whole body is read (into a file) before the answer, so an
+        # upload measures 300 MiB through the proxy, not an early answer.
+        location = /upload {{
+            client_max_body_size 0;
+            proxy_pass http://{HOST}:{port}/sink;
+        }}
+        location = /sink {{ client_max_body_size 0; return 200 "{BODY}"; }}
     }}"""
             for port in ports
         )
@@ -352,6 +358,8 @@ http {{
     keepalive_requests 100000000;
     default_type application/octet-stream;
     sendfile on;
+    client_body_temp_path {workdir}/backends-body;
+    proxy_temp_path {workdir}/backends-proxy;
     {servers}
 }}
 """
