@@ -13,10 +13,19 @@ descriptors it dispatched, in wall time and in the thread's CPU time
 for more than C{--slow-ms} (1 by default; the wait in C{epoll} is not
 counted) is kept with what ran in it, beside, on PyPy, the garbage
 collector's events (minor collections, major collection steps, with their
-durations; C{gc.hooks}) and the JIT's compilations and aborts
+durations; the memory in use after each minor collection and the
+arenas after each major one; C{gc.hooks}) and the JIT's compilations and aborts
 (C{pypyjit}) that happened in it.  At exit (SIGTERM, SIGINT) it writes
 C{--out}: C{{"turns": [...], "gc": [...], "jit": [...]}}, each entry with
 its C{time.time()}, so a client's own measured window can be cut out.
+
+With C{--connections} it also follows each connection through its events
+(C{"gaps"} in the file): on a client's connection, the time from sending
+a response to reading the next request (the client's own time and the
+time the request waited in the socket for the proxy) and from that read
+to the next response's send (the proxy's time, the backend's included);
+on a backend's, from sending a request to reading the response.  Each
+kind is a list of C{[time.time(), milliseconds]}.
 
 It adds a closure per C{callLater} and two clock reads per event: a
 diagnosis tool, not for measuring CPU per request.  Only for Twisted's
@@ -26,6 +35,7 @@ epoll reactor (the default on Linux).
 from __future__ import annotations
 
 import argparse
+import array
 import atexit
 import gc
 import json
@@ -40,7 +50,7 @@ wall, cpu = time.perf_counter, time.thread_time
 
 #: What ran in the current turn.
 current: Dict[str, List[Any]] = {"timers": [], "fds": [], "gc": [], "jit": []}
-kept: Dict[str, List[Any]] = {"turns": [], "gc": [], "jit": []}
+kept: Dict[str, Any] = {"turns": [], "gc": [], "jit": []}
 polled = {"wall": 0.0, "cpu": 0.0, "returned": False}
 
 
@@ -49,7 +59,47 @@ def name_of(f: Any) -> str:
     return f"{getattr(f, '__module__', '')}.{getattr(f, '__qualname__', repr(f))}"
 
 
-def install(slow: float) -> None:
+def follow_connections() -> Any:
+    """
+    The per-connection gaps of C{--connections}: a function to call with
+    each dispatched event, and the arrays it fills.
+    """
+    gaps = {kind: (array.array("d"), array.array("d")) for kind in ("client", "proxy", "backend")}
+    last: Dict[Any, List[float]] = {}  # transport -> [last read, last send]
+    clock = time.time
+
+    def note(kind: str, at: float, since: float) -> None:
+        times, values = gaps[kind]
+        times.append(at)
+        values.append(1000 * (at - since))
+
+    def event(selectable: Any, event: int) -> None:
+        kind = type(selectable).__name__
+        server = "Server" in kind
+        if not server and "Client" not in kind:
+            return
+        now = clock()
+        marks = last.get(selectable)
+        if marks is None:
+            marks = last[selectable] = [0.0, 0.0]
+        if event & 1:  # a read
+            if server and marks[1] and marks[1] > marks[0]:
+                note("client", now, marks[1])
+            elif not server and marks[1] > marks[0]:
+                note("backend", now, marks[1])
+            marks[0] = now
+        else:
+            if server and marks[0] > marks[1]:
+                note("proxy", now, marks[0])
+            marks[1] = now
+
+    def export() -> Dict[str, Any]:
+        return {kind: list(zip(t, v)) for kind, (t, v) in gaps.items()}
+
+    return event, export
+
+
+def install(slow: float, connections: bool = False) -> None:
     call_later = reactor.callLater
 
     def timed_call_later(delay: float, f: Any, *a: Any, **kw: Any) -> Any:
@@ -67,8 +117,14 @@ def install(slow: float) -> None:
     reactor.callLater = timed_call_later
 
     do_read_or_write = reactor._doReadOrWrite
+    if connections:
+        follow, kept["gaps"] = follow_connections()
+    else:
+        follow = None
 
     def timed_read_or_write(selectable: Any, fd: int, event: int) -> Any:
+        if follow is not None:
+            follow(selectable, event)
         w, c = wall(), cpu()
         try:
             return do_read_or_write(selectable, fd, event)
@@ -97,14 +153,26 @@ def install(slow: float) -> None:
         def minor(stats: Any) -> None:
             event = ("minor", stats.count, stats.duration)
             current["gc"].append(event)
-            kept["gc"].append((time.time(), *event))
+            kept["gc"].append((time.time(), *event, stats.total_memory_used))
 
         def step(stats: Any) -> None:
             event = ("step", stats.oldstate, stats.newstate, stats.duration)
             current["gc"].append(event)
             kept["gc"].append((time.time(), *event))
 
+        def collected(stats: Any) -> None:
+            kept["gc"].append(
+                (
+                    time.time(),
+                    "major",
+                    stats.num_major_collects,
+                    stats.arenas_bytes,
+                    stats.rawmalloc_bytes_after,
+                )
+            )
+
         hooks.on_gc_minor, hooks.on_gc_collect_step = minor, step
+        hooks.on_gc_collect = collected
     try:
         import pypyjit  # type: ignore[import-not-found]
     except ImportError:
@@ -171,15 +239,40 @@ def turn(busy: float, busy_cpu: float) -> Dict[str, Any]:
     }
 
 
+def heap() -> Dict[str, Any]:
+    """The live objects by type (count, bytes), the largest first, after a full collection."""
+    gc.collect()
+    sizes: Dict[str, List[int]] = {}
+    usage = getattr(gc, "get_rpy_memory_usage", None)
+    for o in gc.get_objects():
+        name = f"{type(o).__module__}.{type(o).__qualname__}"
+        entry = sizes.setdefault(name, [0, 0])
+        entry[0] += 1
+        entry[1] += usage(o) if usage is not None else sys.getsizeof(o)
+    top = sorted(sizes.items(), key=lambda item: -item[1][1])[:60]
+    stats = str(gc.get_stats()) if hasattr(gc, "get_stats") else ""
+    return {"types": top, "stats": stats}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--out", required=True, help="JSON file written at exit")
     parser.add_argument("--slow-ms", type=float, default=1.0)
+    parser.add_argument(
+        "--heap", action="store_true", help="at exit, what the live objects are, by type"
+    )
+    parser.add_argument(
+        "--connections", action="store_true", help="also each connection's gaps (see above)"
+    )
     parser.add_argument("twistd", nargs=argparse.REMAINDER, help="-- then twistd's arguments")
     args = parser.parse_args()
-    install(args.slow_ms / 1000)
+    install(args.slow_ms / 1000, args.connections)
 
     def write() -> None:
+        if args.heap:
+            kept["heap"] = heap()
+        if callable(kept.get("gaps")):
+            kept["gaps"] = kept["gaps"]()
         with open(args.out, "w") as f:
             json.dump(kept, f)
 
