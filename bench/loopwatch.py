@@ -2,7 +2,7 @@
 What held the reactor: twistd with a timed event loop, for finding the
 causes of a tail.
 
-    PYPY_GC_NURSERY=32MB PYPY_GC_MIN=64MB \\
+    PYPY_GC_NURSERY=32MB PYPY_GC_MIN=64MB PYPY_GC_INCREMENT_STEP=2MB PYPY_GC_MAJOR_COLLECT=1.6 \\
         .venv-pypy/bin/python bench/loopwatch.py --out turns.json -- \\
         -n --pidfile= lbproxy --config lbproxy.ini
 
@@ -39,6 +39,7 @@ import array
 import atexit
 import gc
 import json
+import resource
 import sys
 import time
 from typing import Any, Dict, List
@@ -47,11 +48,12 @@ from twisted.internet import reactor as _reactor
 
 reactor: Any = _reactor
 wall, cpu = time.perf_counter, time.thread_time
+RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
 
 #: What ran in the current turn.
 current: Dict[str, List[Any]] = {"timers": [], "fds": [], "gc": [], "jit": []}
 kept: Dict[str, Any] = {"turns": [], "gc": [], "jit": []}
-polled = {"wall": 0.0, "cpu": 0.0, "returned": False}
+polled: Dict[str, Any] = {"wall": 0.0, "cpu": 0.0, "returned": False, "waits": 0}
 
 
 def name_of(f: Any) -> str:
@@ -134,6 +136,26 @@ def install(slow: float, connections: bool = False) -> None:
 
     reactor._doReadOrWrite = timed_read_or_write
 
+    try:
+        from lbproxy.ops.accesslog import AccessLog
+    except ImportError:
+        pass
+    else:
+        # The access log's writes: a write(2) to a file can wait in the
+        # kernel (for the file system's journal, for instance), which no CPU
+        # time shows.
+        kept["flushes"] = []
+        flush = AccessLog.flush
+
+        def timed_flush(self: Any) -> None:
+            w, c = wall(), cpu()
+            try:
+                flush(self)
+            finally:
+                kept["flushes"].append((time.time(), wall() - w, cpu() - c))
+
+        AccessLog.flush = timed_flush  # type: ignore[method-assign]
+
     class TimedPoller:
         def __init__(self, poller: Any) -> None:
             self.poller = poller
@@ -142,7 +164,7 @@ def install(slow: float, connections: bool = False) -> None:
             try:
                 return self.poller.poll(*a)
             finally:
-                polled.update(wall=wall(), cpu=cpu(), returned=True)
+                polled.update(wall=wall(), cpu=cpu(), returned=True, waits=switches())
 
         def __getattr__(self, name: str) -> Any:
             return getattr(self.poller, name)
@@ -196,9 +218,11 @@ def install(slow: float, connections: bool = False) -> None:
         while reactor._started:
             try:
                 while reactor._started:
+                    v0 = switches()
                     w0, c0 = wall(), cpu()
                     reactor.runUntilCurrent()
                     w1, c1 = wall(), cpu()
+                    waits = switches() - v0
                     timeout = reactor.timeout()
                     polled["returned"] = False
                     reactor.doIteration(reactor.running and timeout)
@@ -208,8 +232,9 @@ def install(slow: float, connections: bool = False) -> None:
                     if polled["returned"]:
                         busy += w2 - polled["wall"]
                         busy_cpu += c2 - polled["cpu"]
+                        waits += switches() - polled["waits"]
                     if busy > slow:
-                        kept["turns"].append(turn(busy, busy_cpu))
+                        kept["turns"].append(turn(busy, busy_cpu, int(waits)))
                     for events in current.values():
                         events.clear()
             except BaseException:
@@ -220,7 +245,12 @@ def install(slow: float, connections: bool = False) -> None:
     reactor.mainLoop = main_loop
 
 
-def turn(busy: float, busy_cpu: float) -> Dict[str, Any]:
+def switches() -> int:
+    """The thread's voluntary context switches so far (it waited in the kernel)."""
+    return resource.getrusage(RUSAGE_THREAD).ru_nvcsw
+
+
+def turn(busy: float, busy_cpu: float, waits: int = 0) -> Dict[str, Any]:
     def ms(seconds: float) -> float:
         return round(1000 * seconds, 3)
 
@@ -234,6 +264,9 @@ def turn(busy: float, busy_cpu: float) -> Dict[str, Any]:
         "timers": heaviest(current["timers"]),
         "fds": heaviest(current["fds"]),
         "events": len(current["fds"]),
+        # Voluntary context switches outside the poll: the turn waited in
+        # the kernel (a write to a file, a page fault from disk...).
+        "waits": waits,
         "gc": list(current["gc"]),
         "jit": list(current["jit"]),
     }

@@ -145,14 +145,26 @@ def summary(kept: Dict[str, List[Any]], start: float, end: float) -> Dict[str, A
         kind: percentiles([ms for at, ms in values if start <= at <= end])
         for kind, values in kept.get("gaps", {}).items()
     }
+    flushes = [f for f in kept.get("flushes", []) if start <= f[0] <= end]
+    waited = [t for t in turns if t.get("waits")]
     return {
         "seconds": round(seconds, 2),
+        "access_log_writes": {
+            "count": len(flushes),
+            "wall_ms": percentiles([1000 * f[1] for f in flushes]),
+            "cpu_ms_max": round(1000 * max((f[2] for f in flushes), default=0.0), 3),
+        },
+        "turns_that_waited_in_kernel": {
+            "count": len(waited),
+            "busy_ms": percentiles([t["busy_ms"] for t in waited]),
+        },
         "gaps_ms": gaps,
         "turns_per_s_busy_over_ms": {ms: rate(busy, ms) for ms in (1, 3, 5, 10)},
         "turns_per_s_cpu_over_ms": {ms: rate(cpu, ms) for ms in (1, 3, 5, 10)},
         "cpu_model_ms": {str(p): modeled(p) for p in (50, 90, 99, 99.9)},
         "stall_turns_per_100k_requests": {
-            ms: round(1e5 * sum(1 for c in cpu if c > ms) / requests_seen, 1) for ms in (3, 5, 10, 20)
+            ms: round(1e5 * sum(1 for c in cpu if c > ms) / requests_seen, 1)
+            for ms in (3, 5, 10, 20)
         },
         "turns_kept": len(turns),
         "kept_turn_cpu_ms": percentiles(cpu),
@@ -177,7 +189,12 @@ def main() -> int:
     parser.add_argument("--twistd", required=True)
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--slow-ms", type=float, default=0.0, help="keep turns busy for over this (0: all, which the model needs)")
+    parser.add_argument(
+        "--slow-ms",
+        type=float,
+        default=0.0,
+        help="keep turns busy for over this (0: all, which the model needs)",
+    )
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the proxy")
     parser.add_argument("--json", help="write the turns, events and summary here")
     parser.add_argument(
