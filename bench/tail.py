@@ -11,10 +11,18 @@ bench/loopwatch.py (run by the interpreter of C{--twistd}'s installation).
 After a wrk warm-up it measures with wrk (50 connections, the latency
 percentiles from p50 to p99.9 and the max through a Lua script), stops the
 proxy and prints, for the measured seconds only: the turns busy for more than
-1, 3, 10 ms per second (wall time, and the thread's CPU time, which the
-machine's other work does not inflate), the minor collections (count per
-second, durations), the major collection's steps, the JIT's compilations,
-and the slowest turns with what ran in them.  C{--json} writes all of it.
+1, 3, 5, 10 ms per second (wall time, and the thread's CPU time, which the
+machine's other work does not inflate), the pauses (turns over 3, 5, 10, 20
+ms of CPU) per 100,000 requests, a model of the tail from the turns' CPU
+time (a request read in turn i waits for turn i - 1 and is answered at the
+end of turn i + 1: the tail with the core to itself), each connection's
+gaps (loopwatch --connections), the minor collections (count per second,
+durations, what each promotes), the major collection's steps, the JIT's
+compilations, the access log's writes, the turns that waited in the
+kernel, and the slowest turns with what ran in them.  C{--json} writes all
+of it.  C{--env NAME=VALUE} changes the proxy's environment (PyPy's
+collector settings); C{--proxy-durations} also reports the proxy's own time
+per request (the access log in JSON); C{--heap} the live objects by type.
 
 A diagnosis tool: loopwatch adds a little to every event, so the CPU per
 request is not the bench's; bench/ab.py is for that.
@@ -50,13 +58,12 @@ end
 """
 
 
-def wrk_percentiles(port: int, seconds: int, workdir: str, nice: int = 0) -> Dict[str, Any]:
+def wrk_percentiles(port: int, seconds: int, workdir: str) -> Dict[str, Any]:
     script = os.path.join(workdir, "percentiles.lua")
     with open(script, "w") as f:
         f.write(PERCENTILES_LUA)
     out = subprocess.run(
-        ["nice", "-n", str(nice)] * bool(nice)
-        + [
+        [
             "taskset",
             "-c",
             bench.LOAD_CPU,
@@ -198,13 +205,6 @@ def main() -> int:
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the proxy")
     parser.add_argument("--json", help="write the turns, events and summary here")
     parser.add_argument(
-        "--nice",
-        type=int,
-        default=0,
-        help="run the proxy, the backends and the measured wrk at this niceness (e.g. -10:"
-        " the measured run as on a quieter machine, at the expense of whatever else runs)",
-    )
-    parser.add_argument(
         "--heap", action="store_true", help="the proxy's live objects by type when it stopped"
     )
     parser.add_argument(
@@ -231,12 +231,9 @@ def main() -> int:
                 lambda ports: bench.start_lbproxy(twistd, workdir, ports[0], backends.ports)
             )
             try:
-                if args.nice:
-                    for pid in bench.process_tree(proc.pid) + bench.process_tree(backends.proc.pid):
-                        os.setpriority(os.PRIO_PROCESS, pid, args.nice)
                 bench.wrk(port, args.warmup)
                 start = time.time()
-                latency = wrk_percentiles(port, args.duration, workdir, args.nice)
+                latency = wrk_percentiles(port, args.duration, workdir)
                 end = time.time()
             finally:
                 bench.stop(proc)
