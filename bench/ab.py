@@ -14,6 +14,10 @@ every process pinned to the proxy's core).
     python3 bench/ab.py --a .venv/bin/twistd --b .venv/bin/twistd \
         --workers-a 1 --workers-b 2 --paced 500 --cpus all --rounds 6
 
+`--env-a NAME=VALUE` / `--env-b NAME=VALUE` change one side's environment
+on top of the bench's LBPROXY_ENV (an empty value removes the variable):
+PyPy's garbage collector settings, for example, for the same installation.
+
 `--tls` puts both proxies behind a tls: listener (the bench's certificate)
 and the load (wrk or bench/paced.py) on https.
 
@@ -106,6 +110,20 @@ def paced_run(
     }
 
 
+def environment(changes: List[str]) -> Dict[str, str]:
+    """The bench's LBPROXY_ENV with C{NAME=VALUE} changes (an empty value removes NAME)."""
+    env = dict(bench.LBPROXY_ENV)
+    for change in changes:
+        name, sep, value = change.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--env-a/--env-b: expected NAME=VALUE, got {change!r}")
+        if value:
+            env[name] = value
+        else:
+            env.pop(name, None)
+    return env
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--a", required=True, help="twistd of installation A")
@@ -134,6 +152,14 @@ def main() -> int:
         help="CPUs of the proxy (taskset list; 'all': every CPU, unpinned)",
     )
     parser.add_argument(
+        "--env-a",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment of A on top of the bench's LBPROXY_ENV (NAME= removes it); repeatable",
+    )
+    parser.add_argument("--env-b", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument(
         "--tls",
         action="store_true",
         help="the proxy listens on tls: with the bench's certificate; the load speaks https",
@@ -151,8 +177,13 @@ def main() -> int:
     if args.idle > 0:
         how = f"no traffic, {args.idle} s"
     print(f"proxy on CPUs {cpus}, load on CPU {bench.LOAD_CPU}, measured with {how}")
+    envs = {"A": environment(args.env_a), "B": environment(args.env_b)}
+    for side in ("A", "B"):
+        if envs[side] != bench.LBPROXY_ENV:
+            print(f"{side}'s environment: {envs[side]}")
     runs: Dict[str, List[float]] = {"A": [], "B": []}
     p99: Dict[str, List[float]] = {"A": [], "B": []}
+    rss: Dict[str, List[float]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory(prefix="lbproxy-ab-") as workdir:
         backends = bench.Backends(workdir)
         try:
@@ -160,6 +191,7 @@ def main() -> int:
                 order = ("A", "B") if n % 2 == 0 else ("B", "A")
                 for side in order:
                     twistd = args.a if side == "A" else args.b
+                    bench.LBPROXY_ENV = envs[side]
                     proc, (port,) = bench.start_listening(
                         lambda ports, twistd=twistd, count=workers[side]: bench.start_lbproxy(
                             twistd,
@@ -189,8 +221,10 @@ def main() -> int:
                                 bench.process_tree(backends.proc.pid),
                                 scheme=scheme,
                             )
+                        peak = bench.memory_kib(proc.pid, "VmHWM") / 1024
                     finally:
                         bench.stop(proc)
+                    rss[side].append(peak)
                     us = float(result["cpu_us_per_request"] or 0.0)
                     runs[side].append(us)
                     p99[side].append(
@@ -199,7 +233,7 @@ def main() -> int:
                     print(
                         f"round {n + 1} {side}: {us:.1f} us/request, {result['rps']:.0f} req/s,"
                         f" p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms,"
-                        f" errors {result['errors']}"
+                        f" peak RSS {peak:.0f} MiB, errors {result['errors']}"
                         + (
                             f", {result['switches_per_request']:.2f} context switches/request"
                             if result.get("switches_per_request") is not None
@@ -223,6 +257,8 @@ def main() -> int:
             f"{side}: median {statistics.median(values):.1f} us/request"
             f" (min {min(values):.1f}, max {max(values):.1f}),"
             f" p99/p50 median {statistics.median(p99[side]):.1f}"
+            f" ({min(p99[side]):.1f}-{max(p99[side]):.1f}),"
+            f" peak RSS median {statistics.median(rss[side]):.0f} MiB"
         )
     a, b = statistics.median(runs["A"]), statistics.median(runs["B"])
     print(f"B - A: {b - a:+.1f} us/request ({100 * (b - a) / a:+.1f}%)")
