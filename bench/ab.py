@@ -117,6 +117,16 @@ def main() -> int:
     parser.add_argument("--workers-a", type=int, help="workers of A (default: --workers)")
     parser.add_argument("--workers-b", type=int, help="workers of B (default: --workers)")
     parser.add_argument(
+        "--env-a",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable of A's proxy (repeatable; e.g. PYPY_GC_NURSERY=16MB)",
+    )
+    parser.add_argument(
+        "--env-b", action="append", default=[], metavar="NAME=VALUE", help="the same for B"
+    )
+    parser.add_argument(
         "--paced",
         type=float,
         default=0.0,
@@ -145,7 +155,14 @@ def main() -> int:
         "A": args.workers if args.workers_a is None else args.workers_a,
         "B": args.workers if args.workers_b is None else args.workers_b,
     }
+    env = {
+        "A": dict(item.split("=", 1) for item in args.env_a),
+        "B": dict(item.split("=", 1) for item in args.env_b),
+    }
     print(f"A: {args.a}, {workers['A']} worker(s); B: {args.b}, {workers['B']} worker(s)")
+    for side in ("A", "B"):
+        if env[side]:
+            print(f"{side}'s environment: {env[side]}")
     how = f"paced at {args.paced:g} requests/s" if args.paced > 0 else "wrk"
     how += " over TLS" if args.tls else ""
     if args.idle > 0:
@@ -161,7 +178,7 @@ def main() -> int:
                 for side in order:
                     twistd = args.a if side == "A" else args.b
                     proc, (port,) = bench.start_listening(
-                        lambda ports, twistd=twistd, count=workers[side]: bench.start_lbproxy(
+                        lambda ports, twistd=twistd, count=workers[side], extra=env[side]: bench.start_lbproxy(
                             twistd,
                             workdir,
                             ports[0],
@@ -169,9 +186,11 @@ def main() -> int:
                             variant="tls" if args.tls else "",
                             workers=count,
                             cpus=cpus,
+                            env=extra,
                         )
                     )
                     try:
+                        bench.wait_workers(port)
                         if args.idle > 0:
                             time.sleep(args.warmup)
                             ms = idle_run(proc.pid, args.idle)
