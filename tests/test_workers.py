@@ -24,6 +24,7 @@ from twisted.trial import unittest
 from lbproxy.config import ConfigError, parse
 from lbproxy.config.values import cores
 from lbproxy.workers.supervisor import MAX_BACKOFF, WorkerProcess, backoff
+from lbproxy.workers.worker import JIT_THRESHOLDS, jit_share, tune_jit
 from tests.support import HOST, curl, fetch, held_handler, proxy_config, refused, wait_until
 from tests.test_operations import OperationsTestCase, config_with_port, load_loop
 from tests.test_twistd import _free_port, run, tool
@@ -60,6 +61,38 @@ class ConfigTests(unittest.TestCase):
             str(caught.exception),
             "x.ini: [proxy] workers: must be auto or a whole number from 1 to 256, got 'many'",
         )
+
+
+class _FakeJit:
+    """Records what L{tune_jit} sets, as C{pypyjit.set_param} would take it."""
+
+    def __init__(self) -> None:
+        self.set: List[Dict[str, int]] = []
+
+    def set_param(self, **params: int) -> None:
+        self.set.append(params)
+
+
+class JitTuneTests(unittest.TestCase):
+    def test_two_workers_on_one_cpu_halve_the_thresholds(self) -> None:
+        jit = _FakeJit()
+        expected = {"threshold": 519, "function_threshold": 809, "trace_eagerness": 100}
+        self.assertEqual(tune_jit(2, cpus=1, jit=jit), expected)
+        self.assertEqual(jit.set, [expected])
+
+    def test_a_cpu_per_worker_keeps_the_defaults(self) -> None:
+        jit = _FakeJit()
+        self.assertIsNone(tune_jit(2, cpus=2, jit=jit))
+        self.assertIsNone(tune_jit(16, cpus=64, jit=jit))
+        self.assertEqual(jit.set, [])
+
+    def test_the_share_is_rounded_up_and_bounded(self) -> None:
+        self.assertEqual(jit_share(3, 2), 2)
+        self.assertEqual(jit_share(64, 1), 4)
+        self.assertEqual(jit_share(1, 0), 1)
+        jit = _FakeJit()
+        tune_jit(64, cpus=1, jit=jit)
+        self.assertEqual(jit.set, [{k: v // 4 for k, v in JIT_THRESHOLDS.items()}])
 
 
 class BackoffTests(unittest.TestCase):
