@@ -22,7 +22,7 @@ from twisted.internet import defer, threads
 from twisted.trial import unittest
 
 from lbproxy.config import ConfigError, parse
-from lbproxy.config.values import cores
+from lbproxy.config.values import cores, cpu_list_size
 from lbproxy.workers.supervisor import MAX_BACKOFF, WorkerProcess, backoff
 from lbproxy.workers.worker import JIT_THRESHOLDS, jit_share, tune_jit
 from tests.support import HOST, curl, fetch, held_handler, proxy_config, refused, wait_until
@@ -71,6 +71,25 @@ class _FakeJit:
 
     def set_param(self, **params: int) -> None:
         self.set.append(params)
+
+
+class CoresTests(unittest.TestCase):
+    def test_a_kernel_cpu_list_is_counted(self) -> None:
+        self.assertEqual(cpu_list_size("0-3,8\n"), 5)
+        self.assertEqual(cpu_list_size("1"), 1)
+        self.assertEqual(cpu_list_size("x"), 0)
+
+    def test_cores_is_this_process_affinity(self) -> None:
+        # On PyPy 3.9 (no os.sched_getaffinity) from /proc/self/status.
+        with open("/proc/self/status") as f:
+            allowed = [line for line in f if line.startswith("Cpus_allowed_list:")]
+        self.assertEqual(cores(), cpu_list_size(allowed[0].split(":", 1)[1]))
+
+    def test_cores_without_the_affinity_is_the_machines_count(self) -> None:
+        missing = os.path.join(self.mktemp(), "status")
+        if hasattr(os, "sched_getaffinity"):
+            self.patch(os, "sched_getaffinity", lambda pid: (_ for _ in ()).throw(OSError()))
+        self.assertEqual(cores(missing), os.cpu_count())
 
 
 class JitTuneTests(unittest.TestCase):

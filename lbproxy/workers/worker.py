@@ -35,6 +35,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from lbproxy.config import ConfigError, ProxyConfig, load
 from lbproxy.config.tls import is_tls_listen
+from lbproxy.config.values import cores
 from lbproxy.service import ProxyService, StartError, settle_heap
 from lbproxy.transports import reuse_read_buffer
 from lbproxy.workers.shared import AcceptBalance
@@ -119,7 +120,7 @@ def tune_jit(workers: int, cpus: Optional[int] = None, jit: Any = None) -> Optio
         except ImportError:
             return None
     if cpus is None:
-        cpus = len(os.sched_getaffinity(0))
+        cpus = cores()
     share = jit_share(workers, cpus)
     if share == 1:
         return None
