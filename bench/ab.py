@@ -178,15 +178,17 @@ def main() -> int:
                 for side in order:
                     twistd = args.a if side == "A" else args.b
                     proc, (port,) = bench.start_listening(
-                        lambda ports, twistd=twistd, count=workers[side], extra=env[side]: bench.start_lbproxy(
-                            twistd,
-                            workdir,
-                            ports[0],
-                            backends.ports,
-                            variant="tls" if args.tls else "",
-                            workers=count,
-                            cpus=cpus,
-                            env=extra,
+                        lambda ports, twistd=twistd, count=workers[side], extra=env[side]: (
+                            bench.start_lbproxy(
+                                twistd,
+                                workdir,
+                                ports[0],
+                                backends.ports,
+                                variant="tls" if args.tls else "",
+                                workers=count,
+                                cpus=cpus,
+                                env=extra,
+                            )
                         )
                     )
                     try:
