@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -192,8 +193,11 @@ def main() -> int:
                 for side in order:
                     twistd = args.a if side == "A" else args.b
                     bench.LBPROXY_ENV = envs[side]
-                    proc, (port,) = bench.start_listening(
-                        lambda ports, twistd=twistd, count=workers[side]: bench.start_lbproxy(
+
+                    def start(
+                        ports: List[int], twistd: str = twistd, count: int = workers[side]
+                    ) -> subprocess.Popen:
+                        return bench.start_lbproxy(
                             twistd,
                             workdir,
                             ports[0],
@@ -202,8 +206,10 @@ def main() -> int:
                             workers=count,
                             cpus=cpus,
                         )
-                    )
+
+                    proc, (port,) = bench.start_listening(start)
                     try:
+                        bench.wait_workers(port)
                         if args.idle > 0:
                             time.sleep(args.warmup)
                             ms = idle_run(proc.pid, args.idle)

@@ -506,6 +506,9 @@ health_check = GET /
 #: The admin port of each lbproxy started, by its proxy port.
 ADMIN_PORTS: Dict[int, int] = {}
 
+#: The number of worker processes of each lbproxy started, by its port.
+WORKERS: Dict[int, int] = {}
+
 
 #: The routes of the "-routes" entries: this many [route:NAME] sections
 #: that the bench's requests (Host 127.0.0.1, path /) do not match, by host
@@ -598,6 +601,7 @@ def start_lbproxy(
     """
     conf = os.path.join(workdir, f"lbproxy-{port}.ini")
     admin_port = ADMIN_PORTS[port] = free_port()
+    WORKERS[port] = workers
     text = LBPROXY_CONFIG.format(
         port=port,
         workers=workers,
@@ -789,6 +793,31 @@ def measured_run(
     return result
 
 
+def wait_workers(port: int, seconds: float = 60.0) -> None:
+    """
+    With worker processes: wait until every worker serves (the supervisor's
+    /status lists it: a worker publishes its counters as it starts serving).
+    The supervisor listens before its workers have started, and on the
+    proxy's one core two PyPy workers take seconds to start: without the
+    wait, their start-up would eat into the warm-up (the JIT's, which each
+    worker does on its own).
+    """
+    count = WORKERS.get(port, 1)
+    if count < 2 or port not in ADMIN_PORTS:
+        return
+    deadline = time.monotonic() + seconds
+    url = f"http://{HOST}:{ADMIN_PORTS[port]}/status"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                if len(json.load(answer).get("workers") or []) >= count:
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the {count} workers on port {port} are not serving after {seconds} s")
+
+
 def worker_spread(admin_port: int) -> Dict[str, object]:
     """
     With worker processes: each worker's share of the requests served so far
@@ -934,6 +963,7 @@ def run_proxy(  # type: ignore[no-untyped-def]
     scheme = "https" if name.endswith("-tls") else "http"
     base = f"{scheme}://{HOST}:{port}"
     try:
+        wait_workers(port)
         log(f"== {name}: warm-up {args.warmup} s")
         wrk(port, args.warmup, scheme=scheme)
         log(f"== {name}: measured {args.duration} s")

@@ -22,8 +22,9 @@ from twisted.internet import defer, threads
 from twisted.trial import unittest
 
 from lbproxy.config import ConfigError, parse
-from lbproxy.config.values import cores
+from lbproxy.config.values import cores, cpu_list_size
 from lbproxy.workers.supervisor import MAX_BACKOFF, WorkerProcess, backoff
+from lbproxy.workers.worker import JIT_THRESHOLDS, jit_share, tune_jit
 from tests.support import HOST, curl, fetch, held_handler, proxy_config, refused, wait_until
 from tests.test_operations import OperationsTestCase, config_with_port, load_loop
 from tests.test_twistd import _free_port, run, tool
@@ -60,6 +61,57 @@ class ConfigTests(unittest.TestCase):
             str(caught.exception),
             "x.ini: [proxy] workers: must be auto or a whole number from 1 to 256, got 'many'",
         )
+
+
+class _FakeJit:
+    """Records what L{tune_jit} sets, as C{pypyjit.set_param} would take it."""
+
+    def __init__(self) -> None:
+        self.set: List[Dict[str, int]] = []
+
+    def set_param(self, **params: int) -> None:
+        self.set.append(params)
+
+
+class CoresTests(unittest.TestCase):
+    def test_a_kernel_cpu_list_is_counted(self) -> None:
+        self.assertEqual(cpu_list_size("0-3,8\n"), 5)
+        self.assertEqual(cpu_list_size("1"), 1)
+        self.assertEqual(cpu_list_size("x"), 0)
+
+    def test_cores_is_this_process_affinity(self) -> None:
+        # On PyPy 3.9 (no os.sched_getaffinity) from /proc/self/status.
+        with open("/proc/self/status") as f:
+            allowed = [line for line in f if line.startswith("Cpus_allowed_list:")]
+        self.assertEqual(cores(), cpu_list_size(allowed[0].split(":", 1)[1]))
+
+    def test_cores_without_the_affinity_is_the_machines_count(self) -> None:
+        missing = os.path.join(self.mktemp(), "status")
+        if hasattr(os, "sched_getaffinity"):
+            self.patch(os, "sched_getaffinity", lambda pid: (_ for _ in ()).throw(OSError()))
+        self.assertEqual(cores(missing), os.cpu_count())
+
+
+class JitTuneTests(unittest.TestCase):
+    def test_two_workers_on_one_cpu_halve_the_thresholds(self) -> None:
+        jit = _FakeJit()
+        expected = {"threshold": 519, "function_threshold": 809, "trace_eagerness": 100}
+        self.assertEqual(tune_jit(2, cpus=1, jit=jit), expected)
+        self.assertEqual(jit.set, [expected])
+
+    def test_a_cpu_per_worker_keeps_the_defaults(self) -> None:
+        jit = _FakeJit()
+        self.assertIsNone(tune_jit(2, cpus=2, jit=jit))
+        self.assertIsNone(tune_jit(16, cpus=64, jit=jit))
+        self.assertEqual(jit.set, [])
+
+    def test_the_share_is_rounded_up_and_bounded(self) -> None:
+        self.assertEqual(jit_share(3, 2), 2)
+        self.assertEqual(jit_share(64, 1), 4)
+        self.assertEqual(jit_share(1, 0), 1)
+        jit = _FakeJit()
+        tune_jit(64, cpus=1, jit=jit)
+        self.assertEqual(jit.set, [{k: v // 4 for k, v in JIT_THRESHOLDS.items()}])
 
 
 class BackoffTests(unittest.TestCase):

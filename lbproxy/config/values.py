@@ -113,12 +113,37 @@ def parse_int(low: int, high: int) -> Callable[[str], int]:
 MAX_WORKERS = 256
 
 
-def cores() -> int:
-    """The cores this process may run on (its CPU affinity), at least 1."""
+def cpu_list_size(text: str) -> int:
+    """The number of CPUs in a kernel CPU list (C{0-3,8}: 5); 0 if it is not one."""
+    count = 0
+    for part in text.strip().split(","):
+        first, _, last = part.partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            return 0
+        count += int(last) - int(first) + 1 if last else 1
+    return max(0, count)
+
+
+def cores(status: str = "/proc/self/status") -> int:
+    """
+    The cores this process may run on (its CPU affinity), at least 1.
+    PyPy 3.9 has no C{os.sched_getaffinity}: there the affinity comes from
+    C{Cpus_allowed_list} in C{/proc/self/status}, else the machine's count.
+    """
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        pass
+    try:
+        with open(status) as f:
+            for line in f:
+                if line.startswith("Cpus_allowed_list:"):
+                    allowed = cpu_list_size(line.split(":", 1)[1])
+                    if allowed:
+                        return allowed
+    except OSError:
+        pass
+    return max(1, os.cpu_count() or 1)
 
 
 def parse_workers(text: str) -> int:

@@ -35,6 +35,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from lbproxy.config import ConfigError, ProxyConfig, load
 from lbproxy.config.tls import is_tls_listen
+from lbproxy.config.values import cores
 from lbproxy.service import ProxyService, StartError, settle_heap
 from lbproxy.transports import reuse_read_buffer
 from lbproxy.workers.shared import AcceptBalance
@@ -80,6 +81,52 @@ class WorkerArguments:
         values = json.loads(text)
         values["listeners"] = tuple(tuple(entry) for entry in values["listeners"])
         return cls(**values)
+
+
+#: PyPy's JIT thresholds, its defaults: a loop is compiled after this many
+#: iterations, a function after this many calls, and a bridge (the code after
+#: a guard that fails) after this many failures of its guard.
+JIT_THRESHOLDS = {"threshold": 1039, "function_threshold": 1619, "trace_eagerness": 200}
+
+#: The most the thresholds are divided by (below that, rare paths compile).
+MAX_JIT_SHARE = 4
+
+
+def jit_share(workers: int, cpus: int) -> int:
+    """How many of the group's workers share each CPU it may run on (1 to L{MAX_JIT_SHARE})."""
+    return max(1, min(MAX_JIT_SHARE, -(-workers // max(1, cpus))))
+
+
+def tune_jit(workers: int, cpus: Optional[int] = None, jit: Any = None) -> Optional[Dict[str, int]]:
+    """
+    On PyPy, when workers share CPUs: the JIT's thresholds divided by how many
+    workers share each CPU.  Each worker has its own JIT, counting the loops,
+    calls and guard failures of its own requests: two workers on one core each
+    see half the requests a second that one process there sees, and with the
+    default thresholds each takes twice as long to compile its hot paths.
+    Halved, a worker reaches them in the same time as one process (it also
+    compiles paths half as frequent, which one process leaves to the
+    interpreter: its counters decay at every minor collection).  Measured in
+    docs/workers.md ("Where the second worker's CPU went").  With a CPU per
+    worker (C{workers = auto}) nothing changes.
+
+    @param cpus: The CPUs the process may run on (default: its affinity).
+    @param jit: The C{pypyjit} module (default: imported; absent on CPython).
+    @return: The thresholds set, or L{None} when none were.
+    """
+    if jit is None:
+        try:
+            import pypyjit as jit  # type: ignore[import-not-found, no-redef]
+        except ImportError:
+            return None
+    if cpus is None:
+        cpus = cores()
+    share = jit_share(workers, cpus)
+    if share == 1:
+        return None
+    thresholds = {name: value // share for name, value in JIT_THRESHOLDS.items()}
+    jit.set_param(**thresholds)
+    return thresholds
 
 
 def worker_config(config: ProxyConfig) -> ProxyConfig:
@@ -161,6 +208,12 @@ def run(arguments: WorkerArguments) -> int:
     _log_to_stderr()
     try:
         config = worker_config(load(arguments.config))
+        thresholds = tune_jit(config.workers)
+        if thresholds is not None:
+            log.info(
+                "JIT thresholds for workers sharing CPUs: {thresholds}",
+                thresholds=", ".join(f"{k}={v}" for k, v in thresholds.items()),
+            )
         found = None
         if arguments.found is not None and arguments.shared is not None:
             found = (arguments.found, arguments.slot)
