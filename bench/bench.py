@@ -463,15 +463,15 @@ backend pool
 #: 64 MB of old objects on (the default would be eight nurseries).  96MB and
 #: 192MB, the settings before, cost the same CPU per request and peaked at
 #: 360 MiB; these peak under 200 MiB (docs/performance.md, "Memory on
-#: PyPy").  The major collection marks in 2 MB steps, one after each minor
-#: collection, instead of in one pause of 30-40 ms, and starts at 1.6 times
+#: PyPy").  The major collection marks in 1 MB steps, one after each minor
+#: collection, instead of in one pause of 30-40 ms, and starts at 1.4 times
 #: what the last one left, so that what grows while it marks stays within
 #: the same peak (docs/pypy-tail.md).  CPython ignores them.
 LBPROXY_ENV = {
     "PYPY_GC_NURSERY": "32MB",
     "PYPY_GC_MIN": "64MB",
-    "PYPY_GC_INCREMENT_STEP": "2MB",
-    "PYPY_GC_MAJOR_COLLECT": "1.6",
+    "PYPY_GC_INCREMENT_STEP": "1MB",
+    "PYPY_GC_MAJOR_COLLECT": "1.4",
 }
 
 
